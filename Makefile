@@ -1,0 +1,48 @@
+# fnserve — the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PORT   ?= 8080
+STATE  ?= .fnserve
+EXAMPLE := functions/sentiment
+MODEL  := $(EXAMPLE)/model/model.onnx
+
+.PHONY: install run example test test-fast lint clean help
+
+help:
+	@echo "make run      install, train the example, start fnserve on :$(PORT) with functions/sentiment"
+	@echo "make test     install if needed, run the test suite"
+	@echo "make lint     ruff over the code base"
+	@echo "make example  (re)train the example model"
+
+install: $(STAMP)
+
+# torch goes in first, pinned by constraints.txt to the CPU build on this machine's wheel store;
+# the same constraints apply to the project install, so nothing can pull a CUDA torch afterwards.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+example: $(MODEL)
+
+$(MODEL): $(STAMP) $(EXAMPLE)/train.py $(EXAMPLE)/featurize.py $(EXAMPLE)/data/reviews.csv
+	$(PY) $(EXAMPLE)/train.py
+
+run: $(STAMP) $(MODEL)
+	@echo "fnserve: try   curl -s localhost:$(PORT)/v1/models/sentiment:predict -d '{\"instances\": [\"what a wonderful film\"]}'"
+	$(VENV)/bin/fnserve up --port $(PORT) --state-dir $(STATE) --deploy $(EXAMPLE)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fnserve runtimes functions tests
+
+clean:
+	rm -rf $(STATE) $(EXAMPLE)/model .pytest_cache

@@ -1,0 +1,102 @@
+"""The Backend protocol: everything the router needs from wherever replicas run.
+
+The router knows functions, revisions and HTTP; a backend knows processes or pods. Errors a backend
+raises are typed and carry the HTTP status and Retry-After the router should answer with, so the router
+maps them without knowing why they happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fnserve.state import Revision
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A ready replica chosen for one request; handed back through Backend.release()."""
+
+    function: str
+    replica: str
+    url: str
+
+
+@dataclass
+class ReplicaStatus:
+    id: str
+    revision: int
+    state: str
+    url: str
+    pid: int | None
+    outstanding: int
+    started_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "revision": self.revision, "state": self.state, "url": self.url,
+                "pid": self.pid, "outstanding": self.outstanding, "startedAt": self.started_at}
+
+
+@dataclass
+class FunctionStatus:
+    name: str
+    revision: int | None
+    ready: bool
+    replicas: list[ReplicaStatus] = field(default_factory=list)
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "revision": self.revision, "ready": self.ready, "message": self.message,
+                "replicas": [r.to_dict() for r in self.replicas]}
+
+
+class BackendError(Exception):
+    """A failure the router turns into an HTTP answer."""
+
+    status = 503
+    retry_after: int | None = None
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class FunctionNotFound(BackendError):
+    status = 404
+
+
+class NoReadyReplica(BackendError):
+    """No replica can take the request now (starting, crashed, or none)."""
+
+    status = 503
+    retry_after = 1
+
+
+class DeployFailed(BackendError):
+    """The new revision never became ready; the previous one (if any) keeps serving."""
+
+    status = 422
+
+
+class Backend(Protocol):
+    async def apply(self, revision: Revision) -> None:
+        """Make ``revision`` the one serving its function; returns once it is ready."""
+
+    async def delete(self, name: str) -> None:
+        """Stop every replica of a function."""
+
+    async def acquire(self, name: str) -> Endpoint:
+        """A ready replica for one request; raises FunctionNotFound or NoReadyReplica."""
+
+    def release(self, endpoint: Endpoint) -> None:
+        """The request acquire() was for has finished."""
+
+    def status(self, name: str) -> FunctionStatus:
+        """Replicas and readiness of one function; raises FunctionNotFound."""
+
+    async def logs(self, name: str, tail: int) -> str:
+        """The last ``tail`` lines of the function's replica logs."""
+
+    async def close(self) -> None:
+        """Stop everything; called when the router shuts down."""

@@ -1,0 +1,133 @@
+"""One replica: a ``runtimes.server`` child process on a free loopback port, and its lifecycle.
+
+Replicas are started in their own process session so that a Ctrl-C in the terminal reaches only the
+router, which then stops them in order; and each replica asks the kernel to SIGTERM it if the router dies
+without cleaning up (PR_SET_PDEATHSIG, see runtimes/server.py), so not even SIGKILL leaves orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import time
+from collections import deque
+from pathlib import Path
+
+import aiohttp
+
+from fnserve.settings import Settings
+from fnserve.state import Revision
+
+PARENT_PID_ENV = "FNSERVE_PARENT_PID"
+
+
+class ReplicaFailed(Exception):
+    """The replica exited or never answered; the message carries the end of its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail_lines(path: Path, count: int) -> list[str]:
+    """The last ``count`` lines of a text file (empty if it does not exist)."""
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as handle:
+            return [line.rstrip("\n") for line in deque(handle, maxlen=count)]
+    except FileNotFoundError:
+        return []
+
+
+class Replica:
+    def __init__(self, revision: Revision, manifest_path: Path, log_dir: Path) -> None:
+        self.revision = revision
+        self.id = f"{revision.id}-{secrets.token_hex(2)}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.manifest_path = manifest_path
+        self.log_path = log_dir / f"{self.id}.log"
+        self.state = "starting"
+        self.outstanding = 0
+        self.started_at = time.time()
+        self.process: asyncio.subprocess.Process | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def command(self, settings: Settings) -> list[str]:
+        return [settings.python, "-m", "runtimes.server",
+                "--function-dir", str(self.revision.source_dir), "--manifest", str(self.manifest_path),
+                "--model-dir", str(self.revision.model_dir), "--port", str(self.port),
+                "--host", "127.0.0.1", "--threads", str(settings.replica_threads)]
+
+    async def start(self, settings: Settings) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, PARENT_PID_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command(settings), stdin=asyncio.subprocess.DEVNULL, stdout=log,
+                stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
+                cwd=str(self.revision.source_dir))
+
+    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        """Poll the model's own readiness route until it answers 200, the process dies, or time runs out."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        url = f"{self.url}/v1/models/{self.revision.name}"
+        delay = 0.02
+        while time.monotonic() < deadline:
+            if self.process.returncode is not None:
+                raise ReplicaFailed(self._failure(f"exited with code {self.process.returncode}"))
+            try:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    if response.status == 200:
+                        self.state = "ready"
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+        raise ReplicaFailed(self._failure(f"was not ready within {timeout:.0f} s"))
+
+    def _failure(self, what: str) -> str:
+        lines = [line for line in tail_lines(self.log_path, 40) if line.strip()]
+        useful = [line for line in lines if line.startswith("fnserve replica:")] or lines[-12:]
+        return f"replica {self.id} {what}" + ("; log:\n" + "\n".join(useful) if useful else "")
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM the replica's process group, then SIGKILL what is left after ``timeout``."""
+        self.state = "stopped"
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except asyncio.TimeoutError:
+            self._signal(signal.SIGKILL)
+            await process.wait()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def begin(self) -> None:
+        self.outstanding += 1
+        self.idle.clear()
+
+    def end(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding <= 0:
+            self.outstanding = 0
+            self.idle.set()

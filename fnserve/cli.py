@@ -1,0 +1,258 @@
+"""The ``fnserve`` command. ``up`` runs the router; every other command talks to a running router's
+admin API (--url / FNSERVE_URL) or, for validate and schema, works offline.
+
+User mistakes end in one readable line per problem and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from fnserve import __version__
+from fnserve.manifest import ManifestError, json_schema, load_function, manifest_path, read_yaml
+from fnserve.settings import Settings, router_url
+
+
+class CliError(Exception):
+    """Ends the command with this message on stderr and exit code 1."""
+
+
+# -- talking to the router ---------------------------------------------------------------------
+def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
+             timeout: float = 300.0) -> tuple[int, Any]:
+    url = router_url(args.url) + path
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw, kind = response.status, response.read(), response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        status, raw, kind = exc.code, exc.read(), exc.headers.get("Content-Type", "")
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CliError(f"cannot reach the router at {router_url(args.url)} ({reason}); "
+                       f"is `fnserve up` running?") from None
+    payload = json.loads(raw) if "json" in kind and raw else raw.decode("utf-8", errors="replace")
+    return status, payload
+
+
+def _ok(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    status, payload = _request(args, method, path, body)
+    if status >= 400:
+        message = payload.get("error", payload) if isinstance(payload, dict) else payload
+        raise CliError(str(message))
+    return payload
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, sort_keys=False))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _age(timestamp: float) -> str:
+    seconds = max(0, int(time.time() - timestamp))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+# -- commands ------------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> None:
+    import logging
+
+    import uvicorn
+
+    from fnserve.backends.local import LocalBackend
+    from fnserve.router.app import StartupDeploy, create_app
+
+    deploys = []
+    for path in args.deploy:
+        file, data = _load(path)
+        deploys.append(StartupDeploy(data, str(file.parent.resolve()), str(path)))
+    settings = Settings.from_env(host=args.host, port=args.port, state_dir=args.state_dir)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+                       + (" (is another fnserve up running?)" if exc.errno == 98 else "")) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings, LocalBackend(settings), deploys=deploys)
+    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+                            log_level=settings.log_level, timeout_graceful_shutdown=10)
+    port = sock.getsockname()[1]
+    print(f"fnserve {__version__} listening on http://{settings.host}:{port} (state: {settings.state_dir})",
+          flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _load(path: Path) -> tuple[Path, Any]:
+    """The manifest file and its raw data, validated here so mistakes are caught before any upload."""
+    file = manifest_path(path)
+    load_function(file)
+    return file, read_yaml(file)
+
+
+def cmd_deploy(args: argparse.Namespace) -> None:
+    file, data = _load(args.path)
+    started = time.monotonic()
+    result = _ok(args, "POST", "/api/functions",
+                 {"manifest": data, "sourceDir": str(file.parent.resolve()), "source": str(args.path)})
+    if args.json:
+        _print_json(result)
+        return
+    print(f"{result['name']}: revision {result['revision']} ready in {time.monotonic() - started:.1f} s "
+          f"→ {router_url(args.url)}{result['url']}")
+
+
+def cmd_ls(args: argparse.Namespace) -> None:
+    result = _ok(args, "GET", "/api/functions")
+    if args.json:
+        _print_json(result)
+        return
+    rows = [[f["name"], f["revision"], f["runtime"], "yes" if f["ready"] else "no",
+             sum(r["state"] == "ready" for r in f["replicas"]), _age(f["createdAt"]), f["url"]]
+            for f in result["functions"]]
+    _table(["NAME", "REVISION", "RUNTIME", "READY", "REPLICAS", "AGE", "URL"], rows)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    result = _ok(args, "GET", f"/api/functions/{args.name}")
+    if args.json:
+        _print_json(result)
+        return
+    spec = result["manifest"]["spec"]
+    print(f"name:      {result['name']}\nrevision:  {result['revision']} ({_age(result['createdAt'])} ago)\n"
+          f"runtime:   {spec['runtime']}\nmodel:     {result['modelDir']}\n"
+          f"ready:     {'yes' if result['ready'] else 'no'}" + (f"  ({result['message']})" if result["message"] else ""))
+    print()
+    _table(["REPLICA", "REVISION", "STATE", "PID", "IN-FLIGHT", "AGE", "URL"],
+           [[r["id"], r["revision"], r["state"], r["pid"], r["outstanding"], _age(r["startedAt"]), r["url"]]
+            for r in result["replicas"]])
+
+
+def cmd_invoke(args: argparse.Namespace) -> None:
+    raw = args.data
+    if raw.startswith("@"):
+        try:
+            raw = Path(raw[1:]).read_text()
+        except OSError as exc:
+            raise CliError(f"{raw[1:]}: cannot read ({exc.strerror})") from None
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--data is not valid JSON: {exc}") from None
+    path = f"/v2/models/{args.name}/infer" if args.v2 else f"/v1/models/{args.name}:predict"
+    _print_json(_ok(args, "POST", path, body))
+
+
+def cmd_logs(args: argparse.Namespace) -> None:
+    print(_ok(args, "GET", f"/api/functions/{args.name}/logs?tail={args.tail}"), end="")
+
+
+def cmd_rm(args: argparse.Namespace) -> None:
+    _ok(args, "DELETE", f"/api/functions/{args.name}")
+    print(f"{args.name}: deleted")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    failed = False
+    for path in args.paths:
+        try:
+            load_function(path)
+            print(f"{manifest_path(path)}: ok")
+        except ManifestError as exc:
+            failed = True
+            print("\n".join(exc.lines()), file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    _print_json(json_schema())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fnserve", description="Serverless model inference, on Knative or one machine.")
+    parser.add_argument("--version", action="version", version=f"fnserve {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="router URL (default: $FNSERVE_URL or http://127.0.0.1:8080)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the router and the embedded backend in the foreground")
+    up.add_argument("--host", help="listen address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="listen port (default 8080)")
+    up.add_argument("--state-dir", type=Path, help="state folder (default ~/.fnserve)")
+    up.add_argument("--deploy", type=Path, action="append", default=[], metavar="PATH",
+                    help="deploy this function once the router is up (repeatable)")
+    up.set_defaults(run=cmd_up)
+
+    deploy = sub.add_parser("deploy", parents=[common], help="deploy a function.yaml (or a folder holding one)")
+    deploy.add_argument("path", type=Path)
+    deploy.set_defaults(run=cmd_deploy)
+
+    sub.add_parser("ls", parents=[common], help="list deployed functions").set_defaults(run=cmd_ls)
+
+    for name, helptext, run in (("status", "show one function and its replicas", cmd_status),
+                                ("rm", "delete a function and stop its replicas", cmd_rm)):
+        command = sub.add_parser(name, parents=[common], help=helptext)
+        command.add_argument("name")
+        command.set_defaults(run=run)
+
+    invoke = sub.add_parser("invoke", parents=[common], help="send one inference request")
+    invoke.add_argument("name")
+    invoke.add_argument("--data", "-d", required=True, help="JSON body, or @file holding it")
+    invoke.add_argument("--v2", action="store_true", help="Open Inference Protocol (V2) instead of KServe V1")
+    invoke.set_defaults(run=cmd_invoke)
+
+    logs = sub.add_parser("logs", parents=[common], help="print the end of a function's replica logs")
+    logs.add_argument("name")
+    logs.add_argument("--tail", type=int, default=100, help="lines per replica (default 100)")
+    logs.set_defaults(run=cmd_logs)
+
+    validate = sub.add_parser("validate", help="check manifests without deploying them")
+    validate.add_argument("paths", type=Path, nargs="+", metavar="PATH")
+    validate.set_defaults(run=cmd_validate)
+
+    sub.add_parser("schema", help="print the JSON Schema of function.yaml").set_defaults(run=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except ManifestError as exc:
+        print("\n".join(exc.lines()), file=sys.stderr)
+        raise SystemExit(1) from None
+    except CliError as exc:
+        print(f"fnserve: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

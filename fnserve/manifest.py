@@ -1,0 +1,291 @@
+"""Function manifests: the pydantic models, loading from YAML, and readable errors.
+
+A manifest is Kubernetes-shaped so that a reader who knows KServe recognises it, and field names follow
+KServe/Knative wherever the concept exists there, so the cluster renderer maps them one to one. Unknown
+fields are errors: a typo such as ``maxReplica`` must never be silently ignored.
+
+Every problem is reported as ``<file>: <field path>: <what was expected> (got <value>)`` so that a user
+can fix all of them in one pass; nothing here ever raises a traceback for a user mistake.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "fnserve.dev/v1"
+RUNTIMES = ("onnx", "torch", "transformers")
+
+# KServe requires InferenceService names to be DNS-1123 labels that also start with a letter.
+_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_CPU_RE = re.compile(r"^[0-9]+(\.[0-9]+)?m?$")
+_MEMORY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_S3_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+_MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+class _Spec(BaseModel):
+    """Base for manifest sections: camelCase keys like Kubernetes, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True)
+
+
+class Metadata(_Spec):
+    name: str = Field(description="Function name: a DNS-1123 label starting with a letter.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if len(value) > 63 or not _NAME_RE.match(value):
+            raise ValueError("must be a DNS-1123 label: lower-case letters, digits and '-', "
+                             "starting with a letter, at most 63 characters")
+        return value
+
+
+class ModelSource(_Spec):
+    uri: str = Field(description="Artifact folder: a path relative to the manifest, file:// or s3://.")
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value.startswith("s3://"):
+            if not _S3_RE.match(value):
+                raise ValueError("must be s3://<bucket>/<prefix> with a valid bucket name")
+        elif "://" in value:
+            if not value.startswith("file://"):
+                raise ValueError("must be a relative path, a file:// URI or an s3:// URI")
+        elif value.startswith("/") or not value.strip():
+            raise ValueError("must be a path relative to the manifest's folder, or a file:// URI")
+        return value
+
+
+class Resources(_Spec):
+    cpu: str | None = Field(default=None, description="Kubernetes CPU quantity, e.g. '1' or '500m'.")
+    memory: str | None = Field(default=None, description="Kubernetes memory quantity, e.g. '512Mi'.")
+    gpu: int = Field(default=0, ge=0, description="Whole GPUs per replica (nvidia.com/gpu).")
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and not _CPU_RE.match(value):
+            raise ValueError("must be a CPU quantity such as 1, 0.5 or 500m")
+        return value
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and not _MEMORY_RE.match(value):
+            raise ValueError("must be a memory quantity such as 512Mi or 2Gi")
+        return value
+
+    def memory_bytes(self) -> int | None:
+        """The memory quantity in bytes, for backends that enforce it themselves."""
+        if self.memory is None:
+            return None
+        number, unit = re.match(r"^([0-9.]+)(.*)$", self.memory).groups()  # type: ignore[union-attr]
+        return int(float(number) * _MEMORY_UNITS[unit])
+
+
+class Scaling(_Spec):
+    """Replica bounds and targets, with KServe's names and meaning (see docs/scaling.md)."""
+
+    min_replicas: int = Field(default=0, ge=0, description="Replicas kept when idle; 0 scales to zero.")
+    max_replicas: int | None = Field(default=None, description="Upper bound; omit for no limit.")
+    scale_target: int = Field(default=100, ge=1, description="Target concurrent requests per replica.")
+    container_concurrency: int = Field(default=0, ge=0, description="Hard per-replica limit; 0 = none.")
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _at_least_min(cls, value: int | None, info: Any) -> int | None:
+        if value is None:
+            return value
+        minimum = info.data.get("min_replicas", 0)
+        if value < max(1, minimum):
+            if minimum >= 1:
+                raise ValueError(f"must be ≥ minReplicas (got {value} < {minimum})")
+            raise ValueError("must be ≥ 1 (omit it for no limit)")
+        return value
+
+
+class FunctionSpec(_Spec):
+    runtime: Literal["onnx", "torch", "transformers"] = Field(description="Model format / predictor.")
+    model: ModelSource
+    handler: str | None = Field(default=None, description="module:Class in the function's folder.")
+    resources: Resources = Field(default_factory=Resources)
+    scaling: Scaling = Field(default_factory=Scaling)
+    timeout: int = Field(default=60, ge=1, le=3600, description="Seconds a request may take end to end.")
+
+    @field_validator("handler")
+    @classmethod
+    def _module_class(cls, value: str | None) -> str | None:
+        if value is not None and not _HANDLER_RE.match(value):
+            raise ValueError("must be 'module:Class', e.g. handler:SentimentHandler")
+        return value
+
+
+class Function(_Spec):
+    """A deployable function: the one manifest used from laptop to cluster."""
+
+    api_version: Literal["fnserve.dev/v1"] = Field(alias="apiVersion")
+    kind: Literal["Function"]
+    metadata: Metadata
+    spec: FunctionSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as plain data with its own (camelCase) keys, defaults filled in."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest: where, and what was expected."""
+
+    path: str
+    message: str
+
+    def render(self, source: str) -> str:
+        return f"{source}: {self.path}: {self.message}" if self.path else f"{source}: {self.message}"
+
+
+class ManifestError(Exception):
+    """A manifest that cannot be used; carries every problem found, not just the first."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(p.render(source) for p in problems))
+
+    def lines(self) -> list[str]:
+        return [p.render(self.source) for p in self.problems]
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return type(value).__name__ if not value else f"a {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys accepted at the parent of ``loc``, to suggest a fix for an unknown field."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return []
+        current = field.annotation
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+def _message(model: type[BaseModel], error: dict[str, Any]) -> str:
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, error["loc"])
+        close = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"allowed: {', '.join(allowed)}"
+        return f"unknown field ({hint})"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')} (got {_got(value)})"
+    if kind == "value_error":
+        reason = str(ctx.get("error", error["msg"]))
+        return reason if "(got " in reason else f"{reason} (got {_got(value)})"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        sign = {"greater_than_equal": "≥", "greater_than": ">", "less_than_equal": "≤", "less_than": "<"}
+        bound = next(iter(ctx.values()))
+        return f"must be {sign[kind]} {bound} (got {_got(value)})"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be a whole number (got {_got(value)})"
+    if kind in ("string_type",):
+        return f"must be a string (got {_got(value)})"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping (got {_got(value)})"
+    return f"{error['msg'][0].lower()}{error['msg'][1:]} (got {_got(value)})"
+
+
+def problems_from(model: type[BaseModel], exc: ValidationError) -> list[Problem]:
+    """Turn pydantic's errors into readable problems keyed by manifest field path."""
+    return [Problem(_path(e["loc"]), _message(model, e)) for e in exc.errors()]
+
+
+def parse_function(data: Any, source: str = "function.yaml") -> Function:
+    """Validate already-parsed manifest data; raises ManifestError listing every problem."""
+    if not isinstance(data, dict):
+        raise ManifestError(source, [Problem("", f"must be a mapping with apiVersion, kind, metadata "
+                                                 f"and spec (got {_got(data)})")])
+    try:
+        return Function.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(source, problems_from(Function, exc)) from None
+
+
+def read_yaml(path: Path) -> Any:
+    """Read one YAML document, turning I/O and syntax errors into a ManifestError."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(source, [Problem("", "no such file")]) from None
+    except IsADirectoryError:
+        raise ManifestError(source, [Problem("", "is a folder, expected a manifest file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(source, [Problem("", f"cannot be read: {exc}")]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ManifestError(source, [Problem("", f"{where}invalid YAML: {reason}")]) from None
+
+
+def manifest_path(path: Path) -> Path:
+    """Accept either a manifest file or a function folder holding function.yaml."""
+    return path / "function.yaml" if path.is_dir() else path
+
+
+def load_function(path: Path) -> Function:
+    """Load and validate a function manifest file (or a folder holding function.yaml)."""
+    path = manifest_path(path)
+    return parse_function(read_yaml(path), str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema for function.yaml, for editors' completion and validation."""
+    schema = Function.model_json_schema(by_alias=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://fnserve.dev/schemas/function-v1.json", **schema}

@@ -1,0 +1,1 @@
+"""The router: one Starlette app in front of every function, the same code for every backend."""

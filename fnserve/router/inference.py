@@ -1,0 +1,69 @@
+"""The inference routes (KServe V1 and Open Inference V2): resolve → acquire → forward → release.
+
+The router holds no protocol logic of its own: the replica (a KServe ModelServer) parses bodies and
+produces protocol errors, and the router passes them through, so the answer is exactly what KServe
+would give, plus routing, request ids and (later) keys and quotas.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fnserve.backends.base import BackendError
+from fnserve.router.errors import error_response
+from fnserve.router.platform import Platform
+
+
+async def _forward(request: Request, *, json_default: bool = False) -> Response:
+    platform: Platform = request.app.state.platform
+    name = request.path_params["name"]
+    revision = platform.functions.get(name)
+    if revision is None:
+        return error_response(request, 404, f"function {name!r} not found")
+    try:
+        endpoint = await platform.backend.acquire(name)
+    except BackendError as exc:
+        return error_response(request, exc.status, str(exc), retry_after=exc.retry_after)
+    try:
+        return await platform.proxy.forward(request, endpoint, revision.function.spec.timeout,
+                                            json_default=json_default)
+    finally:
+        platform.backend.release(endpoint)
+
+
+async def model_request(request: Request) -> Response:
+    """Model metadata and readiness, answered by the function's own predictor."""
+    return await _forward(request)
+
+
+async def predict(request: Request) -> Response:
+    """Run an inference request on the function's predictor."""
+    return await _forward(request, json_default=True)
+
+
+async def live(request: Request) -> Response:
+    """The router process is up."""
+    return JSONResponse({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    """The router is up and has restored its deployed functions."""
+    platform: Platform = request.app.state.platform
+    if not platform.restored:
+        return error_response(request, 503, "restoring deployed functions", retry_after=1)
+    return JSONResponse({"ready": True})
+
+
+routes = [
+    Route("/v1/models/{name}", model_request, methods=["GET"], name="v1_model"),
+    Route("/v1/models/{name}:predict", predict, methods=["POST"], name="v1_predict"),
+    Route("/v2/health/live", live, methods=["GET"], name="v2_live"),
+    Route("/v2/health/ready", ready, methods=["GET"], name="v2_ready"),
+    Route("/v2/models/{name}", model_request, methods=["GET"], name="v2_model"),
+    Route("/v2/models/{name}/ready", model_request, methods=["GET"], name="v2_model_ready"),
+    Route("/v2/models/{name}/infer", predict, methods=["POST"], name="v2_infer"),
+    Route("/v2/models/{name}/versions/{version}", model_request, methods=["GET"], name="v2_model_version"),
+    Route("/v2/models/{name}/versions/{version}/infer", predict, methods=["POST"], name="v2_infer_version"),
+]

@@ -1,0 +1,127 @@
+"""The control plane shared by the router's routes: deploy, remove and restore functions.
+
+Deploying checks everything that can be checked before anything changes (manifest, source folder,
+model folder, handler module), then asks the backend to start the revision, and only once it is
+ready records it and routes traffic to it. Any failure before that point changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fnserve.backends.base import Backend, BackendError, DeployFailed, FunctionNotFound
+from fnserve.manifest import Function, ManifestError, Problem, parse_function
+from fnserve.router.proxy import Proxy
+from fnserve.settings import Settings
+from fnserve.state import Revision, StateStore
+from fnserve.storage import ArtifactError, resolve_model_dir
+
+log = logging.getLogger("fnserve.router")
+
+
+class DeployRejected(Exception):
+    """A deploy request that is wrong as given; nothing was changed."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    state: StateStore
+    backend: Backend
+    proxy: Proxy
+    functions: dict[str, Revision] = field(default_factory=dict)
+    restored: bool = False
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def deploy(self, manifest: Any, source_dir: str, source: str = "manifest") -> tuple[Revision, bool]:
+        """Validate and roll out a new revision; returns it and whether the function is new."""
+        try:
+            function = parse_function(manifest, source)
+        except ManifestError as exc:
+            raise DeployRejected(f"invalid manifest: {exc}", exc.problems) from None
+        folder = Path(source_dir) if isinstance(source_dir, str) and source_dir else None
+        if folder is None or not folder.is_absolute() or not folder.is_dir():
+            raise DeployRejected(f"sourceDir must be the absolute path of the function's folder "
+                                 f"on the router's machine (got {source_dir!r})")
+        model_dir = self._model_dir(function, folder, source)
+        self._check_handler(function, folder, source)
+
+        async with self._lock(function.name):
+            number = await asyncio.to_thread(self.state.next_number, function.name)
+            revision = Revision(function, number, folder.resolve(), model_dir, time.time())
+            created = function.name not in self.functions
+            try:
+                await self.backend.apply(revision)
+            except DeployFailed:
+                if created:  # a first deploy that failed leaves nothing behind
+                    try:
+                        await self.backend.delete(function.name)
+                    except FunctionNotFound:
+                        pass
+                raise
+            await asyncio.to_thread(self.state.publish, revision)
+            self.functions[function.name] = revision
+        return revision, created
+
+    @staticmethod
+    def _model_dir(function: Function, folder: Path, source: str) -> Path:
+        try:
+            return resolve_model_dir(function.spec.model.uri, folder)
+        except ArtifactError as exc:
+            problem = Problem("spec.model.uri", str(exc))
+            raise DeployRejected(problem.render(source), [problem]) from None
+
+    @staticmethod
+    def _check_handler(function: Function, folder: Path, source: str) -> None:
+        if function.spec.handler is None:
+            return
+        module = function.spec.handler.split(":")[0].replace(".", "/")
+        if not ((folder / f"{module}.py").is_file() or (folder / module / "__init__.py").is_file()):
+            problem = Problem("spec.handler", f"no module {module}.py in {folder}")
+            raise DeployRejected(problem.render(source), [problem])
+
+    async def remove(self, name: str) -> None:
+        async with self._lock(name):
+            if name not in self.functions:
+                raise FunctionNotFound(f"function {name!r} not found")
+            self.functions.pop(name)
+            await asyncio.to_thread(self.state.delete, name)
+            try:
+                await self.backend.delete(name)
+            except FunctionNotFound:
+                pass
+
+    def restore(self) -> asyncio.Future[None]:
+        """Bring back every function deployed before the last shutdown, concurrently.
+
+        Called at startup, before the first request: the function table is filled at once and every
+        apply is scheduled, so a request that arrives while a replica starts waits for it instead of
+        getting a 404. The returned future completes when every restore has been tried.
+        """
+        revisions = self.state.current_all()
+        for revision in revisions:
+            self.functions[revision.name] = revision
+
+        async def one(revision: Revision) -> None:
+            try:
+                await self.backend.apply(revision)
+            except BackendError as exc:
+                log.error("could not restore %s: %s", revision.name, exc)
+
+        async def all_of() -> None:
+            await asyncio.gather(*(one(r) for r in revisions))
+            self.restored = True
+
+        return asyncio.ensure_future(all_of())

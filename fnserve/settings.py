@@ -1,0 +1,74 @@
+"""All of fnserve's configuration in one place, read from FNSERVE_* environment variables.
+
+Command-line flags override the environment; the environment overrides the defaults below. Nothing else
+in the code base reads os.environ for configuration, so this file is the complete list of knobs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    """Address the router listens on; admin routes answer loopback clients only (see admin_loopback_only)."""
+    port: int = 8080
+    state_dir: Path = field(default_factory=lambda: Path.home() / ".fnserve")
+    """SQLite state, replica logs and stored manifests."""
+    replica_ready_timeout: float = 120.0
+    """Seconds a new replica may take from process start to a loaded, answering model."""
+    replica_stop_timeout: float = 10.0
+    """Seconds between SIGTERM and SIGKILL when a replica is stopped."""
+    drain_timeout: float = 30.0
+    """Seconds an old replica may keep finishing requests after a redeploy."""
+    connect_timeout: float = 5.0
+    """Seconds the proxy waits to connect to a replica before answering 503."""
+    admin_loopback_only: bool = True
+    """Until API keys exist, the admin API answers clients on 127.0.0.1/::1 only."""
+    replica_threads: int = 1
+    """Worker threads per replica running model code."""
+    python: str = sys.executable
+    """Interpreter that runs replicas (the one fnserve runs in)."""
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults ← FNSERVE_<FIELD> environment variables ← explicit overrides (None = not given)."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"FNSERVE_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _convert(f.name, raw, cls.__dataclass_fields__[f.name].type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "state_dir" in values:
+            values["state_dir"] = Path(values["state_dir"]).expanduser().resolve()
+        return replace(cls(), **values)
+
+
+def _convert(name: str, raw: str, kind: Any) -> Any:
+    kind = str(kind)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+    except ValueError:
+        raise SystemExit(f"fnserve: FNSERVE_{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def router_url(explicit: str | None = None) -> str:
+    """Where the CLI finds the router: --url, then FNSERVE_URL, then the default."""
+    return (explicit or os.environ.get("FNSERVE_URL") or DEFAULT_URL).rstrip("/")

@@ -1,0 +1,119 @@
+"""Persistence of deployed functions and their revisions (SQLite in the state dir).
+
+A revision is immutable: the manifest as deployed, the folder its code came from and the model folder
+it resolved to. A function points at its current revision; restarting ``fnserve up`` re-applies the
+current revision of every function, so deployments survive a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fnserve.manifest import Function, parse_function
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS revisions (
+    function    TEXT NOT NULL,
+    number      INTEGER NOT NULL,
+    manifest    TEXT NOT NULL,
+    source_dir  TEXT NOT NULL,
+    model_dir   TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (function, number)
+);
+CREATE TABLE IF NOT EXISTS functions (
+    name        TEXT PRIMARY KEY,
+    revision    INTEGER NOT NULL,
+    updated_at  REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One deployed version of a function: what runs, from where."""
+
+    function: Function
+    number: int
+    source_dir: Path
+    model_dir: Path
+    created_at: float
+
+    @property
+    def name(self) -> str:
+        return self.function.name
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-{self.number:05d}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "revision": self.number, "id": self.id, "sourceDir": str(self.source_dir),
+                "modelDir": str(self.model_dir), "createdAt": self.created_at,
+                "manifest": self.function.to_dict()}
+
+
+class StateStore:
+    """Thread-safe access to the state database; callers on the event loop use a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def next_number(self, name: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(number) FROM revisions WHERE function = ?", (name,)).fetchone()
+        return (row[0] or 0) + 1
+
+    def publish(self, revision: Revision) -> None:
+        """Record a revision that is serving and make it the function's current one, atomically."""
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?, ?)",
+                (revision.name, revision.number, json.dumps(revision.function.to_dict()),
+                 str(revision.source_dir), str(revision.model_dir), revision.created_at))
+            self._db.execute("INSERT OR REPLACE INTO functions VALUES (?, ?, ?)",
+                             (revision.name, revision.number, now))
+
+    def current(self, name: str) -> Revision | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT r.* FROM functions f JOIN revisions r ON r.function = f.name AND r.number = f.revision "
+                "WHERE f.name = ?", (name,)).fetchone()
+        return _revision(row) if row else None
+
+    def current_all(self) -> list[Revision]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT r.* FROM functions f JOIN revisions r ON r.function = f.name AND r.number = f.revision "
+                "ORDER BY f.name").fetchall()
+        return [_revision(row) for row in rows]
+
+    def delete(self, name: str) -> bool:
+        """Forget a function and its revisions; False if there was none."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            gone = self._db.execute("DELETE FROM functions WHERE name = ?", (name,)).rowcount
+            self._db.execute("DELETE FROM revisions WHERE function = ?", (name,))
+        return gone > 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _revision(row: tuple[Any, ...]) -> Revision:
+    function, number, manifest, source_dir, model_dir, created_at = row
+    return Revision(parse_function(json.loads(manifest), f"state:{function}"), number, Path(source_dir),
+                    Path(model_dir), created_at)

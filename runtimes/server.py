@@ -1,0 +1,106 @@
+"""``python -m runtimes.server``: one replica of a function — a real KServe ModelServer.
+
+Used by the embedded backend (one process per replica, bound to 127.0.0.1) and as the container entry
+point in a cluster (``--host 0.0.0.0``, model under /mnt/models). The model is loaded before the server
+opens its port, so "port accepts connections" already means "model ready".
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+RUNTIME_CLASSES = {"onnx": "runtimes.onnx:OnnxModel"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runtimes.server",
+                                     description="Serve one fnserve function as a KServe ModelServer.")
+    parser.add_argument("--function-dir", type=Path, required=True,
+                        help="folder with the function's code (handler) and, by default, function.yaml")
+    parser.add_argument("--manifest", type=Path, help="function manifest (default: FUNCTION_DIR/function.yaml)")
+    parser.add_argument("--model-dir", type=Path, required=True, help="folder holding the model artifact")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 inside a container")
+    parser.add_argument("--threads", type=int, default=1, help="worker threads running the model")
+    return parser.parse_args(argv)
+
+
+def _fail(message: str) -> None:
+    print(f"fnserve replica: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def build_model(args: argparse.Namespace) -> Any:
+    """Read the manifest and construct (not yet load) the runtime's model."""
+    from fnserve.manifest import ManifestError, load_function  # noqa: PLC0415 (after argv is cleaned)
+    from runtimes.handler import HandlerError, load_handler
+
+    try:
+        function = load_function(args.manifest or args.function_dir)
+    except ManifestError as exc:
+        _fail(str(exc))
+    spec = function.spec
+    target = RUNTIME_CLASSES.get(spec.runtime)
+    if target is None:
+        _fail(f"runtime {spec.runtime!r} has no predictor in this version (available: "
+              f"{', '.join(RUNTIME_CLASSES)})")
+    module_name, _, class_name = target.partition(":")
+    model_class = getattr(__import__(module_name, fromlist=[class_name]), class_name)
+    try:
+        handler = load_handler(spec.handler, args.function_dir)
+    except HandlerError as exc:
+        _fail(str(exc))
+    return model_class(function.name, args.model_dir, handler, gpu=spec.resources.gpu > 0,
+                       threads=args.threads)
+
+
+def serve(model: Any, host: str, port: int) -> None:
+    """Start a ModelServer for an already loaded model on host:port (blocks until stopped)."""
+    import kserve  # noqa: PLC0415
+
+    class _BoundModelServer(kserve.ModelServer):
+        """KServe always binds 0.0.0.0; a replica on a shared machine must stay on loopback."""
+
+        def setup_event_loop(self) -> None:
+            if getattr(self, "_rest_server", None) is not None:
+                self._rest_server.config.host = host
+            super().setup_event_loop()
+
+    server = _BoundModelServer(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False)
+    server.start([model])
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this replica when the router that started it dies, even by SIGKILL."""
+    parent = os.environ.get("FNSERVE_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the router died before prctl took effect
+        raise SystemExit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    sys.argv = sys.argv[:1]  # kserve parses sys.argv when imported; keep ours away from it
+    model = build_model(args)
+    try:
+        model.load()
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    logging.getLogger("fnserve.runtime").info("%s: serving on http://%s:%d", model.name, args.host, args.port)
+    serve(model, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

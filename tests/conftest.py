@@ -1,0 +1,162 @@
+"""Shared fixtures: a trained copy of the example function, and real `fnserve up` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "functions" / "sentiment"
+FNSERVE = [sys.executable, "-m", "fnserve.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; fail the test with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         raw: bytes | None = None, timeout: float = 60) -> tuple[int, dict[str, str], Any]:
+    """A plain HTTP call (urllib, no client library in between); JSON bodies are decoded."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, head, payload = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        status, head, payload = exc.code, dict(exc.headers), exc.read()
+    if "json" in head.get("Content-Type", head.get("content-type", "")):
+        return status, head, json.loads(payload)
+    return status, head, payload
+
+
+def descendants(pid: int) -> set[int]:
+    """All live processes below ``pid`` (replicas run in their own sessions, so walk parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = set(), [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Router:
+    """A real `fnserve up` subprocess on a free loopback port with its own state dir."""
+
+    def __init__(self, state_dir: Path, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state_dir = state_dir
+        self.log_path = state_dir.parent / f"router-{self.port}.log"
+        self.extra = extra or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Router:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [*FNSERVE, "up", "--port", str(self.port), "--state-dir", str(self.state_dir), *self.extra],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        wait_for(self._ready, 30, f"router on {self.url} to be ready\n{self.log()}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"router exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            return http("GET", f"{self.url}/v2/health/ready", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([*FNSERVE, *args], capture_output=True, text=True, timeout=180,
+                                env={**os.environ, "FNSERVE_URL": self.url})
+        if check and result.returncode != 0:
+            raise AssertionError(f"fnserve {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def replica_pids(self) -> set[int]:
+        assert self.process is not None
+        return {pid for pid in descendants(self.process.pid) if b"runtimes.server" in _cmdline(pid)}
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.fixture(scope="session")
+def example_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of functions/sentiment with a freshly trained model, independent of the checkout's."""
+    target = tmp_path_factory.mktemp("functions") / "sentiment"
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("model", "__pycache__", ".train-*"))
+    result = subprocess.run([sys.executable, str(target / "train.py"), "--out", str(target / "model")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return target
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[Router]:
+    instance = Router(tmp_path / "state").start()
+    try:
+        yield instance
+    finally:
+        pids = instance.replica_pids()
+        instance.stop()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
