@@ -32,6 +32,8 @@ class Settings:
     """Seconds the proxy waits to connect to a replica before answering 503."""
     admin_loopback_only: bool = True
     """Until API keys exist, the admin API answers clients on 127.0.0.1/::1 only."""
+    s3_endpoint_url: str | None = None
+    """S3 API endpoint for s3:// model URIs (MinIO, Ceph…); unset = boto3's default (AWS, or AWS_ENDPOINT_URL)."""
     replica_threads: int = 1
     """Worker threads per replica running model code."""
     python: str = sys.executable

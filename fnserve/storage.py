@@ -1,12 +1,21 @@
-"""Where a revision's model comes from: resolving ``spec.model.uri`` to a local artifact folder.
+"""Where a revision's model comes from: ``spec.model.uri`` → a local artifact folder.
 
 Relative paths are relative to the manifest's folder, so a function folder can be moved or cloned as a
-whole. A model folder must exist and hold files at deploy time: an invalid deploy changes nothing.
+whole. ``s3://`` prefixes are downloaded with boto3 (any S3 API: AWS, MinIO, Ceph) into a cache folder
+named after the listing's keys, sizes and ETags: the same artifact is fetched once, a changed one gets
+a new folder, and a download only becomes visible by an atomic rename once complete. A model folder
+must exist and hold files at deploy time: an invalid deploy changes nothing.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 
@@ -14,11 +23,10 @@ class ArtifactError(Exception):
     """The model URI does not lead to a usable artifact folder; the message says what to fix."""
 
 
-def resolve_model_dir(uri: str, source_dir: Path) -> Path:
-    """A local artifact folder for ``uri`` (relative path or file:// URI)."""
+def resolve_model_dir(uri: str, source_dir: Path, cache_dir: Path, s3_endpoint_url: str | None = None) -> Path:
+    """A local artifact folder for ``uri``; blocking (file system, network): call it from a worker thread."""
     if uri.startswith("s3://"):
-        raise ArtifactError(f"{uri}: s3:// models are not supported by this version of the local backend "
-                            "yet; use a path or file:// URI")
+        return fetch_s3(uri, cache_dir, s3_endpoint_url)
     if uri.startswith("file://"):
         parsed = urlparse(uri)
         path = Path(unquote(parsed.netloc + parsed.path))
@@ -31,3 +39,70 @@ def resolve_model_dir(uri: str, source_dir: Path) -> Path:
     if not any(path.iterdir()):
         raise ArtifactError(f"{uri}: model folder {path} is empty")
     return path
+
+
+def s3_client(endpoint_url: str | None = None) -> Any:
+    """A boto3 S3 client; credentials and region come from boto3's usual chain (env, profile, role)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
+    return boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
+
+
+def _split(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    prefix = parsed.path.lstrip("/")
+    return parsed.netloc, (prefix.rstrip("/") + "/") if prefix else ""
+
+
+def _list(client: Any, uri: str, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        objects = [o for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            raise ArtifactError(f"{uri}: bucket {bucket!r} does not exist") from None
+        raise ArtifactError(f"{uri}: S3 refused the listing ({code or exc})") from None
+    except BotoCoreError as exc:
+        raise ArtifactError(f"{uri}: cannot list objects ({exc})") from None
+    if not objects:
+        raise ArtifactError(f"{uri}: no objects under this prefix")
+    return objects
+
+
+def fetch_s3(uri: str, cache_dir: Path, endpoint_url: str | None = None) -> Path:
+    """Download every object under an s3:// prefix into the cache; returns the local folder."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = _split(uri)
+    client = s3_client(endpoint_url)
+    objects = _list(client, uri, bucket, prefix)
+    listing = sorted((o["Key"], o["Size"], o.get("ETag", "")) for o in objects)
+    digest = hashlib.sha256(json.dumps([bucket, listing]).encode()).hexdigest()[:24]
+    target = cache_dir / digest
+    if target.is_dir():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache_dir))
+    try:
+        for key, _, _ in listing:
+            relative = PurePosixPath(key[len(prefix):])
+            if relative.is_absolute() or ".." in relative.parts:
+                raise ArtifactError(f"{uri}: refusing object key {key!r} outside the prefix")
+            destination = staging.joinpath(*relative.parts)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, key, str(destination))
+        try:
+            os.rename(staging, target)
+        except OSError:  # another deploy finished the same download first
+            if not target.is_dir():
+                raise
+    except (ClientError, BotoCoreError) as exc:
+        raise ArtifactError(f"{uri}: download failed ({exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -84,12 +84,13 @@ def alive(pid: int) -> bool:
 class Router:
     """A real `fnserve up` subprocess on a free loopback port with its own state dir."""
 
-    def __init__(self, state_dir: Path, extra: list[str] | None = None) -> None:
+    def __init__(self, state_dir: Path, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state_dir = state_dir
         self.log_path = state_dir.parent / f"router-{self.port}.log"
         self.extra = extra or []
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Router:
@@ -97,7 +98,7 @@ class Router:
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [*FNSERVE, "up", "--port", str(self.port), "--state-dir", str(self.state_dir), *self.extra],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=log, stderr=subprocess.STDOUT, env=self.env)
         wait_for(self._ready, 30, f"router on {self.url} to be ready\n{self.log()}")
         return self
 
@@ -115,7 +116,7 @@ class Router:
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([*FNSERVE, *args], capture_output=True, text=True, timeout=180,
-                                env={**os.environ, "FNSERVE_URL": self.url})
+                                env={**self.env, "FNSERVE_URL": self.url})
         if check and result.returncode != 0:
             raise AssertionError(f"fnserve {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result

@@ -55,8 +55,8 @@ class Platform:
         if folder is None or not folder.is_absolute() or not folder.is_dir():
             raise DeployRejected(f"sourceDir must be the absolute path of the function's folder "
                                  f"on the router's machine (got {source_dir!r})")
-        model_dir = self._model_dir(function, folder, source)
         self._check_handler(function, folder, source)
+        model_dir = await self._model_dir(function, folder, source)
 
         async with self._lock(function.name):
             number = await asyncio.to_thread(self.state.next_number, function.name)
@@ -75,10 +75,10 @@ class Platform:
             self.functions[function.name] = revision
         return revision, created
 
-    @staticmethod
-    def _model_dir(function: Function, folder: Path, source: str) -> Path:
+    async def _model_dir(self, function: Function, folder: Path, source: str) -> Path:
         try:
-            return resolve_model_dir(function.spec.model.uri, folder)
+            return await asyncio.to_thread(resolve_model_dir, function.spec.model.uri, folder,
+                                           self.settings.state_dir / "models", self.settings.s3_endpoint_url)
         except ArtifactError as exc:
             problem = Problem("spec.model.uri", str(exc))
             raise DeployRejected(problem.render(source), [problem]) from None
