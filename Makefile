@@ -8,12 +8,13 @@ STATE  ?= .fnserve
 EXAMPLE := functions/sentiment
 MODEL  := $(EXAMPLE)/model/model.onnx
 
-.PHONY: install run example test test-fast lint clean help
+.PHONY: install run example test test-fast lint bench clean help
 
 help:
 	@echo "make run      install, train the example, start fnserve on :$(PORT) with functions/sentiment"
 	@echo "make test     install if needed, run the test suite"
 	@echo "make lint     ruff over the code base"
+	@echo "make bench    benchmarks; results in bench/results/ (summary.md is committed)"
 	@echo "make example  (re)train the example model"
 
 install: $(STAMP)
@@ -41,8 +42,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
+bench: $(STAMP) $(MODEL)
+	$(PY) -m bench.router_overhead
+	$(PY) -m bench.summarize
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fnserve runtimes functions tests
+	$(VENV)/bin/ruff check fnserve runtimes functions tests bench
 
 clean:
 	rm -rf $(STATE) $(EXAMPLE)/model .pytest_cache

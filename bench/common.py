@@ -1,0 +1,79 @@
+"""Helpers shared by the benchmarks: a platform to measure, machine facts, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+EXAMPLE = ROOT / "functions" / "sentiment"
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@contextmanager
+def platform_with_example() -> Iterator[tuple[str, str]]:
+    """`fnserve up` with the example deployed; yields (router URL, replica URL)."""
+    work = Path(tempfile.mkdtemp(prefix="fnserve-bench-"))
+    function = work / "sentiment"
+    shutil.copytree(EXAMPLE, function, ignore=shutil.ignore_patterns("__pycache__", ".train-*"))
+    if not (function / "model" / "model.onnx").exists():
+        subprocess.run([sys.executable, str(function / "train.py"), "--out", str(function / "model")],
+                       check=True, capture_output=True)
+    port = free_port()
+    router = subprocess.Popen([sys.executable, "-m", "fnserve.cli", "up", "--port", str(port),
+                               "--state-dir", str(work / "state"), "--deploy", str(function)],
+                              stdout=(work / "router.log").open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                functions = get_json(f"{url}/api/functions")["functions"]
+                if functions and functions[0]["ready"]:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or router.poll() is not None:
+                raise SystemExit(f"platform did not start:\n{(work / 'router.log').read_text()}")
+            time.sleep(0.1)
+        yield url, functions[0]["replicas"][0]["url"]
+    finally:
+        router.send_signal(signal.SIGTERM)
+        router.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_results(name: str, data: dict[str, Any], markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
+    (RESULTS / f"{name}.md").write_text(markdown)
