@@ -14,10 +14,10 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "fnserve.dev/v1"
@@ -101,13 +101,45 @@ class Resources(_Spec):
         return int(float(number) * _MEMORY_UNITS[unit])
 
 
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a Knative/Go duration string ("30s", "1m30s", "500ms", "2h")."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 1m30s or 500ms")
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _DURATION_RE.match(value.strip()) if isinstance(value, str) else None
+    if not match or not value.strip() or not any(match.groups()):
+        raise ValueError("must be a duration such as 30s, 1m30s or 500ms")
+    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds + millis / 1000
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
 class Scaling(_Spec):
-    """Replica bounds and targets, with KServe's names and meaning (see docs/scaling.md)."""
+    """Replica bounds and the autoscaler's knobs, with Knative's names and meaning (docs/scaling.md)."""
 
     min_replicas: int = Field(default=0, ge=0, description="Replicas kept when idle; 0 scales to zero.")
     max_replicas: int | None = Field(default=None, description="Upper bound; omit for no limit.")
     scale_target: int = Field(default=100, ge=1, description="Target concurrent requests per replica.")
+    target_utilization_percentage: float = Field(default=70, gt=0, le=100,
+                                                 description="Share of scaleTarget to aim for.")
     container_concurrency: int = Field(default=0, ge=0, description="Hard per-replica limit; 0 = none.")
+    stable_window: Duration = Field(default=30.0, ge=1, le=3600, description="Averaging window (Knative: 60s).")
+    scale_to_zero_grace_period: Duration = Field(default=10.0, ge=0, le=3600,
+                                                 description="Idle time after a zero stable window before the "
+                                                             "last replica goes (Knative: 30s).")
+    panic_window_percentage: float = Field(default=10, ge=1, le=100, description="Panic window, % of stableWindow.")
+    panic_threshold_percentage: float = Field(default=200, ge=110, le=1000,
+                                              description="Panic when the panic-window demand reaches this % of "
+                                                          "the ready replicas.")
+    scale_down_delay: Duration = Field(default=0.0, ge=0, le=3600, description="Hold scale-downs this long.")
+    initial_scale: int | None = Field(default=None, ge=0,
+                                      description="Replicas right after a deploy; default minReplicas.")
 
     @field_validator("max_replicas")
     @classmethod
@@ -119,6 +151,14 @@ class Scaling(_Spec):
             if minimum >= 1:
                 raise ValueError(f"must be ≥ minReplicas (got {value} < {minimum})")
             raise ValueError("must be ≥ 1 (omit it for no limit)")
+        return value
+
+    @field_validator("initial_scale")
+    @classmethod
+    def _within_bounds(cls, value: int | None, info: Any) -> int | None:
+        maximum = info.data.get("max_replicas")
+        if value is not None and maximum is not None and value > maximum:
+            raise ValueError(f"must be ≤ maxReplicas (got {value} > {maximum})")
         return value
 
 
