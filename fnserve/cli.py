@@ -143,9 +143,16 @@ def cmd_status(args: argparse.Namespace) -> None:
         _print_json(result)
         return
     spec = result["manifest"]["spec"]
+    scaling = spec.get("scaling", {})
+    serving = sum(r["state"] == "ready" for r in result["replicas"])
+    bounds = f"min {scaling.get('minReplicas', 0)}, max {scaling.get('maxReplicas', 'unlimited')}"
+    starts = ", ".join(f"{ms:.0f} ms" for ms in result.get("startTimesMs", [])[-5:]) or "none yet"
     print(f"name:      {result['name']}\nrevision:  {result['revision']} ({_age(result['createdAt'])} ago)\n"
           f"runtime:   {spec['runtime']}\nmodel:     {result['modelDir']}\n"
           f"ready:     {'yes' if result['ready'] else 'no'}" + (f"  ({result['message']})" if result["message"] else ""))
+    print(f"replicas:  {serving} ready, {result.get('desired')} desired ({bounds})"
+          f"{'  PANIC' if result.get('panic') else ''}\nqueued:    {result.get('queued', 0)}\n"
+          f"starts:    {starts} (latest last)")
     print()
     _table(["REPLICA", "REVISION", "STATE", "PID", "IN-FLIGHT", "AGE", "URL"],
            [[r["id"], r["revision"], r["state"], r["pid"], r["outstanding"], _age(r["startedAt"]), r["url"]]

@@ -34,6 +34,12 @@ class Settings:
     """Until API keys exist, the admin API answers clients on 127.0.0.1/::1 only."""
     s3_endpoint_url: str | None = None
     """S3 API endpoint for s3:// model URIs (MinIO, Ceph…); unset = boto3's default (AWS, or AWS_ENDPOINT_URL)."""
+    autoscale_tick: float = 2.0
+    """Seconds between autoscaler decisions (Knative: 2 s); a request at zero decides at once."""
+    activator_queue_limit: int = 1000
+    """Requests one function may hold waiting for a replica; more → 503 with Retry-After."""
+    activator_timeout: float = 60.0
+    """Seconds a request may wait for a replica (cold start or all full); past it → 504."""
     replica_threads: int = 1
     """Worker threads per replica running model code."""
     python: str = sys.executable

@@ -24,7 +24,7 @@ class ArtifactError(Exception):
 
 
 def resolve_model_dir(uri: str, source_dir: Path, cache_dir: Path, s3_endpoint_url: str | None = None) -> Path:
-    """A local artifact folder for ``uri``; blocking (file system, network): call it from a worker thread."""
+    """The local artifact folder ``uri`` names (not yet snapshotted); blocking: call it from a worker thread."""
     if uri.startswith("s3://"):
         return fetch_s3(uri, cache_dir, s3_endpoint_url)
     if uri.startswith("file://"):
@@ -39,6 +39,48 @@ def resolve_model_dir(uri: str, source_dir: Path, cache_dir: Path, s3_endpoint_u
     if not any(path.iterdir()):
         raise ArtifactError(f"{uri}: model folder {path} is empty")
     return path
+
+
+_SNAPSHOT_SKIP = {"__pycache__", ".git", ".ipynb_checkpoints"}
+
+
+def snapshot_dir(folder: Path, cache_dir: Path, exclude: Path | None = None) -> Path:
+    """An immutable copy of ``folder`` under ``cache_dir``, keyed by every file's path, size and mtime.
+
+    A revision must not change after it is deployed: a replica started an hour later (scale from zero)
+    has to load the same code and model as the first. Copies are reused while nothing changed, and a
+    copy becomes visible only once complete (staging folder + rename). ``exclude`` (a subfolder, e.g. the
+    model inside the function's folder) is left out.
+    """
+    files = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part in _SNAPSHOT_SKIP or part.startswith(".train-") for part in relative.parts):
+            continue
+        if exclude is not None and (path == exclude or exclude in path.parents):
+            continue
+        if path.is_file():
+            stat = path.stat()
+            files.append((relative.as_posix(), stat.st_size, stat.st_mtime_ns))
+    digest = hashlib.sha256(json.dumps([str(folder), files]).encode()).hexdigest()[:24]
+    target = cache_dir / digest
+    if target.is_dir():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=cache_dir))
+    try:
+        for relative, _, _ in files:
+            destination = staging / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / relative, destination)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def s3_client(endpoint_url: str | None = None) -> Any:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "functions" / "sentiment"
@@ -41,16 +42,17 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) 
 
 
 def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         raw: bytes | None = None, timeout: float = 60) -> tuple[int, dict[str, str], Any]:
-    """A plain HTTP call (urllib, no client library in between); JSON bodies are decoded."""
+         raw: bytes | None = None, timeout: float = 60) -> tuple[int, Any, Any]:
+    """A plain HTTP call (urllib, no client library in between); JSON bodies are decoded; the headers
+    come back as a case-insensitive mapping."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, head, payload = response.status, dict(response.headers), response.read()
+            status, head, payload = response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
-        status, head, payload = exc.code, dict(exc.headers), exc.read()
-    if "json" in head.get("Content-Type", head.get("content-type", "")):
+        status, head, payload = exc.code, exc.headers, exc.read()
+    if "json" in (head.get("Content-Type") or ""):
         return status, head, json.loads(payload)
     return status, head, payload
 
@@ -147,6 +149,18 @@ def example_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = subprocess.run([sys.executable, str(target / "train.py"), "--out", str(target / "model")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    return target
+
+
+@pytest.fixture(scope="session")
+def warm_dir(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example with minReplicas: 1, for tests that need a replica standing between requests."""
+    target = tmp_path_factory.mktemp("warm") / "sentiment"
+    shutil.copytree(example_dir, target, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = target / "function.yaml"
+    data = yaml.safe_load(manifest.read_text())
+    data["spec"]["scaling"]["minReplicas"] = 1
+    manifest.write_text(yaml.safe_dump(data))
     return target
 
 

@@ -20,6 +20,8 @@ class Endpoint:
     function: str
     replica: str
     url: str
+    cold_start_ms: float | None = None
+    """Set when the request waited for a replica to start (the X-Fnserve-Cold-Start header)."""
 
 
 @dataclass
@@ -44,10 +46,15 @@ class FunctionStatus:
     ready: bool
     replicas: list[ReplicaStatus] = field(default_factory=list)
     message: str = ""
+    desired: int | None = None
+    panic: bool = False
+    queued: int = 0
+    start_times_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "revision": self.revision, "ready": self.ready, "message": self.message,
-                "replicas": [r.to_dict() for r in self.replicas]}
+                "replicas": [r.to_dict() for r in self.replicas], "desired": self.desired, "panic": self.panic,
+                "queued": self.queued, "startTimesMs": self.start_times_ms}
 
 
 class BackendError(Exception):
@@ -80,8 +87,9 @@ class DeployFailed(BackendError):
 
 
 class Backend(Protocol):
-    async def apply(self, revision: Revision) -> None:
-        """Make ``revision`` the one serving its function; returns once it is ready."""
+    async def apply(self, revision: Revision, *, verify: bool = True) -> None:
+        """Make ``revision`` the one serving its function. With ``verify`` (a deploy) it returns once the
+        revision has proved it starts; without (a restore) it only has to be registered."""
 
     async def delete(self, name: str) -> None:
         """Stop every replica of a function."""

@@ -47,8 +47,8 @@ def _summary(platform: Platform, revision: Revision) -> dict[str, Any]:
         status = {"ready": False, "replicas": [], "message": "not running"}
     spec = revision.function.spec
     return {"name": revision.name, "revision": revision.number, "runtime": spec.runtime,
-            "ready": status["ready"], "replicas": status["replicas"], "message": status["message"],
-            "url": f"/v1/models/{revision.name}:predict", "createdAt": revision.created_at}
+            "url": f"/v1/models/{revision.name}:predict", "createdAt": revision.created_at,
+            **{k: v for k, v in status.items() if k not in ("name", "revision")}}
 
 
 @_admin

@@ -27,10 +27,13 @@ async def _forward(request: Request, *, json_default: bool = False) -> Response:
     except BackendError as exc:
         return error_response(request, exc.status, str(exc), retry_after=exc.retry_after)
     try:
-        return await platform.proxy.forward(request, endpoint, revision.function.spec.timeout,
-                                            json_default=json_default)
+        response = await platform.proxy.forward(request, endpoint, revision.function.spec.timeout,
+                                                json_default=json_default)
     finally:
         platform.backend.release(endpoint)
+    if endpoint.cold_start_ms is not None:
+        response.headers["X-Fnserve-Cold-Start"] = f"{endpoint.cold_start_ms:.0f}"
+    return response
 
 
 async def model_request(request: Request) -> Response:

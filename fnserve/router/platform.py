@@ -19,7 +19,7 @@ from fnserve.manifest import Function, ManifestError, Problem, parse_function
 from fnserve.router.proxy import Proxy
 from fnserve.settings import Settings
 from fnserve.state import Revision, StateStore
-from fnserve.storage import ArtifactError, resolve_model_dir
+from fnserve.storage import ArtifactError, resolve_model_dir, snapshot_dir
 
 log = logging.getLogger("fnserve.router")
 
@@ -57,10 +57,11 @@ class Platform:
                                  f"on the router's machine (got {source_dir!r})")
         self._check_handler(function, folder, source)
         model_dir = await self._model_dir(function, folder, source)
+        code_dir, model_dir = await asyncio.to_thread(self._snapshot, folder, model_dir)
 
         async with self._lock(function.name):
             number = await asyncio.to_thread(self.state.next_number, function.name)
-            revision = Revision(function, number, folder.resolve(), model_dir, time.time())
+            revision = Revision(function, number, code_dir, model_dir, time.time())
             created = function.name not in self.functions
             try:
                 await self.backend.apply(revision)
@@ -82,6 +83,14 @@ class Platform:
         except ArtifactError as exc:
             problem = Problem("spec.model.uri", str(exc))
             raise DeployRejected(problem.render(source), [problem]) from None
+
+    def _snapshot(self, folder: Path, model_dir: Path) -> tuple[Path, Path]:
+        """Freeze the function's code and model for this revision (s3 downloads already are)."""
+        root = self.settings.state_dir
+        code = snapshot_dir(folder.resolve(), root / "sources", exclude=model_dir)
+        if root / "models" in model_dir.parents:
+            return code, model_dir
+        return code, snapshot_dir(model_dir, root / "models")
 
     @staticmethod
     def _check_handler(function: Function, folder: Path, source: str) -> None:
@@ -116,7 +125,7 @@ class Platform:
 
         async def one(revision: Revision) -> None:
             try:
-                await self.backend.apply(revision)
+                await self.backend.apply(revision, verify=False)
             except BackendError as exc:
                 log.error("could not restore %s: %s", revision.name, exc)
 

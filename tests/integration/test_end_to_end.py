@@ -10,6 +10,7 @@ import signal
 import struct
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -29,7 +30,7 @@ def deploy(router: Router, path: Path) -> None:
     assert "ready in" in result.stdout
 
 
-def predict(router: Router, name: str, instances: list[object], **kw: object) -> tuple[int, dict, object]:
+def predict(router: Router, name: str, instances: list[object], **kw: object) -> tuple[int, Any, Any]:
     return http("POST", f"{router.url}/v1/models/{name}:predict", {"instances": instances}, **kw)
 
 
@@ -86,7 +87,7 @@ def test_binary_tensor_bodies_pass_through_both_ways(router: Router, example_dir
                                     headers={"Content-Type": "application/octet-stream",
                                              "Inference-Header-Content-Length": str(header_length)})
     assert status == 200, payload
-    json_length = int({k.lower(): v for k, v in headers.items()}["inference-header-content-length"])
+    json_length = int(headers["Inference-Header-Content-Length"])
     meta = json.loads(payload[:json_length])
     blobs, offset = {}, json_length
     for output in meta["outputs"]:
@@ -205,12 +206,13 @@ def test_failed_redeploy_keeps_the_old_revision_serving(router: Router, example_
     (fn / "model" / "model.onnx").write_bytes(b"not a model")
     result = router.cli("deploy", str(fn))
     assert result.returncode == 1 and "revision 2 did not start" in result.stderr
+    # revision 1 is scaled to zero: its next cold start loads its own snapshot, not the broken file
     assert predict(router, "sentiment", [POSITIVE])[2]["predictions"][0]["label"] == "positive"
     assert json.loads(router.cli("status", "sentiment", "--json", check=True).stdout)["revision"] == 1
 
 
-def test_redeploy_switches_only_when_ready_and_drops_nothing(router: Router, example_dir: Path) -> None:
-    deploy(router, example_dir)
+def test_redeploy_switches_only_when_ready_and_drops_nothing(router: Router, warm_dir: Path) -> None:
+    deploy(router, warm_dir)
     (old_pid,) = router.replica_pids()
     statuses: list[int] = []
     stop = threading.Event()
@@ -223,7 +225,7 @@ def test_redeploy_switches_only_when_ready_and_drops_nothing(router: Router, exa
     sender.start()
     try:
         wait_for(lambda: len(statuses) >= 5, 30, "traffic before the redeploy")
-        deploy(router, example_dir)
+        deploy(router, warm_dir)
         seen = len(statuses)
         wait_for(lambda: len(statuses) >= seen + 5, 30, "traffic after the redeploy")
     finally:
@@ -236,8 +238,8 @@ def test_redeploy_switches_only_when_ready_and_drops_nothing(router: Router, exa
     assert json.loads(router.cli("status", "sentiment", "--json", check=True).stdout)["revision"] == 2
 
 
-def test_slow_replica_gives_504_and_a_dead_one_503(router: Router, example_dir: Path, tmp_path: Path) -> None:
-    fn = copy_function(example_dir, tmp_path / "fn")
+def test_slow_replica_gives_504_and_a_dead_one_503(router: Router, warm_dir: Path, tmp_path: Path) -> None:
+    fn = copy_function(warm_dir, tmp_path / "fn")
     write_manifest(fn, timeout=1)
     deploy(router, fn)
     (pid,) = router.replica_pids()
@@ -246,7 +248,7 @@ def test_slow_replica_gives_504_and_a_dead_one_503(router: Router, example_dir: 
         status, _, body = predict(router, "sentiment", [POSITIVE])
         assert status == 504 and body["error"] == "function 'sentiment' did not answer within 1 s"
 
-        results: list[tuple[int, dict, object]] = []
+        results: list[tuple[int, Any, Any]] = []
         waiting = threading.Thread(target=lambda: results.append(predict(router, "sentiment", [POSITIVE])))
         waiting.start()
         wait_for(lambda: json.loads(router.cli("status", "sentiment", "--json").stdout)["replicas"][0]["outstanding"]
@@ -266,10 +268,10 @@ def test_slow_replica_gives_504_and_a_dead_one_503(router: Router, example_dir: 
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_shutdown_leaves_no_replica_process(tmp_path: Path, example_dir: Path, sig: signal.Signals) -> None:
+def test_shutdown_leaves_no_replica_process(tmp_path: Path, warm_dir: Path, sig: signal.Signals) -> None:
     router = Router(tmp_path / "state").start()
     try:
-        deploy(router, example_dir)
+        deploy(router, warm_dir)
         pids = router.replica_pids()
         assert len(pids) == 1 and all(alive(p) for p in pids)
     finally:

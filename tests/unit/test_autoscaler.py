@@ -141,3 +141,17 @@ def test_params_from_the_manifest() -> None:
     assert params.utilization == pytest.approx(0.7)
     assert (params.stable_window, params.panic_window, params.panic_threshold) == (20.0, 4.0, 3.0)
     assert (params.scale_down_delay, params.scale_to_zero_grace) == (60.0, 5.0)
+
+
+def test_recorder_integrates_concurrency_per_second() -> None:
+    from fnserve.backends.local.autoscaler import ConcurrencyRecorder
+
+    recorder = ConcurrencyRecorder(now=10.0, keep_seconds=5)
+    recorder.add(10.0, +2)      # two requests for half a second
+    recorder.add(10.5, -1)      # one of them for another second
+    recorder.add(11.5, -1)
+    samples = recorder.samples(12.0)
+    assert samples[10] == pytest.approx(2 * 0.5 + 1 * 0.5)
+    assert samples[11] == pytest.approx(0.5)
+    assert 12 not in samples
+    assert set(recorder.samples(30.0)) == set()  # old seconds are dropped

@@ -146,3 +146,39 @@ def decide(samples: Mapping[int, float], ready: int, params: Params, now: float,
         desired = min(desired, params.max_replicas)
     next_state = replace(state, panic_since=panic_since, panic_peak=peak, zero_since=zero_since, recent=recent)
     return Decision(desired, panic_since is not None, stable, panic, next_state)
+
+
+class ConcurrencyRecorder:
+    """Time-weighted average concurrency per whole second, fed with every change (explicit clock).
+
+    Knative's queue-proxy reports the average concurrency of each second; here the activator reports
+    every +1 (request queued or dispatched) and -1 (request finished), and the integral over each second
+    gives the same number exactly, without sampling.
+    """
+
+    def __init__(self, now: float, keep_seconds: float) -> None:
+        self.value = 0
+        self._last = now
+        self._keep = int(keep_seconds) + 2
+        self._buckets: dict[int, float] = {}
+
+    def _advance(self, now: float) -> None:
+        if self.value and now > self._last:
+            t = self._last
+            while t < now:
+                second = math.floor(t)
+                end = min(now, second + 1.0)
+                self._buckets[second] = self._buckets.get(second, 0.0) + self.value * (end - t)
+                t = end
+        self._last = max(self._last, now)
+
+    def add(self, now: float, delta: int) -> None:
+        self._advance(now)
+        self.value += delta
+
+    def samples(self, now: float) -> dict[int, float]:
+        self._advance(now)
+        oldest = math.floor(now) - self._keep
+        for second in [s for s in self._buckets if s < oldest]:
+            del self._buckets[second]
+        return self._buckets

@@ -1,9 +1,11 @@
-"""LocalBackend: functions as replica processes on this machine.
+"""LocalBackend: functions as replica processes on this machine, scaled like Knative scales pods.
 
-v0 keeps one replica per function (the autoscaler and activator replace that policy later). A deploy
-starts the new revision's replica, waits for it to be ready, then switches traffic and drains the old
-one, so a redeploy never drops a request and a failed deploy leaves the old revision serving. A replica
-that crashes is restarted with exponential backoff, as Kubernetes would restart its pod.
+Per function: an Activator (queue + least-outstanding dispatch) and a ConcurrencyRecorder feed the pure
+KPA decider every ``autoscale_tick`` seconds, and at once when a request finds no replica (Knative's
+"poke"); reconcile() then starts or drains replicas to match the decision. A deploy proves the new
+revision starts (one replica must become ready) before it takes traffic and the old revision drains;
+with ``initialScale`` 0 that proving replica is stopped right away. A replica that exits on its own
+leaves the rotation at once and the next reconcile replaces it; failed starts back off exponentially.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,41 +29,49 @@ from fnserve.backends.base import (
     NoReadyReplica,
     ReplicaStatus,
 )
+from fnserve.backends.local.activator import Activator
+from fnserve.backends.local.autoscaler import ConcurrencyRecorder, Params, State, decide
 from fnserve.backends.local.replica import Replica, ReplicaFailed, tail_lines
 from fnserve.settings import Settings
 from fnserve.state import Revision
 
 log = logging.getLogger("fnserve.local")
 
-_MAX_RESTART_DELAY = 30.0
+_MAX_BACKOFF = 30.0
+_LIVE = ("starting", "ready")
 
 
 @dataclass
 class _Function:
     revision: Revision
-    replicas: list[Replica] = field(default_factory=list)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    starting: int = 0
-    restarting: bool = False
+    params: Params
+    activator: Activator
+    recorder: ConcurrencyRecorder
+    since: float
+    scaler: State = field(default_factory=State)
+    desired: int = 0
+    panic: bool = False
     message: str = ""
-    restarts: int = 0
+    failures: int = 0
+    next_start_at: float = 0.0
+    start_times_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10))
 
-    def serving(self) -> list[Replica]:
-        return [r for r in self.replicas if r.state == "ready"]
+    @property
+    def name(self) -> str:
+        return self.revision.name
 
-    def notify(self) -> None:
-        """Wake requests waiting for a replica: one became ready, or a start ended in failure."""
-        self.changed.set()
-        self.changed = asyncio.Event()
+    def live(self) -> list[Replica]:
+        return [r for r in self.activator.replicas if r.state in _LIVE]
 
 
 class LocalBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._functions: dict[str, _Function] = {}
-        self._replicas: dict[str, Replica] = {}
+        self._replicas: dict[str, tuple[_Function, Replica]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
 
@@ -71,44 +82,43 @@ class LocalBackend:
         return self._session
 
     # -- deploy / delete ---------------------------------------------------------------------
-    async def apply(self, revision: Revision) -> None:
-        fn = self._functions.get(revision.name)
-        if fn is None:
-            fn = self._functions[revision.name] = _Function(revision)
-        async with fn.lock:
-            replica = await self._start(revision)  # raises DeployFailed; nothing has changed then
-            old = fn.replicas
-            fn.revision, fn.replicas, fn.message, fn.restarts = revision, [replica], "", 0
-            fn.notify()
-        for previous in old:
-            self._spawn(self._drain(previous))
-        log.info("%s: revision %d serving from %s", revision.name, revision.number, replica.id)
+    def _new_function(self, revision: Revision) -> _Function:
+        params = Params.from_scaling(revision.function.spec.scaling)
+        now = time.monotonic()
+        recorder = ConcurrencyRecorder(now, params.stable_window)
+        activator = Activator(revision.name, params.container_concurrency, self.settings.activator_queue_limit,
+                              self.settings.activator_timeout, recorder)
+        return _Function(revision, params, activator, recorder, since=now)
 
-    async def _start(self, revision: Revision) -> Replica:
-        fn = self._functions[revision.name]
-        manifest_path = self._write_manifest(revision)
-        replica = Replica(revision, manifest_path, self._log_dir(revision.name))
-        self._replicas[replica.id] = replica
-        fn.starting += 1
-        try:
-            await replica.start(self.settings)
-            await replica.wait_ready(self.session, self.settings.replica_ready_timeout)
-        except (ReplicaFailed, OSError) as exc:
-            await replica.stop(self.settings.replica_stop_timeout)
-            self._replicas.pop(replica.id, None)
-            fn.message = f"{revision.name} revision {revision.number} did not start: {exc}"
-            raise DeployFailed(fn.message) from None
-        finally:
-            fn.starting -= 1
-            fn.notify()
-        self._spawn(self._watch(replica))
-        return replica
+    async def apply(self, revision: Revision, *, verify: bool = True) -> None:
+        """Serve ``revision``. With ``verify`` (a deploy) one replica must start first; without (a
+        restore after restart) the function is registered and scaled like any other."""
+        self._ensure_ticker()
+        async with self._locks.setdefault(revision.name, asyncio.Lock()):
+            fn = self._new_function(revision)
+            if verify:
+                await self._start_replica(fn, deploying=True)
+            old = self._functions.get(revision.name)
+            self._functions[revision.name] = fn
+            if old is not None:
+                fn.activator.adopt(old.activator)
+                for replica in old.activator.replicas:
+                    self._spawn(self._drain(old, replica))
+            scaling = revision.function.spec.scaling
+            initial = scaling.initial_scale if scaling.initial_scale is not None else scaling.min_replicas
+            if initial == 0 and verify and fn.activator.idle():
+                # the proof is done: a scale-to-zero function holds no process once deploy returns
+                await asyncio.gather(*(self._drain(fn, r) for r in fn.live()))
+            fn.desired = max(initial, len(fn.live()) if initial else 0)
+            self._start_missing(fn, fn.desired)
+        log.info("%s: revision %d serving (%d replica(s) to start with)", revision.name, revision.number, fn.desired)
 
     def _write_manifest(self, revision: Revision) -> Path:
         """Replicas read the manifest as deployed, not whatever function.yaml holds by now."""
         path = self.settings.state_dir / "revisions" / revision.name / f"{revision.number}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(revision.function.to_dict(), sort_keys=False))
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(revision.function.to_dict(), sort_keys=False))
         return path
 
     def _log_dir(self, name: str) -> Path:
@@ -118,84 +128,122 @@ class LocalBackend:
         fn = self._functions.pop(name, None)
         if fn is None:
             raise FunctionNotFound(f"function {name!r} not found")
-        async with fn.lock:
-            await asyncio.gather(*(self._stop(r) for r in fn.replicas))
-            fn.replicas = []
-            fn.notify()
+        fn.activator.fail_waiting(f"function {name!r} was deleted")
+        await asyncio.gather(*(self._drain(fn, r) for r in list(fn.activator.replicas)))
 
-    async def _drain(self, replica: Replica) -> None:
-        """Let in-flight requests finish (up to drain_timeout), then stop the replica."""
-        replica.state = "draining"
+    # -- replicas ------------------------------------------------------------------------------
+    async def _start_replica(self, fn: _Function, *, deploying: bool = False) -> Replica:
+        revision = fn.revision
+        replica = Replica(revision, self._write_manifest(revision), self._log_dir(revision.name))
+        fn.activator.replicas.append(replica)
+        self._replicas[replica.id] = (fn, replica)
+        started = time.monotonic()
+        try:
+            await replica.start(self.settings)
+            await replica.wait_ready(self.session, self.settings.replica_ready_timeout)
+        except (ReplicaFailed, OSError) as exc:
+            await replica.stop(self.settings.replica_stop_timeout)
+            self._forget(fn, replica)
+            fn.failures += 1
+            fn.next_start_at = time.monotonic() + min(_MAX_BACKOFF, 0.5 * 2 ** (fn.failures - 1))
+            fn.message = f"{revision.name} revision {revision.number} did not start: {exc}"
+            if not deploying and not fn.live():
+                fn.activator.fail_waiting(fn.message)
+            raise DeployFailed(fn.message) from None
+        fn.failures, fn.message = 0, ""
+        fn.start_times_ms.append((time.monotonic() - started) * 1000)
+        self._spawn(self._watch(fn, replica))
+        fn.activator.dispatch()
+        return replica
+
+    async def _start_in_background(self, fn: _Function) -> None:
+        with contextlib.suppress(DeployFailed):
+            await self._start_replica(fn)
+
+    def _start_missing(self, fn: _Function, desired: int) -> None:
+        missing = desired - len(fn.live())
+        if missing > 0 and time.monotonic() >= fn.next_start_at and not self._closing:
+            for _ in range(missing):
+                self._spawn(self._start_in_background(fn))
+
+    def _forget(self, fn: _Function, replica: Replica) -> None:
+        if replica in fn.activator.replicas:
+            fn.activator.replicas.remove(replica)
+        if replica.outstanding == 0:
+            self._replicas.pop(replica.id, None)
+
+    async def _drain(self, fn: _Function, replica: Replica) -> None:
+        """Take a replica out of rotation, let in-flight requests finish (up to drain_timeout), stop it."""
+        if replica.state == "ready":
+            replica.state = "draining"
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(replica.idle.wait(), self.settings.drain_timeout)
-        await self._stop(replica)
-
-    async def _stop(self, replica: Replica) -> None:
         await replica.stop(self.settings.replica_stop_timeout)
-        self._replicas.pop(replica.id, None)
+        self._forget(fn, replica)
 
-    async def _watch(self, replica: Replica) -> None:
-        """Restart a serving replica that exits on its own, with exponential backoff."""
+    async def _watch(self, fn: _Function, replica: Replica) -> None:
+        """A replica that exits on its own leaves the rotation at once; reconcile replaces it."""
         assert replica.process is not None
         code = await replica.process.wait()
-        if replica.state != "ready" or self._closing:
+        if replica.state in ("stopped",) or self._closing:
             return
         replica.state = "failed"
-        self._replicas.pop(replica.id, None)
-        fn = self._functions.get(replica.revision.name)
-        if fn is None or replica not in fn.replicas:
-            return
-        fn.replicas.remove(replica)
-        fn.message = f"replica {replica.id} exited with code {code}; restarting"
-        log.warning("%s: %s", replica.revision.name, fn.message)
-        await self._restart(fn, replica.revision)
+        self._forget(fn, replica)
+        fn.message = f"replica {replica.id} exited with code {code}"
+        log.warning("%s: %s; replacing it", fn.name, fn.message)
+        if self._functions.get(fn.name) is fn:
+            self.reconcile(fn)
 
-    async def _restart(self, fn: _Function, revision: Revision) -> None:
-        fn.restarting = True
-        try:
-            await self._restart_until_ready(fn, revision)
-        finally:
-            fn.restarting = False
-            fn.notify()
+    # -- scaling ---------------------------------------------------------------------------------
+    def reconcile(self, fn: _Function, *, poke: bool = False) -> None:
+        """One autoscaler decision for ``fn``, then start or drain replicas to match it."""
+        now = time.monotonic()
+        decision = decide(fn.recorder.samples(now), fn.activator.ready_count(), fn.params, now, fn.scaler, fn.since)
+        fn.scaler, fn.panic = decision.state, decision.panic
+        desired = max(decision.desired, 1) if poke else decision.desired
+        fn.desired = desired
+        live = fn.live()
+        if len(live) < desired:
+            self._start_missing(fn, desired)
+        elif len(live) > desired:
+            # stop idle ready replicas first, newest first; a starting one only if nothing else is left
+            victims = sorted(live, key=lambda r: (r.state != "ready", r.outstanding, -r.started_at))
+            for replica in victims[:len(live) - desired]:
+                self._spawn(self._drain(fn, replica))
 
-    async def _restart_until_ready(self, fn: _Function, revision: Revision) -> None:
-        while not self._closing and self._functions.get(revision.name) is fn and fn.revision is revision:
-            await asyncio.sleep(min(_MAX_RESTART_DELAY, 0.5 * 2 ** fn.restarts))
-            fn.restarts += 1
-            async with fn.lock:
-                if fn.revision is not revision or self._functions.get(revision.name) is not fn:
-                    return
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None:
+            self._ticker = asyncio.ensure_future(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.settings.autoscale_tick)
+            for fn in list(self._functions.values()):
                 try:
-                    replica = await self._start(revision)
-                except DeployFailed as exc:
-                    fn.message = str(exc)
-                    continue
-                fn.replicas.append(replica)
-                fn.message = ""
-                fn.notify()
-                return
+                    self.reconcile(fn)
+                except Exception:  # one function's bug must not stop scaling for the others
+                    log.exception("%s: autoscaler tick failed", fn.name)
 
     # -- the request path ---------------------------------------------------------------------
     async def acquire(self, name: str) -> Endpoint:
         fn = self._functions.get(name)
         if fn is None:
             raise FunctionNotFound(f"function {name!r} not found")
-        deadline = time.monotonic() + self.settings.replica_ready_timeout
-        while not fn.serving():
-            remaining = deadline - time.monotonic()
-            if (fn.starting == 0 and not fn.restarting) or remaining <= 0:
-                raise NoReadyReplica(f"function {name!r} has no ready replica"
-                                     + (f": {fn.message}" if fn.message else ""))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(fn.changed.wait(), remaining)
-        replica = min(fn.serving(), key=lambda r: r.outstanding)
-        replica.begin()
-        return Endpoint(name, replica.id, replica.url)
+        if not fn.live():
+            if time.monotonic() < fn.next_start_at and fn.message:
+                raise NoReadyReplica(f"function {name!r} has no ready replica: {fn.message}")
+            self.reconcile(fn, poke=True)
+        replica, cold_ms = await fn.activator.acquire()
+        return Endpoint(name, replica.id, replica.url, cold_ms)
 
     def release(self, endpoint: Endpoint) -> None:
-        replica = self._replicas.get(endpoint.replica)
-        if replica is not None:
-            replica.end()
+        found = self._replicas.get(endpoint.replica)
+        if found is None:
+            return
+        fn, replica = found
+        fn.activator.release(replica)
+        if replica.state in ("stopped", "failed") and replica.outstanding == 0:
+            self._replicas.pop(replica.id, None)
 
     # -- inspection ------------------------------------------------------------------------------
     def status(self, name: str) -> FunctionStatus:
@@ -203,8 +251,11 @@ class LocalBackend:
         if fn is None:
             raise FunctionNotFound(f"function {name!r} not found")
         replicas = [ReplicaStatus(r.id, r.revision.number, r.state, r.url, r.pid, r.outstanding, r.started_at)
-                    for r in self._replicas.values() if r.revision.name == name]
-        return FunctionStatus(name, fn.revision.number, bool(fn.serving()), replicas, fn.message)
+                    for _, r in self._replicas.values() if r.revision.name == name and r.state != "stopped"]
+        ready = fn.activator.ready_count() > 0 or (fn.desired == 0 and not fn.message)
+        return FunctionStatus(name, fn.revision.number, ready,
+                              replicas, fn.message, desired=fn.desired, panic=fn.panic,
+                              queued=fn.activator.queued, start_times_ms=[round(t) for t in fn.start_times_ms])
 
     def names(self) -> list[str]:
         return sorted(self._functions)
@@ -221,10 +272,11 @@ class LocalBackend:
 
     async def close(self) -> None:
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*(r.stop(self.settings.replica_stop_timeout) for r in list(self._replicas.values())),
-                             return_exceptions=True)
+        for task in [self._ticker, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        replicas = [r for _, r in self._replicas.values()]
+        await asyncio.gather(*(r.stop(self.settings.replica_stop_timeout) for r in replicas), return_exceptions=True)
         self._replicas.clear()
         self._functions.clear()
         if self._session is not None:

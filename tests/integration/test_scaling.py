@@ -1,0 +1,183 @@
+"""Scale to zero, activation and autoscaling with real replica processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Router, alive, http, wait_for
+
+pytestmark = pytest.mark.slow
+
+FAST = {"FNSERVE_AUTOSCALE_TICK": "0.5"}
+
+
+def function(example_dir: Path, target: Path, **scaling: object) -> Path:
+    shutil.copytree(example_dir, target, ignore=shutil.ignore_patterns("__pycache__"))
+    data = yaml.safe_load((target / "function.yaml").read_text())
+    data["spec"]["scaling"] = scaling
+    (target / "function.yaml").write_text(yaml.safe_dump(data))
+    return target
+
+
+def predict(router: Router, text: str = "a lovely, charming film", timeout: float = 60) -> tuple[int, Any, Any]:
+    return http("POST", f"{router.url}/v1/models/sentiment:predict", {"instances": [text]}, timeout=timeout)
+
+
+def status(router: Router) -> dict:
+    return json.loads(router.cli("status", "sentiment", "--json", check=True).stdout)
+
+
+def replicas_started(router: Router) -> int:
+    """Each replica ever started has its own log file."""
+    return len(list((router.state_dir / "logs" / "sentiment").glob("*.log")))
+
+
+@pytest.fixture
+def fast_router(tmp_path: Path) -> Iterator[Router]:
+    router = Router(tmp_path / "state", env=FAST).start()
+    try:
+        yield router
+    finally:
+        pids = router.replica_pids()
+        router.stop()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_scale_from_zero_and_back(fast_router: Router, example_dir: Path, tmp_path: Path) -> None:
+    fn = function(example_dir, tmp_path / "fn", minReplicas=0, stableWindow="2s", scaleToZeroGracePeriod="1s")
+    fast_router.cli("deploy", str(fn), check=True)
+    assert fast_router.replica_pids() == set()  # the deploy proved the revision starts, then let it go
+
+    status_code, headers, body = predict(fast_router)
+    assert status_code == 200 and body["predictions"][0]["label"] == "positive"
+    cold_ms = int(headers["X-Fnserve-Cold-Start"])
+    assert 0 < cold_ms < 60_000
+    assert len(fast_router.replica_pids()) == 1
+
+    warm_code, warm_headers, _ = predict(fast_router)
+    assert warm_code == 200 and "X-Fnserve-Cold-Start" not in warm_headers
+
+    # stable window (2 s) at zero + grace (1 s), decided on 0.5 s ticks
+    wait_for(lambda: not fast_router.replica_pids(), 20, "the idle function to scale to zero")
+    assert status(fast_router)["ready"] is True  # idle at zero is ready: the next request wakes it
+
+
+def test_burst_from_zero_all_succeed_within_bounds(fast_router: Router, example_dir: Path, tmp_path: Path) -> None:
+    fn = function(example_dir, tmp_path / "fn", minReplicas=0, maxReplicas=3, scaleTarget=4,
+                  stableWindow="6s", scaleToZeroGracePeriod="1s")
+    fast_router.cli("deploy", str(fn), check=True)
+    proofs = replicas_started(fast_router)  # the deploy's own proving replica
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, len(fast_router.replica_pids()))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(50) as pool:
+            results = list(pool.map(lambda i: predict(fast_router, f"what a wonderful film number {i}"), range(50)))
+    finally:
+        stop.set()
+        watcher.join()
+    assert [code for code, _, _ in results] == [200] * 50
+    assert all(body["predictions"][0]["label"] == "positive" for _, _, body in results)
+    assert any("X-Fnserve-Cold-Start" in headers for _, headers, _ in results)
+    assert peak <= 3
+    assert replicas_started(fast_router) - proofs <= 3  # no replica started beyond maxReplicas
+
+
+def test_container_concurrency_queues_instead_of_rejecting(fast_router: Router, warm_dir: Path,
+                                                           tmp_path: Path) -> None:
+    fn = function(warm_dir, tmp_path / "fn", minReplicas=1, maxReplicas=1, containerConcurrency=1)
+    fast_router.cli("deploy", str(fn), check=True)
+    most_in_flight = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal most_in_flight
+        while not stop.is_set():
+            replicas = status(fast_router)["replicas"]
+            most_in_flight = max([most_in_flight, *(r["outstanding"] for r in replicas)])
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            codes = [code for code, _, _ in pool.map(lambda i: predict(fast_router), range(40))]
+    finally:
+        stop.set()
+        watcher.join()
+    assert codes == [200] * 40
+    assert most_in_flight <= 1
+
+
+def test_full_queue_answers_503_with_retry_after(tmp_path: Path, warm_dir: Path) -> None:
+    router = Router(tmp_path / "state", env={**FAST, "FNSERVE_ACTIVATOR_QUEUE_LIMIT": "2"}).start()
+    fn = function(warm_dir, tmp_path / "fn", minReplicas=1, maxReplicas=1, containerConcurrency=1)
+    try:
+        router.cli("deploy", str(fn), check=True)
+        (pid,) = router.replica_pids()
+        os.kill(pid, signal.SIGSTOP)  # the replica takes one request and never answers it
+        pool = ThreadPoolExecutor(3)
+        stuck = [pool.submit(predict, router, "held", 30) for _ in range(3)]  # 1 in flight + 2 queued
+        wait_for(lambda: status(router)["queued"] == 2, 15, "two requests to be queued")
+        code, headers, body = predict(router)
+        assert code == 503 and headers["Retry-After"] == "1"
+        assert "2 requests are already waiting" in body["error"]
+        os.kill(pid, signal.SIGCONT)
+        assert [f.result(timeout=30)[0] for f in stuck] == [200, 200, 200]
+        pool.shutdown()
+    finally:
+        router.stop()
+
+
+def test_killed_replica_under_load_is_replaced_and_nothing_hangs(fast_router: Router, warm_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    fn = function(warm_dir, tmp_path / "fn", minReplicas=1, maxReplicas=2)
+    fast_router.cli("deploy", str(fn), check=True)
+    (victim,) = fast_router.replica_pids()
+    outcomes: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            code = predict(fast_router, timeout=45)[0]
+            outcomes.append((code, time.monotonic() - started))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(outcomes) > 20, 30, "load before the kill")
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: fast_router.replica_pids() - {victim}, 30, "a replacement replica")
+        count = len(outcomes)
+        wait_for(lambda: len(outcomes) > count + 20, 30, "load after the replacement")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert {code for code, _ in outcomes} <= {200, 503}
+    assert max(seconds for _, seconds in outcomes) < 30  # the function's timeout; nothing hung
+    assert [code for code, _ in outcomes[-10:]] == [200] * 10
