@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -62,20 +63,29 @@ def snapshot_dir(folder: Path, cache_dir: Path, exclude: Path | None = None) -> 
         if path.is_file():
             stat = path.stat()
             files.append((relative.as_posix(), stat.st_size, stat.st_mtime_ns))
-    digest = hashlib.sha256(json.dumps([str(folder), files]).encode()).hexdigest()[:24]
-    target = cache_dir / digest
-    if target.is_dir():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=cache_dir))
-    try:
+
+    def copy(staging: Path) -> None:
         for relative, _, _ in files:
             destination = staging / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(folder / relative, destination)
+
+    return _cached(cache_dir, [str(folder), files], copy)
+
+
+def _cached(cache_dir: Path, key: Any, fill: Callable[[Path], None]) -> Path:
+    """The folder cached under a digest of ``key``: made once by ``fill(staging)``, published by a rename,
+    so a half-made folder is never visible and concurrent makers of the same folder agree."""
+    target = cache_dir / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+    if target.is_dir():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir))
+    try:
+        fill(staging)
         try:
             os.rename(staging, target)
-        except OSError:
+        except OSError:  # another deploy finished the same folder first
             if not target.is_dir():
                 raise
     finally:
@@ -124,13 +134,8 @@ def fetch_s3(uri: str, cache_dir: Path, endpoint_url: str | None = None) -> Path
     client = s3_client(endpoint_url)
     objects = _list(client, uri, bucket, prefix)
     listing = sorted((o["Key"], o["Size"], o.get("ETag", "")) for o in objects)
-    digest = hashlib.sha256(json.dumps([bucket, listing]).encode()).hexdigest()[:24]
-    target = cache_dir / digest
-    if target.is_dir():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache_dir))
-    try:
+
+    def download(staging: Path) -> None:
         for key, _, _ in listing:
             relative = PurePosixPath(key[len(prefix):])
             if relative.is_absolute() or ".." in relative.parts:
@@ -138,13 +143,8 @@ def fetch_s3(uri: str, cache_dir: Path, endpoint_url: str | None = None) -> Path
             destination = staging.joinpath(*relative.parts)
             destination.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, key, str(destination))
-        try:
-            os.rename(staging, target)
-        except OSError:  # another deploy finished the same download first
-            if not target.is_dir():
-                raise
+
+    try:
+        return _cached(cache_dir, [bucket, listing], download)
     except (ClientError, BotoCoreError) as exc:
         raise ArtifactError(f"{uri}: download failed ({exc})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +165,10 @@ def warm_dir(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return target
 
 
-@pytest.fixture
-def router(tmp_path: Path) -> Iterator[Router]:
-    instance = Router(tmp_path / "state").start()
+@contextmanager
+def running_router(state_dir: Path, env: dict[str, str] | None = None) -> Iterator[Router]:
+    """A started router that is stopped afterwards, with any replica it left behind killed."""
+    instance = Router(state_dir, env=env).start()
     try:
         yield instance
     finally:
@@ -175,3 +177,9 @@ def router(tmp_path: Path) -> Iterator[Router]:
         for pid in pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[Router]:
+    with running_router(tmp_path / "state") as instance:
+        yield instance

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import Router, alive, http, wait_for
+from tests.conftest import Router, http, running_router, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +46,8 @@ def replicas_started(router: Router) -> int:
 
 @pytest.fixture
 def fast_router(tmp_path: Path) -> Iterator[Router]:
-    router = Router(tmp_path / "state", env=FAST).start()
-    try:
+    with running_router(tmp_path / "state", env=FAST) as router:
         yield router
-    finally:
-        pids = router.replica_pids()
-        router.stop()
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_scale_from_zero_and_back(fast_router: Router, example_dir: Path, tmp_path: Path) -> None:
