@@ -40,6 +40,8 @@ class Settings:
     """Requests one function may hold waiting for a replica; more → 503 with Retry-After."""
     activator_timeout: float = 60.0
     """Seconds a request may wait for a replica (cold start or all full); past it → 504."""
+    forkserver: bool = True
+    """Start replicas by forking a warm fork server per runtime (Linux); false = a fresh interpreter each."""
     replica_threads: int = 1
     """Worker threads per replica running model code."""
     python: str = sys.executable

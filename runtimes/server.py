@@ -77,8 +77,11 @@ def serve(model: Any, host: str, port: int) -> None:
     server.start([model])
 
 
+PROCESS_NAME = b"fnserve-replica"  # what ps and top show, however the replica was started
+
+
 def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this replica when the router that started it dies, even by SIGKILL."""
+    """Ask Linux to SIGTERM this process when the one that started it dies, even by SIGKILL."""
     parent = os.environ.get("FNSERVE_PARENT_PID")
     if not parent or not sys.platform.startswith("linux"):
         return
@@ -91,6 +94,8 @@ def die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     die_with_parent()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(PROCESS_NAME))  # PR_SET_NAME
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     sys.argv = sys.argv[:1]  # kserve parses sys.argv when imported; keep ours away from it
     model = build_model(args)

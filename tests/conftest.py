@@ -125,8 +125,9 @@ class Router:
         return result
 
     def replica_pids(self) -> set[int]:
+        """Live replica processes below the router, spawned or forked (replicas name themselves)."""
         assert self.process is not None
-        return {pid for pid in descendants(self.process.pid) if b"runtimes.server" in _cmdline(pid)}
+        return {pid for pid in descendants(self.process.pid) if _comm(pid) == "fnserve-replica" and alive(pid)}
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.process is not None
@@ -135,11 +136,11 @@ class Router:
         return self.process.wait(timeout=timeout)
 
 
-def _cmdline(pid: int) -> bytes:
+def _comm(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
+        return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
-        return b""
+        return ""
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,8 @@ from fnserve.backends.base import (
 )
 from fnserve.backends.local.activator import Activator
 from fnserve.backends.local.autoscaler import ConcurrencyRecorder, Params, State, decide
-from fnserve.backends.local.replica import Replica, ReplicaFailed, tail_lines
+from fnserve.backends.local.processes import ForkServerClient, ProcessHandle, forking_supported, spawn
+from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed, tail_lines
 from fnserve.settings import Settings
 from fnserve.state import Revision
 
@@ -74,6 +75,34 @@ class LocalBackend:
         self._ticker: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
+        self._forkservers: dict[str, ForkServerClient] = {}
+        usable, why = forking_supported()
+        self._fork = settings.forkserver and usable
+        log.info("replicas start by %s", "fork from a warm fork server" if self._fork else
+                 f"plain spawn ({'FNSERVE_FORKSERVER is off' if usable else why})")
+
+    def _launcher(self, runtime: str) -> Launch:
+        """Fork from the runtime's fork server; a plain spawn where forking is off or fails."""
+        async def plain(args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> ProcessHandle:
+            return await spawn([self.settings.python, "-m", "runtimes.server", *args], env, cwd, log_path)
+
+        if not self._fork:
+            return plain
+        server = self._forkservers.get(runtime)
+        if server is None:
+            root = self.settings.state_dir
+            server = self._forkservers[runtime] = ForkServerClient(
+                runtime, root / "run" / f"forkserver-{runtime}.sock", root / "logs" / f"forkserver-{runtime}.log",
+                self.settings.python)
+
+        async def fork(args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> ProcessHandle:
+            try:
+                return await server.fork(args, env, cwd, log_path)
+            except OSError as exc:
+                log.warning("fork server for %s failed (%s); spawning this replica instead", runtime, exc)
+                return await plain(args, env, cwd, log_path)
+
+        return fork
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -139,7 +168,7 @@ class LocalBackend:
         self._replicas[replica.id] = (fn, replica)
         started = time.monotonic()
         try:
-            await replica.start(self.settings)
+            await replica.start(self.settings, self._launcher(revision.function.spec.runtime))
             await replica.wait_ready(self.session, self.settings.replica_ready_timeout)
         except (ReplicaFailed, OSError) as exc:
             await replica.stop(self.settings.replica_stop_timeout)
@@ -277,6 +306,7 @@ class LocalBackend:
                 task.cancel()
         replicas = [r for _, r in self._replicas.values()]
         await asyncio.gather(*(r.stop(self.settings.replica_stop_timeout) for r in replicas), return_exceptions=True)
+        await asyncio.gather(*(f.close() for f in self._forkservers.values()), return_exceptions=True)
         self._replicas.clear()
         self._functions.clear()
         if self._session is not None:

@@ -1,8 +1,9 @@
-"""One replica: a ``runtimes.server`` child process on a free loopback port, and its lifecycle.
+"""One replica: a ``runtimes.server`` process on a free loopback port, and its lifecycle.
 
-Replicas are started in their own process session so that a Ctrl-C in the terminal reaches only the
-router, which then stops them in order; and each replica asks the kernel to SIGTERM it if the router dies
-without cleaning up (PR_SET_PDEATHSIG, see runtimes/server.py), so not even SIGKILL leaves orphans.
+Replicas run in their own process session, so a Ctrl-C in the terminal reaches only the router, which
+then stops them in order; each asks the kernel to SIGTERM it when its parent (the router, or the fork
+server, which itself dies with the router) goes away (PR_SET_PDEATHSIG, see runtimes/server.py), so not
+even a SIGKILL of the router leaves orphans. How the process is started is the launcher's business.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 
+from fnserve.backends.local.processes import ProcessHandle
 from fnserve.settings import Settings
 from fnserve.state import Revision
 
-PARENT_PID_ENV = "FNSERVE_PARENT_PID"
+# (server arguments, extra environment, working folder, log file) → a started process
+Launch = Callable[[list[str], dict[str, str], Path, Path], Awaitable[ProcessHandle]]
 
 
 class ReplicaFailed(Exception):
@@ -54,7 +58,7 @@ class Replica:
         self.state = "starting"
         self.outstanding = 0
         self.started_at = time.time()
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: ProcessHandle | None = None
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -62,20 +66,16 @@ class Replica:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def command(self, settings: Settings) -> list[str]:
-        return [settings.python, "-m", "runtimes.server",
-                "--function-dir", str(self.revision.source_dir), "--manifest", str(self.manifest_path),
+    def server_args(self, settings: Settings) -> list[str]:
+        """Arguments of ``python -m runtimes.server`` for this replica."""
+        return ["--function-dir", str(self.revision.source_dir), "--manifest", str(self.manifest_path),
                 "--model-dir", str(self.revision.model_dir), "--port", str(self.port),
                 "--host", "127.0.0.1", "--threads", str(settings.replica_threads)]
 
-    async def start(self, settings: Settings) -> None:
+    async def start(self, settings: Settings, launch: Launch) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, PARENT_PID_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
-        with self.log_path.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.command(settings), stdin=asyncio.subprocess.DEVNULL, stdout=log,
-                stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
-                cwd=str(self.revision.source_dir))
+        self.process = await launch(self.server_args(settings), {"PYTHONUNBUFFERED": "1"},
+                                    self.revision.source_dir, self.log_path)
 
     async def wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
         """Poll the model's own readiness route until it answers 200, the process dies, or time runs out."""
