@@ -44,6 +44,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP) $(MODEL)
 	$(PY) -m bench.router_overhead
+	$(PY) -m bench.cold_start
 	$(PY) -m bench.summarize
 
 lint: $(STAMP)

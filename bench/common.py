@@ -40,36 +40,62 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-@contextmanager
-def platform_with_example() -> Iterator[tuple[str, str]]:
-    """`fnserve up` with the example deployed; yields (router URL, replica URL)."""
-    work = Path(tempfile.mkdtemp(prefix="fnserve-bench-"))
-    function = work / "sentiment"
+def prepare_function(work: Path, name: str, **scaling: Any) -> Path:
+    """A copy of the example named ``name`` with the given spec.scaling, model trained if needed."""
+    import yaml
+
+    function = work / name
     shutil.copytree(EXAMPLE, function, ignore=shutil.ignore_patterns("__pycache__", ".train-*"))
     if not (function / "model" / "model.onnx").exists():
         subprocess.run([sys.executable, str(function / "train.py"), "--out", str(function / "model")],
                        check=True, capture_output=True)
+    manifest = yaml.safe_load((function / "function.yaml").read_text())
+    manifest["metadata"]["name"] = name
+    if scaling:
+        manifest["spec"]["scaling"] = scaling
+    (function / "function.yaml").write_text(yaml.safe_dump(manifest))
+    return function
+
+
+def function_status(url: str, name: str) -> dict[str, Any]:
+    return get_json(f"{url}/api/functions/{name}")
+
+
+@contextmanager
+def running_platform(work: Path, label: str, functions: list[Path],
+                     env: dict[str, str] | None = None) -> Iterator[str]:
+    """`fnserve up` with ``functions`` deployed and ready; yields the router URL."""
     port = free_port()
+    log_path = work / f"router-{label}.log"
     router = subprocess.Popen([sys.executable, "-m", "fnserve.cli", "up", "--port", str(port),
-                               "--state-dir", str(work / "state"), "--deploy", str(function)],
-                              stdout=(work / "router.log").open("wb"), stderr=subprocess.STDOUT)
+                               "--state-dir", str(work / f"state-{label}"),
+                               *[arg for f in functions for arg in ("--deploy", str(f))]],
+                              stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while True:
             try:
-                functions = get_json(f"{url}/api/functions")["functions"]
-                if functions and functions[0]["ready"]:
+                deployed = get_json(f"{url}/api/functions")["functions"]
+                if len(deployed) == len(functions) and all(f["ready"] for f in deployed):
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline or router.poll() is not None:
-                raise SystemExit(f"platform did not start:\n{(work / 'router.log').read_text()}")
+                raise SystemExit(f"platform did not start:\n{log_path.read_text()}")
             time.sleep(0.1)
-        yield url, functions[0]["replicas"][0]["url"]
+        yield url
     finally:
         router.send_signal(signal.SIGTERM)
         router.wait(30)
+
+
+@contextmanager
+def workdir() -> Iterator[Path]:
+    work = Path(tempfile.mkdtemp(prefix="fnserve-bench-"))
+    try:
+        yield work
+    finally:
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -16,7 +16,7 @@ import time
 
 import aiohttp
 
-from bench.common import machine, platform_with_example, write_results
+from bench.common import function_status, machine, prepare_function, running_platform, workdir, write_results
 
 BODY = json.dumps({"instances": ["what a wonderful film"]}).encode()
 HEADERS = {"Content-Type": "application/json"}
@@ -78,10 +78,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput round")
     args = parser.parse_args()
 
-    with platform_with_example() as (router, replica):
-        path = "/v1/models/sentiment:predict"
-        results = asyncio.run(measure({"direct": replica + path, "router": router + path},
-                                      args.rounds, args.requests, args.concurrency, args.seconds))
+    with workdir() as work:
+        function = prepare_function(work, "sentiment", minReplicas=1, maxReplicas=1)
+        with running_platform(work, "overhead", [function]) as router:
+            replica = function_status(router, "sentiment")["replicas"][0]["url"]
+            path = "/v1/models/sentiment:predict"
+            results = asyncio.run(measure({"direct": replica + path, "router": router + path},
+                                          args.rounds, args.requests, args.concurrency, args.seconds))
     direct, routed = results["direct"], results["router"]
     summary = {
         "added_p50_ms": round(routed["p50"] - direct["p50"], 3),

@@ -155,3 +155,6 @@ def test_recorder_integrates_concurrency_per_second() -> None:
     assert samples[11] == pytest.approx(0.5)
     assert 12 not in samples
     assert set(recorder.samples(30.0)) == set()  # old seconds are dropped
+    recorder.add(40.0, +8)
+    assert recorder.samples(40.0)[40] == 8.0  # the current second is an average, not a partial sum
+    assert recorder.samples(40.25)[40] == pytest.approx(8.0)

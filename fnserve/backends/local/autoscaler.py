@@ -177,8 +177,16 @@ class ConcurrencyRecorder:
         self.value += delta
 
     def samples(self, now: float) -> dict[int, float]:
+        """Per-second averages; the current second is averaged over the part of it seen so far (a raw
+        partial integral would read 8 busy clients as 0.4 early in a second and delay a panic)."""
         self._advance(now)
-        oldest = math.floor(now) - self._keep
-        for second in [s for s in self._buckets if s < oldest]:
+        current = math.floor(now)
+        for second in [s for s in self._buckets if s < current - self._keep]:
             del self._buckets[second]
-        return self._buckets
+        out = dict(self._buckets)
+        elapsed = now - current
+        if elapsed > 0 and current in out:
+            out[current] = out[current] / elapsed
+        elif self.value:
+            out[current] = float(self.value)
+        return out

@@ -161,11 +161,18 @@ class LocalBackend:
         await asyncio.gather(*(self._drain(fn, r) for r in list(fn.activator.replicas)))
 
     # -- replicas ------------------------------------------------------------------------------
-    async def _start_replica(self, fn: _Function, *, deploying: bool = False) -> Replica:
+    def _new_replica(self, fn: _Function) -> Replica:
+        """Register a replica before it starts, so concurrent decisions count it as on its way."""
         revision = fn.revision
         replica = Replica(revision, self._write_manifest(revision), self._log_dir(revision.name))
         fn.activator.replicas.append(replica)
         self._replicas[replica.id] = (fn, replica)
+        return replica
+
+    async def _start_replica(self, fn: _Function, replica: Replica | None = None, *,
+                             deploying: bool = False) -> Replica:
+        revision = fn.revision
+        replica = replica or self._new_replica(fn)
         started = time.monotonic()
         try:
             await replica.start(self.settings, self._launcher(revision.function.spec.runtime))
@@ -185,15 +192,15 @@ class LocalBackend:
         fn.activator.dispatch()
         return replica
 
-    async def _start_in_background(self, fn: _Function) -> None:
+    async def _start_in_background(self, fn: _Function, replica: Replica) -> None:
         with contextlib.suppress(DeployFailed):
-            await self._start_replica(fn)
+            await self._start_replica(fn, replica)
 
     def _start_missing(self, fn: _Function, desired: int) -> None:
         missing = desired - len(fn.live())
         if missing > 0 and time.monotonic() >= fn.next_start_at and not self._closing:
             for _ in range(missing):
-                self._spawn(self._start_in_background(fn))
+                self._spawn(self._start_in_background(fn, self._new_replica(fn)))
 
     def _forget(self, fn: _Function, replica: Replica) -> None:
         if replica in fn.activator.replicas:
