@@ -40,6 +40,10 @@ class Settings:
     """Requests one function may hold waiting for a replica; more → 503 with Retry-After."""
     activator_timeout: float = 60.0
     """Seconds a request may wait for a replica (cold start or all full); past it → 504."""
+    liveness_timeout: float = 3.0
+    """Seconds a replica has to answer a health check (one per autoscaler tick)."""
+    liveness_failures: int = 3
+    """Consecutive failed health checks after which a replica is killed and replaced."""
     forkserver: bool = True
     """Start replicas by forking a warm fork server per runtime (Linux); false = a fresh interpreter each."""
     replica_threads: int = 1

@@ -100,6 +100,9 @@ class Backend(Protocol):
     def release(self, endpoint: Endpoint) -> None:
         """The request acquire() was for has finished."""
 
+    def unreachable(self, endpoint: Endpoint) -> None:
+        """The replica behind ``endpoint`` refused a connection: take it out of rotation."""
+
     def status(self, name: str) -> FunctionStatus:
         """Replicas and readiness of one function; raises FunctionNotFound."""
 

@@ -14,6 +14,7 @@ from starlette.routing import Route
 from fnserve.backends.base import BackendError
 from fnserve.router.errors import error_response
 from fnserve.router.platform import Platform
+from fnserve.router.proxy import UpstreamUnreachable
 
 
 async def _forward(request: Request, *, json_default: bool = False) -> Response:
@@ -22,18 +23,25 @@ async def _forward(request: Request, *, json_default: bool = False) -> Response:
     revision = platform.functions.get(name)
     if revision is None:
         return error_response(request, 404, f"function {name!r} not found")
-    try:
-        endpoint = await platform.backend.acquire(name)
-    except BackendError as exc:
-        return error_response(request, exc.status, str(exc), retry_after=exc.retry_after)
-    try:
-        response = await platform.proxy.forward(request, endpoint, revision.function.spec.timeout,
-                                                json_default=json_default)
-    finally:
-        platform.backend.release(endpoint)
-    if endpoint.cold_start_ms is not None:
-        response.headers["X-Fnserve-Cold-Start"] = f"{endpoint.cold_start_ms:.0f}"
-    return response
+    for attempt in (1, 2):  # a connection refused before any byte was sent is retried once elsewhere
+        try:
+            endpoint = await platform.backend.acquire(name)
+        except BackendError as exc:
+            return error_response(request, exc.status, str(exc), retry_after=exc.retry_after)
+        try:
+            response = await platform.proxy.forward(request, endpoint, revision.function.spec.timeout,
+                                                    json_default=json_default)
+        except UpstreamUnreachable as exc:
+            platform.backend.unreachable(endpoint)
+            if attempt == 2:
+                return error_response(request, 503, str(exc), retry_after=1)
+            continue
+        finally:
+            platform.backend.release(endpoint)
+        if endpoint.cold_start_ms is not None:
+            response.headers["X-Fnserve-Cold-Start"] = f"{endpoint.cold_start_ms:.0f}"
+        return response
+    raise AssertionError("unreachable")
 
 
 async def model_request(request: Request) -> Response:

@@ -1,8 +1,9 @@
 """Forwarding one request to a replica through a pooled aiohttp session.
 
 Bodies pass through untouched (binary tensor bodies and compressed bodies too: auto-decompression is
-off). Hop-by-hop headers are dropped both ways. Failures map to what a client can act on: cannot
-connect or replica went away → 503 with Retry-After, no answer in time → 504.
+off). Hop-by-hop headers are dropped both ways. Failures map to what a client can act on: replica went
+away mid-request → 503 with Retry-After, no answer in time → 504; a connection that could not even be
+made raises UpstreamUnreachable, which the caller may retry elsewhere since nothing was sent.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def upstream_headers(request: Request, *, json_default: bool) -> list[tuple[str,
     return headers
 
 
+class UpstreamUnreachable(Exception):
+    """The replica refused or never accepted the connection: nothing was sent, so a retry is safe."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        super().__init__(f"function {endpoint.function!r}: replica {endpoint.replica} is not reachable")
+        self.endpoint = endpoint
+
+
 class Proxy:
     def __init__(self, connect_timeout: float) -> None:
         self.connect_timeout = connect_timeout
@@ -82,8 +91,7 @@ class Proxy:
             return error_response(request, 504, f"function {endpoint.function!r} did not answer within "
                                                 f"{timeout:g} s")
         except aiohttp.ClientConnectorError:
-            return error_response(request, 503, f"function {endpoint.function!r}: replica is not reachable",
-                                  retry_after=1)
+            raise UpstreamUnreachable(endpoint) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError):
             return error_response(request, 503, f"function {endpoint.function!r}: replica closed the "
                                                 f"connection before answering", retry_after=1)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import Router, http, running_router, wait_for
+from tests.conftest import Router, alive, http, running_router, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -174,3 +174,18 @@ def test_killed_replica_under_load_is_replaced_and_nothing_hangs(fast_router: Ro
     assert {code for code, _ in outcomes} <= {200, 503}
     assert max(seconds for _, seconds in outcomes) < 30  # the function's timeout; nothing hung
     assert [code for code, _ in outcomes[-10:]] == [200] * 10
+
+
+def test_hung_replica_is_killed_its_requests_get_503_and_it_is_replaced(tmp_path: Path, warm_dir: Path) -> None:
+    env = {**FAST, "FNSERVE_LIVENESS_TIMEOUT": "0.5", "FNSERVE_LIVENESS_FAILURES": "2"}
+    with running_router(tmp_path / "state", env=env) as router:
+        router.cli("deploy", str(function(warm_dir, tmp_path / "fn", minReplicas=1, maxReplicas=1)), check=True)
+        (pid,) = router.replica_pids()
+        os.kill(pid, signal.SIGSTOP)  # alive, but answers nothing
+        started = time.monotonic()
+        code, headers, body = predict(router, timeout=60)
+        assert code == 503 and headers["Retry-After"] == "1", body
+        assert time.monotonic() - started < 15  # far below the function's 30 s timeout
+        assert not alive(pid)
+        wait_for(lambda: predict(router)[0] == 200, 30, "the replacement replica to serve")
+        assert "stopped answering (2 health checks failed); replacing it" in router.log()

@@ -221,14 +221,38 @@ class LocalBackend:
         """A replica that exits on its own leaves the rotation at once; reconcile replaces it."""
         assert replica.process is not None
         code = await replica.process.wait()
-        if replica.state in ("stopped",) or self._closing:
+        if replica.state in ("stopped", "failed") or self._closing:
             return
-        replica.state = "failed"
+        self._fail(fn, replica, f"exited with code {code}")
+
+    def _fail(self, fn: _Function, replica: Replica, why: str) -> None:
+        """Out of rotation now, killed, replaced by the next reconcile."""
+        if replica.state in ("stopped", "failed"):
+            return
+        replica.kill()
         self._forget(fn, replica)
-        fn.message = f"replica {replica.id} exited with code {code}"
+        fn.message = f"replica {replica.id} {why}"
         log.warning("%s: %s; replacing it", fn.name, fn.message)
-        if self._functions.get(fn.name) is fn:
+        if self._functions.get(fn.name) is fn and not self._closing:
             self.reconcile(fn)
+
+    def unreachable(self, endpoint: Endpoint) -> None:
+        found = self._replicas.get(endpoint.replica)
+        if found is not None:
+            self._fail(found[0], found[1], "refused a connection")
+
+    async def _probe(self, fn: _Function, replica: Replica) -> None:
+        replica.probing = True
+        try:
+            alive = await replica.answers(self.session, self.settings.liveness_timeout)
+        finally:
+            replica.probing = False
+        if alive:
+            replica.probe_failures = 0
+            return
+        replica.probe_failures += 1
+        if replica.probe_failures >= self.settings.liveness_failures and replica.state == "ready":
+            self._fail(fn, replica, f"stopped answering ({replica.probe_failures} health checks failed)")
 
     # -- scaling ---------------------------------------------------------------------------------
     def reconcile(self, fn: _Function, *, poke: bool = False) -> None:
@@ -259,6 +283,9 @@ class LocalBackend:
                     self.reconcile(fn)
                 except Exception:  # one function's bug must not stop scaling for the others
                     log.exception("%s: autoscaler tick failed", fn.name)
+                for replica in fn.activator.replicas:
+                    if replica.state == "ready" and not replica.probing:
+                        self._spawn(self._probe(fn, replica))
 
     # -- the request path ---------------------------------------------------------------------
     async def acquire(self, name: str) -> Endpoint:

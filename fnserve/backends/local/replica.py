@@ -61,6 +61,8 @@ class Replica:
         self.process: ProcessHandle | None = None
         self.idle = asyncio.Event()
         self.idle.set()
+        self.probe_failures = 0
+        self.probing = False
 
     @property
     def pid(self) -> int | None:
@@ -96,6 +98,22 @@ class Replica:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
         raise ReplicaFailed(self._failure(f"was not ready within {timeout:.0f} s"))
+
+    async def answers(self, session: aiohttp.ClientSession, timeout: float) -> bool:
+        """One liveness probe: does the model's readiness route answer 200 within ``timeout``?"""
+        try:
+            url = f"{self.url}/v1/models/{self.revision.name}"
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    def kill(self) -> None:
+        """Immediately, for a replica that no longer answers: its connections drop, so requests in
+        flight on it end with 503 instead of waiting for their deadline."""
+        self.state = "failed"
+        if self.process is not None and self.process.returncode is None:
+            self._signal(signal.SIGKILL)
 
     def _failure(self, what: str) -> str:
         lines = [line for line in tail_lines(self.log_path, 40) if line.strip()]

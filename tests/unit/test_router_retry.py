@@ -1,0 +1,92 @@
+"""The router's retry rule, with the real app and proxy, a real upstream, and a backend double."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+from aiohttp import web
+
+from fnserve.backends.base import Endpoint, FunctionStatus
+from fnserve.manifest import parse_function
+from fnserve.router.app import create_app
+from fnserve.settings import Settings
+from fnserve.state import Revision
+from tests.conftest import free_port
+from tests.unit.test_manifest import VALID
+
+
+class ScriptedBackend:
+    """Hands out the given endpoints in order and records what the router reported."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.unreachable_seen: list[str] = []
+        self.released: list[str] = []
+
+    async def acquire(self, name: str) -> Endpoint:
+        url = self.urls.pop(0)
+        return Endpoint(name, url, url)
+
+    def release(self, endpoint: Endpoint) -> None:
+        self.released.append(endpoint.replica)
+
+    def unreachable(self, endpoint: Endpoint) -> None:
+        self.unreachable_seen.append(endpoint.replica)
+
+    async def apply(self, revision: Revision, *, verify: bool = True) -> None: ...
+    async def delete(self, name: str) -> None: ...
+    def status(self, name: str) -> FunctionStatus: return FunctionStatus(name, 1, True)
+    async def logs(self, name: str, tail: int) -> str: return ""
+    async def close(self) -> None: ...
+
+
+async def call(tmp_path: Path, urls: list[str]) -> tuple[httpx.Response, ScriptedBackend]:
+    backend = ScriptedBackend(urls)
+    app = create_app(Settings(state_dir=tmp_path), backend)  # type: ignore[arg-type]
+    function = parse_function(VALID)
+    app.state.platform.functions["sentiment"] = Revision(function, 1, tmp_path, tmp_path, time.time())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
+            response = await client.post("/v1/models/sentiment:predict", json={"instances": ["x"]})
+    return response, backend
+
+
+async def upstream() -> tuple[web.AppRunner, str]:
+    async def predict(request: web.Request) -> web.Response:
+        return web.json_response({"predictions": ["ok"], "got": await request.json()})
+
+    app = web.Application()
+    app.router.add_post("/v1/models/{tail:.*}", predict)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def test_refused_connection_is_retried_once_on_another_replica(tmp_path: Path) -> None:
+    async def scenario() -> tuple[httpx.Response, ScriptedBackend, str, str]:
+        runner, good = await upstream()
+        refused = f"http://127.0.0.1:{free_port()}"
+        try:
+            response, backend = await call(tmp_path, [refused, good])
+        finally:
+            await runner.cleanup()
+        return response, backend, refused, good
+
+    response, backend, refused, good = asyncio.run(scenario())
+    assert response.status_code == 200
+    assert response.json() == {"predictions": ["ok"], "got": {"instances": ["x"]}}  # the body, sent again
+    assert backend.unreachable_seen == [refused]
+    assert backend.released == [refused, good]
+
+
+def test_a_second_refusal_answers_503(tmp_path: Path) -> None:
+    refused = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    response, backend = asyncio.run(call(tmp_path, list(refused)))
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert "is not reachable" in response.json()["error"]
+    assert backend.unreachable_seen == refused
