@@ -154,9 +154,9 @@ def cmd_status(args: argparse.Namespace) -> None:
           f"{'  PANIC' if result.get('panic') else ''}\nqueued:    {result.get('queued', 0)}\n"
           f"starts:    {starts} (latest last)")
     print()
-    _table(["REPLICA", "REVISION", "STATE", "PID", "IN-FLIGHT", "AGE", "URL"],
-           [[r["id"], r["revision"], r["state"], r["pid"], r["outstanding"], _age(r["startedAt"]), r["url"]]
-            for r in result["replicas"]])
+    _table(["REPLICA", "REVISION", "STATE", "PID", "GPUS", "IN-FLIGHT", "UPTIME", "URL"],
+           [[r["id"], r["revision"], r["state"], r["pid"], ",".join(r.get("gpus", [])) or "-", r["outstanding"],
+             _age(r["startedAt"]), r["url"]] for r in result["replicas"]])
 
 
 def cmd_invoke(args: argparse.Namespace) -> None:

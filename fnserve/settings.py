@@ -44,6 +44,8 @@ class Settings:
     """Seconds a replica has to answer a health check (one per autoscaler tick)."""
     liveness_failures: int = 3
     """Consecutive failed health checks after which a replica is killed and replaced."""
+    gpus: str | None = None
+    """GPU ids the embedded backend may hand out ("0,1", "none"); unset = ask nvidia-smi."""
     forkserver: bool = True
     """Start replicas by forking a warm fork server per runtime (Linux); false = a fresh interpreter each."""
     replica_threads: int = 1

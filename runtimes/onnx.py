@@ -50,8 +50,10 @@ class OnnxModel(FunctionModel):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # keep ORT's provider-probing warnings out of replica logs
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        log.info("%s: onnxruntime %s using %s (%s)", self.name, ort.__version__,
-                 self.session.get_providers()[0], why)
+        used = self.session.get_providers()[0]
+        if providers[0] != used:
+            why = f"{providers[0]} could not be loaded; see onnxruntime's message above"
+        log.info("%s: onnxruntime %s using %s (%s)", self.name, ort.__version__, used, why)
         return ([_spec(a) for a in self.session.get_inputs()], [_spec(a) for a in self.session.get_outputs()])
 
     def run(self, inputs: Tensors) -> Tensors:

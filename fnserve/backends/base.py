@@ -33,10 +33,11 @@ class ReplicaStatus:
     pid: int | None
     outstanding: int
     started_at: float
+    gpus: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "revision": self.revision, "state": self.state, "url": self.url,
-                "pid": self.pid, "outstanding": self.outstanding, "startedAt": self.started_at}
+                "pid": self.pid, "outstanding": self.outstanding, "startedAt": self.started_at, "gpus": self.gpus}
 
 
 @dataclass

@@ -189,3 +189,53 @@ def test_hung_replica_is_killed_its_requests_get_503_and_it_is_replaced(tmp_path
         assert not alive(pid)
         wait_for(lambda: predict(router)[0] == 200, 30, "the replacement replica to serve")
         assert "stopped answering (2 health checks failed); replacing it" in router.log()
+
+
+def gpu_function(example_dir: Path, target: Path, name: str, gpus: int, **scaling: object) -> Path:
+    fn = function(example_dir, target, **scaling)
+    data = yaml.safe_load((fn / "function.yaml").read_text())
+    data["metadata"]["name"] = name
+    data["spec"]["resources"]["gpu"] = gpus
+    (fn / "function.yaml").write_text(yaml.safe_dump(data))
+    return fn
+
+
+def test_gpus_are_handed_out_whole_and_freed_at_zero(tmp_path: Path, example_dir: Path) -> None:
+    with running_router(tmp_path / "state", env={**FAST, "FNSERVE_GPUS": "0,1"}) as router:
+        fn = gpu_function(example_dir, tmp_path / "fn", "sentiment", 1, minReplicas=0, maxReplicas=3, scaleTarget=1,
+                          stableWindow="2s", scaleToZeroGracePeriod="0s")
+        router.cli("deploy", str(fn), check=True)
+        seen: set[tuple[str, ...]] = set()
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                for replica in status(router)["replicas"]:
+                    seen.add(tuple(replica["gpus"]))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with ThreadPoolExecutor(6) as pool:
+                codes = [code for code, _, _ in pool.map(lambda i: predict(router), range(60))]
+        finally:
+            stop.set()
+            watcher.join()
+        assert codes == [200] * 60  # requests wait for a GPU like any cold start
+        assert seen <= {("0",), ("1",)} and seen  # whole GPUs, never more replicas than GPUs
+        assert len(router.replica_pids()) <= 2
+        assert "CUDAExecutionProvider" in router.cli("logs", "sentiment", check=True).stdout  # CUDA was asked for
+
+        wait_for(lambda: not router.replica_pids(), 20, "scale to zero")
+        both = gpu_function(example_dir, tmp_path / "both", "both-gpus", 2, minReplicas=1)
+        router.cli("deploy", str(both), check=True)  # needs both GPUs: scale to zero gave them back
+        assert [r["gpus"] for r in status_of(router, "both-gpus")["replicas"]] == [["0", "1"]]
+
+        too_many = gpu_function(example_dir, tmp_path / "many", "many-gpus", 3)
+        result = router.cli("deploy", str(too_many))
+        assert result.returncode == 1
+        assert "spec.resources.gpu asks for 3 GPU(s); this machine hands out 2 (0, 1)" in result.stderr
+
+
+def status_of(router: Router, name: str) -> dict:
+    return json.loads(router.cli("status", name, "--json", check=True).stdout)

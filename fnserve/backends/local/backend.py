@@ -31,6 +31,7 @@ from fnserve.backends.base import (
 )
 from fnserve.backends.local.activator import Activator
 from fnserve.backends.local.autoscaler import ConcurrencyRecorder, Params, State, decide
+from fnserve.backends.local.gpus import GpuInventory, discover
 from fnserve.backends.local.processes import ForkServerClient, ProcessHandle, forking_supported, spawn
 from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed, tail_lines
 from fnserve.settings import Settings
@@ -76,6 +77,8 @@ class LocalBackend:
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
         self._forkservers: dict[str, ForkServerClient] = {}
+        self.gpus = GpuInventory(discover(settings.gpus))
+        log.info("GPUs to hand out: %s", ", ".join(self.gpus.ids) or "none")
         usable, why = forking_supported()
         self._fork = settings.forkserver and usable
         log.info("replicas start by %s", "fork from a warm fork server" if self._fork else
@@ -123,10 +126,19 @@ class LocalBackend:
         """Serve ``revision``. With ``verify`` (a deploy) one replica must start first; without (a
         restore after restart) the function is registered and scaled like any other."""
         self._ensure_ticker()
+        wanted = revision.function.spec.resources.gpu
+        if wanted > len(self.gpus.ids):
+            raise DeployFailed(f"{revision.name}: spec.resources.gpu asks for {wanted} GPU(s); this machine "
+                               f"hands out {len(self.gpus.ids)} ({', '.join(self.gpus.ids) or 'none'})")
         async with self._locks.setdefault(revision.name, asyncio.Lock()):
             fn = self._new_function(revision)
             if verify:
-                await self._start_replica(fn, deploying=True)
+                proof = self._new_replica(fn)
+                if proof is None:  # the GPUs are held, possibly by the revision being replaced
+                    log.warning("%s: no free GPU to prove revision %d before switching; it starts as GPUs "
+                                "are given back", revision.name, revision.number)
+                else:
+                    await self._start_replica(fn, proof, deploying=True)
             old = self._functions.get(revision.name)
             self._functions[revision.name] = fn
             if old is not None:
@@ -161,10 +173,18 @@ class LocalBackend:
         await asyncio.gather(*(self._drain(fn, r) for r in list(fn.activator.replicas)))
 
     # -- replicas ------------------------------------------------------------------------------
-    def _new_replica(self, fn: _Function) -> Replica:
-        """Register a replica before it starts, so concurrent decisions count it as on its way."""
+    def _new_replica(self, fn: _Function) -> Replica | None:
+        """Register a replica before it starts, so concurrent decisions count it as on its way; None
+        when the GPUs it needs are all held (it is then started once some are given back)."""
         revision = fn.revision
         replica = Replica(revision, self._write_manifest(revision), self._log_dir(revision.name))
+        wanted = revision.function.spec.resources.gpu
+        if wanted:
+            gpus = self.gpus.take(wanted, replica.id)
+            if gpus is None:
+                fn.message = f"waiting for {wanted} free GPU(s)"
+                return None
+            replica.gpus = gpus
         fn.activator.replicas.append(replica)
         self._replicas[replica.id] = (fn, replica)
         return replica
@@ -173,6 +193,8 @@ class LocalBackend:
                              deploying: bool = False) -> Replica:
         revision = fn.revision
         replica = replica or self._new_replica(fn)
+        if replica is None:
+            raise DeployFailed(fn.message)
         started = time.monotonic()
         try:
             await replica.start(self.settings, self._launcher(revision.function.spec.runtime))
@@ -200,13 +222,22 @@ class LocalBackend:
         missing = desired - len(fn.live())
         if missing > 0 and time.monotonic() >= fn.next_start_at and not self._closing:
             for _ in range(missing):
-                self._spawn(self._start_in_background(fn, self._new_replica(fn)))
+                replica = self._new_replica(fn)
+                if replica is None:
+                    break
+                self._spawn(self._start_in_background(fn, replica))
 
     def _forget(self, fn: _Function, replica: Replica) -> None:
         if replica in fn.activator.replicas:
             fn.activator.replicas.remove(replica)
         if replica.outstanding == 0:
             self._replicas.pop(replica.id, None)
+        if replica.gpus:
+            self.gpus.give_back(replica.id)
+            replica.gpus = []
+            for other in list(self._functions.values()):  # someone may be waiting for these GPUs
+                if other.revision.function.spec.resources.gpu and len(other.live()) < other.desired:
+                    self._start_missing(other, other.desired)
 
     async def _drain(self, fn: _Function, replica: Replica) -> None:
         """Take a replica out of rotation, let in-flight requests finish (up to drain_timeout), stop it."""
@@ -313,7 +344,7 @@ class LocalBackend:
         fn = self._functions.get(name)
         if fn is None:
             raise FunctionNotFound(f"function {name!r} not found")
-        replicas = [ReplicaStatus(r.id, r.revision.number, r.state, r.url, r.pid, r.outstanding, r.started_at)
+        replicas = [ReplicaStatus(r.id, r.revision.number, r.state, r.url, r.pid, r.outstanding, r.started_at, r.gpus)
                     for _, r in self._replicas.values() if r.revision.name == name and r.state != "stopped"]
         ready = fn.activator.ready_count() > 0 or (fn.desired == 0 and not fn.message)
         return FunctionStatus(name, fn.revision.number, ready,

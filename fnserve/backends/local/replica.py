@@ -63,6 +63,7 @@ class Replica:
         self.idle.set()
         self.probe_failures = 0
         self.probing = False
+        self.gpus: list[str] = []
 
     @property
     def pid(self) -> int | None:
@@ -76,8 +77,8 @@ class Replica:
 
     async def start(self, settings: Settings, launch: Launch) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.process = await launch(self.server_args(settings), {"PYTHONUNBUFFERED": "1"},
-                                    self.revision.source_dir, self.log_path)
+        env = {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(self.gpus)}
+        self.process = await launch(self.server_args(settings), env, self.revision.source_dir, self.log_path)
 
     async def wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
         """Poll the model's own readiness route until it answers 200, the process dies, or time runs out."""
