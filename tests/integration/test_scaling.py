@@ -8,8 +8,9 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,26 @@ def replicas_started(router: Router) -> int:
     return len(list((router.state_dir / "logs" / "sentiment").glob("*.log")))
 
 
+@contextmanager
+def sampling(sample: Callable[[], object], interval: float = 0.05) -> Iterator[list[object]]:
+    """Call ``sample`` in a background thread until the block ends; yields the growing list of results."""
+    seen: list[object] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            seen.append(sample())
+            stop.wait(interval)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
 @pytest.fixture
 def fast_router(tmp_path: Path) -> Iterator[Router]:
     with running_router(tmp_path / "state", env=FAST) as router:
@@ -74,27 +95,12 @@ def test_burst_from_zero_all_succeed_within_bounds(fast_router: Router, example_
                   stableWindow="6s", scaleToZeroGracePeriod="1s")
     fast_router.cli("deploy", str(fn), check=True)
     proofs = replicas_started(fast_router)  # the deploy's own proving replica
-    peak = 0
-    stop = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, len(fast_router.replica_pids()))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        with ThreadPoolExecutor(50) as pool:
-            results = list(pool.map(lambda i: predict(fast_router, f"what a wonderful film number {i}"), range(50)))
-    finally:
-        stop.set()
-        watcher.join()
+    with sampling(lambda: len(fast_router.replica_pids())) as counts, ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(lambda i: predict(fast_router, f"what a wonderful film number {i}"), range(50)))
     assert [code for code, _, _ in results] == [200] * 50
     assert all(body["predictions"][0]["label"] == "positive" for _, _, body in results)
     assert any("X-Fnserve-Cold-Start" in headers for _, headers, _ in results)
-    assert peak <= 3
+    assert max(counts) <= 3
     assert replicas_started(fast_router) - proofs <= 3  # no replica started beyond maxReplicas
 
 
@@ -102,25 +108,11 @@ def test_container_concurrency_queues_instead_of_rejecting(fast_router: Router, 
                                                            tmp_path: Path) -> None:
     fn = function(warm_dir, tmp_path / "fn", minReplicas=1, maxReplicas=1, containerConcurrency=1)
     fast_router.cli("deploy", str(fn), check=True)
-    most_in_flight = 0
-    stop = threading.Event()
-
-    def watch() -> None:
-        nonlocal most_in_flight
-        while not stop.is_set():
-            replicas = status(fast_router)["replicas"]
-            most_in_flight = max([most_in_flight, *(r["outstanding"] for r in replicas)])
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            codes = [code for code, _, _ in pool.map(lambda i: predict(fast_router), range(40))]
-    finally:
-        stop.set()
-        watcher.join()
+    in_flight = lambda: max([0, *(r["outstanding"] for r in status(fast_router)["replicas"])])  # noqa: E731
+    with sampling(in_flight, interval=0) as samples, ThreadPoolExecutor(8) as pool:
+        codes = [code for code, _, _ in pool.map(lambda i: predict(fast_router), range(40))]
     assert codes == [200] * 40
-    assert most_in_flight <= 1
+    assert max(samples) <= 1
 
 
 def test_full_queue_answers_503_with_retry_after(tmp_path: Path, warm_dir: Path) -> None:
@@ -205,22 +197,10 @@ def test_gpus_are_handed_out_whole_and_freed_at_zero(tmp_path: Path, example_dir
         fn = gpu_function(example_dir, tmp_path / "fn", "sentiment", 1, minReplicas=0, maxReplicas=3, scaleTarget=1,
                           stableWindow="2s", scaleToZeroGracePeriod="0s")
         router.cli("deploy", str(fn), check=True)
-        seen: set[tuple[str, ...]] = set()
-        stop = threading.Event()
-
-        def watch() -> None:
-            while not stop.is_set():
-                for replica in status(router)["replicas"]:
-                    seen.add(tuple(replica["gpus"]))
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
-            with ThreadPoolExecutor(6) as pool:
-                codes = [code for code, _, _ in pool.map(lambda i: predict(router), range(60))]
-        finally:
-            stop.set()
-            watcher.join()
+        held = lambda: {tuple(r["gpus"]) for r in status(router)["replicas"]}  # noqa: E731
+        with sampling(held, interval=0) as samples, ThreadPoolExecutor(6) as pool:
+            codes = [code for code, _, _ in pool.map(lambda i: predict(router), range(60))]
+        seen = set().union(*samples)
         assert codes == [200] * 60  # requests wait for a GPU like any cold start
         assert seen <= {("0",), ("1",)} and seen  # whole GPUs, never more replicas than GPUs
         assert len(router.replica_pids()) <= 2
