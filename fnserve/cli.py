@@ -152,7 +152,7 @@ def cmd_status(args: argparse.Namespace) -> None:
           f"ready:     {'yes' if result['ready'] else 'no'}" + (f"  ({result['message']})" if result["message"] else ""))
     print(f"replicas:  {serving} ready, {result.get('desired')} desired ({bounds})"
           f"{'  PANIC' if result.get('panic') else ''}\nqueued:    {result.get('queued', 0)}\n"
-          f"starts:    {starts} (latest last)")
+          f"cold starts: {starts} (replica start to ready, latest last)")
     print()
     _table(["REPLICA", "REVISION", "STATE", "PID", "GPUS", "IN-FLIGHT", "UPTIME", "URL"],
            [[r["id"], r["revision"], r["state"], r["pid"], ",".join(r.get("gpus", [])) or "-", r["outstanding"],

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fnserve.backends.base import Backend, BackendError
-from fnserve.router import admin, inference, openapi
+from fnserve.router import admin, inference, metrics, openapi
 from fnserve.router.errors import RequestIdMiddleware, error_response
 from fnserve.router.platform import DeployRejected, Platform
 from fnserve.router.proxy import Proxy
@@ -77,7 +77,7 @@ def create_app(settings: Settings, backend: Backend, state: StateStore | None = 
             state.close()
 
     app = Starlette(
-        routes=[*inference.routes, *admin.routes, *openapi.routes],
+        routes=[*inference.routes, *admin.routes, *metrics.routes, *openapi.routes],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,

@@ -7,6 +7,8 @@ would give, plus routing, request ids and (later) keys and quotas.
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -20,27 +22,35 @@ from fnserve.router.proxy import UpstreamUnreachable
 async def _forward(request: Request, *, json_default: bool = False) -> Response:
     platform: Platform = request.app.state.platform
     name = request.path_params["name"]
-    revision = platform.functions.get(name)
-    if revision is None:
+    if name not in platform.functions:
         return error_response(request, 404, f"function {name!r} not found")
+    started = time.perf_counter()
+    response, cold_start_ms = await _attempt(request, platform, name, json_default)
+    platform.metrics.observe(name, response.status_code, time.perf_counter() - started, cold_start_ms)
+    return response
+
+
+async def _attempt(request: Request, platform: Platform, name: str,
+                   json_default: bool) -> tuple[Response, float | None]:
+    revision = platform.functions[name]
     for attempt in (1, 2):  # a connection refused before any byte was sent is retried once elsewhere
         try:
             endpoint = await platform.backend.acquire(name)
         except BackendError as exc:
-            return error_response(request, exc.status, str(exc), retry_after=exc.retry_after)
+            return error_response(request, exc.status, str(exc), retry_after=exc.retry_after), None
         try:
             response = await platform.proxy.forward(request, endpoint, revision.function.spec.timeout,
                                                     json_default=json_default)
         except UpstreamUnreachable as exc:
             platform.backend.unreachable(endpoint)
             if attempt == 2:
-                return error_response(request, 503, str(exc), retry_after=1)
+                return error_response(request, 503, str(exc), retry_after=1), None
             continue
         finally:
             platform.backend.release(endpoint)
         if endpoint.cold_start_ms is not None:
             response.headers["X-Fnserve-Cold-Start"] = f"{endpoint.cold_start_ms:.0f}"
-        return response
+        return response, endpoint.cold_start_ms
     raise AssertionError("unreachable")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from fnserve.backends.base import Backend, BackendError, DeployFailed, FunctionNotFound
 from fnserve.manifest import Function, ManifestError, Problem, parse_function
+from fnserve.router.metrics import Metrics, backend_statuses
 from fnserve.router.proxy import Proxy
 from fnserve.settings import Settings
 from fnserve.state import Revision, StateStore
@@ -40,7 +41,11 @@ class Platform:
     proxy: Proxy
     functions: dict[str, Revision] = field(default_factory=dict)
     restored: bool = False
+    metrics: Metrics = field(init=False)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(backend_statuses(self))
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

@@ -85,6 +85,14 @@ def test_scale_from_zero_and_back(fast_router: Router, example_dir: Path, tmp_pa
     warm_code, warm_headers, _ = predict(fast_router)
     assert warm_code == 200 and "X-Fnserve-Cold-Start" not in warm_headers
 
+    code, headers, text = http("GET", f"{fast_router.url}/metrics")
+    metrics = text.decode()
+    assert code == 200 and headers["Content-Type"].startswith("text/plain")
+    assert 'fnserve_requests_total{code="200",function="sentiment"} 2.0' in metrics
+    assert 'fnserve_cold_start_seconds_count{function="sentiment"} 1.0' in metrics
+    assert 'fnserve_replicas{function="sentiment",state="ready"} 1.0' in metrics
+    assert 'fnserve_queued_requests{function="sentiment"} 0.0' in metrics
+
     # stable window (2 s) at zero + grace (1 s), decided on 0.5 s ticks
     wait_for(lambda: not fast_router.replica_pids(), 20, "the idle function to scale to zero")
     assert status(fast_router)["ready"] is True  # idle at zero is ready: the next request wakes it

@@ -1,0 +1,87 @@
+"""Prometheus metrics for the router (GET /metrics).
+
+Counters and histograms are updated on the request path (a label lookup and an add: microseconds);
+replica and queue gauges are read from the backend only when scraped, so they cost nothing between
+scrapes and can never disagree with `fnserve status`. Each app has its own registry, so several
+routers in one process (tests) do not share numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fnserve.backends.base import FunctionNotFound, FunctionStatus
+
+REPLICA_STATES = ("starting", "ready", "draining", "failed")
+
+
+class _BackendCollector(Collector):
+    def __init__(self, statuses: Callable[[], list[FunctionStatus]]) -> None:
+        self.statuses = statuses
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        replicas = GaugeMetricFamily("fnserve_replicas", "Replicas by state", labels=["function", "state"])
+        desired = GaugeMetricFamily("fnserve_desired_replicas", "Replicas the autoscaler asks for",
+                                    labels=["function"])
+        queued = GaugeMetricFamily("fnserve_queued_requests", "Requests waiting in the activator",
+                                   labels=["function"])
+        panic = GaugeMetricFamily("fnserve_panic_mode", "1 while the autoscaler is in panic mode",
+                                  labels=["function"])
+        for status in self.statuses():
+            for state in REPLICA_STATES:
+                replicas.add_metric([status.name, state], sum(r.state == state for r in status.replicas))
+            desired.add_metric([status.name], status.desired or 0)
+            queued.add_metric([status.name], status.queued)
+            panic.add_metric([status.name], 1 if status.panic else 0)
+        yield from (replicas, desired, queued, panic)
+
+
+class Metrics:
+    def __init__(self, statuses: Callable[[], list[FunctionStatus]]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("fnserve_requests", "Inference requests by function and status code",
+                                ["function", "code"], registry=self.registry)
+        self.duration = Histogram("fnserve_request_duration_seconds", "Inference request time in the router",
+                                  ["function"], registry=self.registry,
+                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+        self.cold_starts = Histogram("fnserve_cold_start_seconds", "Time requests waited for a replica to start",
+                                     ["function"], registry=self.registry,
+                                     buckets=(.05, .1, .15, .2, .25, .35, .5, .75, 1, 1.5, 2, 3, 5, 10, 30))
+        self.registry.register(_BackendCollector(statuses))
+
+    def observe(self, function: str, code: int, seconds: float, cold_start_ms: float | None) -> None:
+        self.requests.labels(function, str(code)).inc()
+        self.duration.labels(function).observe(seconds)
+        if cold_start_ms is not None:
+            self.cold_starts.labels(function).observe(cold_start_ms / 1000)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def backend_statuses(platform: object) -> Callable[[], list[FunctionStatus]]:
+    def statuses() -> list[FunctionStatus]:
+        out = []
+        for name in list(platform.functions):  # type: ignore[attr-defined]
+            try:
+                out.append(platform.backend.status(name))  # type: ignore[attr-defined]
+            except FunctionNotFound:
+                continue
+        return out
+
+    return statuses
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests, latencies, cold starts, replicas, queues."""
+    return Response(request.app.state.platform.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+routes = [Route("/metrics", metrics, methods=["GET"], name="metrics")]
