@@ -227,3 +227,26 @@ def test_gpus_are_handed_out_whole_and_freed_at_zero(tmp_path: Path, example_dir
 
 def status_of(router: Router, name: str) -> dict:
     return json.loads(router.cli("status", name, "--json", check=True).stdout)
+
+
+def test_waiting_past_the_activator_deadline_answers_504(tmp_path: Path, warm_dir: Path) -> None:
+    with running_router(tmp_path / "state", env={**FAST, "FNSERVE_ACTIVATOR_TIMEOUT": "1"}) as router:
+        fn = function(warm_dir, tmp_path / "fn", minReplicas=1, maxReplicas=1, containerConcurrency=1)
+        router.cli("deploy", str(fn), check=True)
+        (pid,) = router.replica_pids()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                held = pool.submit(predict, router, "held", 60)  # takes the only slot and hangs
+                wait_for(lambda: status(router)["replicas"][0]["outstanding"] == 1, 10, "the slot to be taken")
+                started = time.monotonic()
+                code, _, body = predict(router)
+                waited = time.monotonic() - started
+                assert code == 504, body
+                assert body["error"] == "function 'sentiment': no replica could take the request within 1 s"
+                assert 0.9 < waited < 5
+                os.kill(pid, signal.SIGCONT)
+                assert held.result(timeout=30)[0] == 200
+        finally:
+            if alive(pid):
+                os.kill(pid, signal.SIGCONT)
