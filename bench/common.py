@@ -35,8 +35,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+_ADMIN: dict[str, str] = {}
+
+
 def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
+    """GET an admin route, as the admin key of the router at that address."""
+    base = url.split("/api/")[0]
+    headers = {"Authorization": f"Bearer {_ADMIN[base]}"} if base in _ADMIN else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
         return json.loads(response.read())
 
 
@@ -76,6 +82,7 @@ def running_platform(work: Path, label: str, functions: list[Path],
         deadline = time.monotonic() + 180
         while True:
             try:
+                _ADMIN[url] = (work / f"state-{label}" / "admin.key").read_text().strip()
                 deployed = get_json(f"{url}/api/functions")["functions"]
                 if len(deployed) == len(functions) and all(f["ready"] for f in deployed):
                     break

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -26,12 +27,28 @@ class CliError(Exception):
 
 
 # -- talking to the router ---------------------------------------------------------------------
+def api_key() -> str | None:
+    """FNSERVE_API_KEY, else the admin key `fnserve up` wrote: $FNSERVE_STATE_DIR, ./.fnserve, ~/.fnserve."""
+    if os.environ.get("FNSERVE_API_KEY"):
+        return os.environ["FNSERVE_API_KEY"].strip()
+    folders = [os.environ.get("FNSERVE_STATE_DIR"), ".fnserve", str(Path.home() / ".fnserve")]
+    for folder in filter(None, folders):
+        try:
+            return (Path(folder).expanduser() / "admin.key").read_text().strip()
+        except OSError:
+            continue
+    return None
+
+
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
              timeout: float = 300.0) -> tuple[int, Any]:
     url = router_url(args.url) + path
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+    headers = {"Content-Type": "application/json"} if data else {}
+    key = api_key()
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, raw, kind = response.status, response.read(), response.headers.get("Content-Type", "")
@@ -48,8 +65,10 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
 def _ok(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     status, payload = _request(args, method, path, body)
     if status >= 400:
-        message = payload.get("error", payload) if isinstance(payload, dict) else payload
-        raise CliError(str(message))
+        message = str(payload.get("error", payload) if isinstance(payload, dict) else payload)
+        if status == 401:
+            message += " (set FNSERVE_API_KEY, or run where `fnserve up` wrote .fnserve/admin.key)"
+        raise CliError(message)
     return payload
 
 
@@ -80,6 +99,8 @@ def cmd_up(args: argparse.Namespace) -> None:
 
     from fnserve.backends.local import LocalBackend
     from fnserve.router.app import StartupDeploy, create_app
+    from fnserve.router.auth import bootstrap_admin_key, load_pepper
+    from fnserve.state import StateStore
 
     deploys = []
     for path in args.deploy:
@@ -98,7 +119,12 @@ def cmd_up(args: argparse.Namespace) -> None:
     sock.listen(2048)
     sock.set_inheritable(True)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, LocalBackend(settings), deploys=deploys)
+    state = StateStore(settings.state_dir / "fnserve.db")
+    admin = bootstrap_admin_key(state, load_pepper(settings.state_dir), settings.state_dir)
+    if admin:
+        print(f"fnserve: created the admin API key (shown once; also in {settings.state_dir / 'admin.key'}, "
+              f"mode 0600):\n  {admin}", flush=True)
+    app = create_app(settings, LocalBackend(settings), state, deploys=deploys)
     config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
                             log_level=settings.log_level, timeout_graceful_shutdown=10)
     port = sock.getsockname()[1]
@@ -183,6 +209,52 @@ def cmd_rm(args: argparse.Namespace) -> None:
     print(f"{args.name}: deleted")
 
 
+def cmd_keys_create(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"name": args.name, "tenant": args.tenant, "scopes": args.scope or ["invoke:*"]}
+    if args.expires:
+        body["expiresIn"] = args.expires
+    result = _ok(args, "POST", "/api/keys", body)
+    if args.json:
+        _print_json(result)
+        return
+    key = result["key"]
+    print(f"created key {key['id']} ({key['name']}, tenant {key['tenant']}, scopes {', '.join(key['scopes'])}); "
+          f"its secret is shown this once:\n{result['token']}")
+
+
+def _stamp(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(timestamp)) if timestamp else "-"
+
+
+def cmd_keys_ls(args: argparse.Namespace) -> None:
+    result = _ok(args, "GET", "/api/keys")
+    if args.json:
+        _print_json(result)
+        return
+    now = time.time()
+    rows = []
+    for k in result["keys"]:
+        state = ("revoked" if k["revokedAt"] else "expired" if k["expiresAt"] and k["expiresAt"] <= now
+                 else "active")
+        rows.append([k["id"], k["name"], k["tenant"], ",".join(k["scopes"]), state, _stamp(k["createdAt"]),
+                     _stamp(k["expiresAt"])])
+    _table(["ID", "NAME", "TENANT", "SCOPES", "STATE", "CREATED (UTC)", "EXPIRES (UTC)"], rows)
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> None:
+    _ok(args, "DELETE", f"/api/keys/{args.key_id}")
+    print(f"revoked key {args.key_id}")
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> None:
+    result = _ok(args, "POST", f"/api/keys/{args.key_id}/rotate", {"grace": args.grace})
+    if args.json:
+        _print_json(result)
+        return
+    print(f"new secret for key {args.key_id} (the old one works for {args.grace} more); shown this once:\n"
+          f"{result['token']}")
+
+
 def cmd_validate(args: argparse.Namespace) -> None:
     failed = False
     for path in args.paths:
@@ -238,6 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("name")
     logs.add_argument("--tail", type=int, default=100, help="lines per replica (default 100)")
     logs.set_defaults(run=cmd_logs)
+
+    keys = sub.add_parser("keys", help="API keys: create, ls, revoke, rotate")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", parents=[common], help="create a key (prints its secret once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--tenant", default="default")
+    create.add_argument("--scope", action="append", metavar="SCOPE",
+                        help="admin, invoke:* or invoke:FUNCTION (repeatable; default invoke:*)")
+    create.add_argument("--expires", metavar="DURATION", help="lifetime, e.g. 30d or 12h (default: none)")
+    create.set_defaults(run=cmd_keys_create)
+    keys_sub.add_parser("ls", parents=[common], help="list keys").set_defaults(run=cmd_keys_ls)
+    revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key now")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=cmd_keys_revoke)
+    rotate = keys_sub.add_parser("rotate", parents=[common], help="new secret; the old one works for --grace")
+    rotate.add_argument("key_id")
+    rotate.add_argument("--grace", default="1h", help="how long the old secret keeps working (default 1h)")
+    rotate.set_defaults(run=cmd_keys_rotate)
 
     validate = sub.add_parser("validate", help="check manifests without deploying them")
     validate.add_argument("paths", type=Path, nargs="+", metavar="PATH")

@@ -101,11 +101,11 @@ class Resources(_Spec):
         return int(float(number) * _MEMORY_UNITS[unit])
 
 
-_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from a number or a Knative/Go duration string ("30s", "1m30s", "500ms", "2h")."""
+    """Seconds from a number or a Knative/Go duration string ("30s", "1m30s", "500ms", "2h", "30d")."""
     if isinstance(value, bool):
         raise ValueError("must be a duration such as 30s, 1m30s or 500ms")
     if isinstance(value, (int, float)):
@@ -113,8 +113,8 @@ def parse_duration(value: Any) -> float:
     match = _DURATION_RE.match(value.strip()) if isinstance(value, str) else None
     if not match or not value.strip() or not any(match.groups()):
         raise ValueError("must be a duration such as 30s, 1m30s or 500ms")
-    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds + millis / 1000
+    days, hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
+    return days * 86400 + hours * 3600 + minutes * 60 + seconds + millis / 1000
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -162,6 +162,10 @@ class Scaling(_Spec):
         return value
 
 
+class AuthSpec(_Spec):
+    public: bool = Field(default=False, description="Invocable without an API key.")
+
+
 class FunctionSpec(_Spec):
     runtime: Literal["onnx", "torch", "transformers"] = Field(description="Model format / predictor.")
     model: ModelSource
@@ -169,6 +173,7 @@ class FunctionSpec(_Spec):
     resources: Resources = Field(default_factory=Resources)
     scaling: Scaling = Field(default_factory=Scaling)
     timeout: int = Field(default=60, ge=1, le=3600, description="Seconds a request may take end to end.")
+    auth: AuthSpec = Field(default_factory=AuthSpec)
 
     @field_validator("handler")
     @classmethod

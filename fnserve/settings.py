@@ -18,7 +18,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
-    """Address the router listens on; admin routes answer loopback clients only (see admin_loopback_only)."""
+    """Address the router listens on; every route but health and /openapi.json needs an API key."""
     port: int = 8080
     state_dir: Path = field(default_factory=lambda: Path.home() / ".fnserve")
     """SQLite state, replica logs and stored manifests."""
@@ -30,8 +30,6 @@ class Settings:
     """Seconds an old replica may keep finishing requests after a redeploy."""
     connect_timeout: float = 5.0
     """Seconds the proxy waits to connect to a replica before answering 503."""
-    admin_loopback_only: bool = True
-    """Until API keys exist, the admin API answers clients on 127.0.0.1/::1 only."""
     s3_endpoint_url: str | None = None
     """S3 API endpoint for s3:// model URIs (MinIO, Ceph…); unset = boto3's default (AWS, or AWS_ENDPOINT_URL)."""
     autoscale_tick: float = 2.0

@@ -32,6 +32,18 @@ CREATE TABLE IF NOT EXISTS functions (
     revision    INTEGER NOT NULL,
     updated_at  REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    id               TEXT PRIMARY KEY,
+    name             TEXT NOT NULL,
+    tenant           TEXT NOT NULL,
+    scopes           TEXT NOT NULL,
+    secret_hash      TEXT NOT NULL,
+    previous_hash    TEXT,
+    previous_until   REAL,
+    created_at       REAL NOT NULL,
+    expires_at       REAL,
+    revoked_at       REAL
+);
 """
 
 
@@ -57,6 +69,37 @@ class Revision:
         return {"name": self.name, "revision": self.number, "id": self.id, "sourceDir": str(self.source_dir),
                 "modelDir": str(self.model_dir), "createdAt": self.created_at,
                 "manifest": self.function.to_dict()}
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as stored: attributes and the hash of its secret, never the secret."""
+
+    id: str
+    name: str
+    tenant: str
+    scopes: tuple[str, ...]
+    secret_hash: str
+    previous_hash: str | None = None
+    previous_until: float | None = None
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.id, self.name, self.tenant, json.dumps(list(self.scopes)), self.secret_hash,
+                self.previous_hash, self.previous_until, self.created_at, self.expires_at, self.revoked_at)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> KeyRecord:
+        values = list(row)
+        values[3] = tuple(json.loads(values[3]))
+        return cls(*values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "tenant": self.tenant, "scopes": list(self.scopes),
+                "createdAt": self.created_at, "expiresAt": self.expires_at, "revokedAt": self.revoked_at,
+                "previousSecretValidUntil": self.previous_until}
 
 
 class StateStore:
@@ -107,6 +150,33 @@ class StateStore:
             gone = self._db.execute("DELETE FROM functions WHERE name = ?", (name,)).rowcount
             self._db.execute("DELETE FROM revisions WHERE function = ?", (name,))
         return gone > 0
+
+    # -- API keys (only hashes of secrets are ever stored) -----------------------------------------
+    def add_key(self, key: KeyRecord) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", key.row())
+
+    def key(self, key_id: str) -> KeyRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return KeyRecord.from_row(row) if row else None
+
+    def keys(self) -> list[KeyRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM api_keys ORDER BY created_at").fetchall()
+        return [KeyRecord.from_row(row) for row in rows]
+
+    def revoke_key(self, key_id: str, when: float) -> bool:
+        with self._lock:
+            return self._db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                                    (when, key_id)).rowcount > 0
+
+    def rotate_key(self, key_id: str, secret_hash: str, previous_until: float) -> bool:
+        """A new secret; the current one stays valid until ``previous_until``."""
+        with self._lock:
+            return self._db.execute(
+                "UPDATE api_keys SET previous_hash = secret_hash, previous_until = ?, secret_hash = ? "
+                "WHERE id = ? AND revoked_at IS NULL", (previous_until, secret_hash, key_id)).rowcount > 0
 
     def close(self) -> None:
         with self._lock:

@@ -95,6 +95,7 @@ class Router:
         self.extra = extra or []
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
+        self.admin_key = ""
 
     def start(self) -> Router:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,13 @@ class Router:
             [*FNSERVE, "up", "--port", str(self.port), "--state-dir", str(self.state_dir), *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=self.env)
         wait_for(self._ready, 30, f"router on {self.url} to be ready\n{self.log()}")
+        self.admin_key = (self.state_dir / "admin.key").read_text().strip()
         return self
+
+    @property
+    def admin(self) -> dict[str, str]:
+        """Headers that authenticate as the admin key `fnserve up` created."""
+        return {"Authorization": f"Bearer {self.admin_key}"}
 
     def _ready(self) -> bool:
         assert self.process is not None
@@ -119,7 +126,7 @@ class Router:
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([*FNSERVE, *args], capture_output=True, text=True, timeout=180,
-                                env={**self.env, "FNSERVE_URL": self.url})
+                                env={**self.env, "FNSERVE_URL": self.url, "FNSERVE_API_KEY": self.admin_key})
         if check and result.returncode != 0:
             raise AssertionError(f"fnserve {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result

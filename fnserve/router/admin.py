@@ -1,13 +1,14 @@
-"""The admin API (/api/functions): deploy, list, inspect, delete, logs.
+"""The admin API: functions (deploy, list, inspect, delete, logs) and API keys.
 
-Until API keys exist, these routes answer only clients on the loopback interface (a router started
-with --host 0.0.0.0 still serves inference to the network, but not control). Set
-FNSERVE_ADMIN_LOOPBACK_ONLY=false to lift that, knowingly.
+Every route here needs a key with the ``admin`` scope (enforced by router/auth.py before any of this
+runs). A new or rotated key's token is in the response once and stored nowhere.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,20 +17,18 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from fnserve.backends.base import BackendError, FunctionNotFound
+from fnserve.manifest import parse_duration
+from fnserve.router.auth import create_key, hash_secret, new_secret, token_for, valid_scope
 from fnserve.router.errors import error_response
 from fnserve.router.platform import DeployRejected, Platform
 from fnserve.state import Revision
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def _admin(endpoint: Endpoint) -> Endpoint:
+    """Map backend errors to their HTTP answers."""
     async def guarded(request: Request) -> Response:
-        platform: Platform = request.app.state.platform
-        client = request.client.host if request.client else ""
-        if platform.settings.admin_loopback_only and client not in _LOOPBACK and not client.startswith("127."):
-            return error_response(request, 403, "the admin API answers loopback clients only")
         try:
             return await endpoint(request)
         except BackendError as exc:
@@ -113,7 +112,90 @@ async def function_logs(request: Request) -> Response:
     return PlainTextResponse(text + "\n")
 
 
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body must be JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+class BadRequest(BackendError):
+    status = 400
+
+
+def _seconds(value: Any, field: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise BadRequest(f"{field} must be a duration such as 30d, 12h or 90s (got {value!r})") from None
+    if seconds <= 0:
+        raise BadRequest(f"{field} must be positive (got {value!r})")
+    return seconds
+
+
+@_admin
+async def list_keys(request: Request) -> Response:
+    """All API keys (ids and attributes; secrets are never stored)."""
+    state = request.app.state.platform.state
+    return JSONResponse({"keys": [k.to_dict() for k in await asyncio.to_thread(state.keys)]})
+
+
+@_admin
+async def create_api_key(request: Request) -> Response:
+    """Create a key: {name, tenant?, scopes?, expiresIn?}; the token is in this response only."""
+    platform: Platform = request.app.state.platform
+    body = await _json_body(request)
+    name, tenant = body.get("name"), body.get("tenant", "default")
+    scopes = body.get("scopes", ["invoke:*"])
+    if not isinstance(name, str) or not name.strip():
+        raise BadRequest("name is required")
+    if not isinstance(tenant, str) or not tenant.strip():
+        raise BadRequest("tenant must be a non-empty string")
+    if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) and valid_scope(s) for s in scopes):
+        raise BadRequest(f"scopes must be a list of admin, invoke:* or invoke:<function> (got {scopes!r})")
+    lifetime = _seconds(body.get("expiresIn"), "expiresIn")
+    expires_at = time.time() + lifetime if lifetime else None
+    record, token = await asyncio.to_thread(create_key, platform.state, platform.keys.pepper, name.strip(),
+                                            tenant.strip(), scopes, expires_at)
+    return JSONResponse({"key": record.to_dict(), "token": token}, 201)
+
+
+@_admin
+async def revoke_key(request: Request) -> Response:
+    """Revoke a key at once."""
+    platform: Platform = request.app.state.platform
+    key_id = request.path_params["key_id"]
+    if not await asyncio.to_thread(platform.state.revoke_key, key_id, time.time()):
+        raise FunctionNotFound(f"no active API key {key_id!r}")
+    platform.keys.forget(key_id)
+    return JSONResponse({"revoked": key_id})
+
+
+@_admin
+async def rotate_key(request: Request) -> Response:
+    """New secret for a key; the old one keeps working for {grace} (default 1h)."""
+    platform: Platform = request.app.state.platform
+    key_id = request.path_params["key_id"]
+    grace = _seconds((await _json_body(request)).get("grace", "1h"), "grace") or 0.0
+    secret = new_secret()
+    changed = await asyncio.to_thread(platform.state.rotate_key, key_id, hash_secret(platform.keys.pepper, secret),
+                                      time.time() + grace)
+    if not changed:
+        raise FunctionNotFound(f"no active API key {key_id!r}")
+    platform.keys.forget(key_id)
+    return JSONResponse({"keyId": key_id, "token": token_for(key_id, secret), "previousValidForSeconds": grace})
+
+
 routes = [
+    Route("/api/keys", list_keys, methods=["GET"], name="list_keys"),
+    Route("/api/keys", create_api_key, methods=["POST"], name="create_key"),
+    Route("/api/keys/{key_id}", revoke_key, methods=["DELETE"], name="revoke_key"),
+    Route("/api/keys/{key_id}/rotate", rotate_key, methods=["POST"], name="rotate_key"),
     Route("/api/functions", list_functions, methods=["GET"], name="list_functions"),
     Route("/api/functions", deploy, methods=["POST"], name="deploy_function"),
     Route("/api/functions/{name}", get_function, methods=["GET"], name="get_function"),

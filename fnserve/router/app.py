@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from fnserve.backends.base import Backend, BackendError
 from fnserve.router import admin, inference, metrics, openapi
+from fnserve.router.auth import AuthMiddleware, KeyVerifier, load_pepper
 from fnserve.router.errors import RequestIdMiddleware, error_response
 from fnserve.router.platform import DeployRejected, Platform
 from fnserve.router.proxy import Proxy
@@ -60,7 +61,8 @@ async def _startup(platform: Platform, restoring: asyncio.Future[None], deploys:
 def create_app(settings: Settings, backend: Backend, state: StateStore | None = None,
                deploys: list[StartupDeploy] | None = None) -> Starlette:
     state = state or StateStore(settings.state_dir / "fnserve.db")
-    platform = Platform(settings, state, backend, Proxy(settings.connect_timeout))
+    keys = KeyVerifier(state, load_pepper(settings.state_dir))
+    platform = Platform(settings, state, backend, Proxy(settings.connect_timeout), keys)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -78,7 +80,7 @@ def create_app(settings: Settings, backend: Backend, state: StateStore | None = 
 
     app = Starlette(
         routes=[*inference.routes, *admin.routes, *metrics.routes, *openapi.routes],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(AuthMiddleware, platform=platform)],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )

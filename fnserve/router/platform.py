@@ -16,6 +16,7 @@ from typing import Any
 
 from fnserve.backends.base import Backend, BackendError, DeployFailed, FunctionNotFound
 from fnserve.manifest import Function, ManifestError, Problem, parse_function
+from fnserve.router.auth import KeyVerifier
 from fnserve.router.metrics import Metrics, backend_statuses
 from fnserve.router.proxy import Proxy
 from fnserve.settings import Settings
@@ -39,6 +40,7 @@ class Platform:
     state: StateStore
     backend: Backend
     proxy: Proxy
+    keys: KeyVerifier
     functions: dict[str, Revision] = field(default_factory=dict)
     restored: bool = False
     metrics: Metrics = field(init=False)

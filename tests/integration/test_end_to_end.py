@@ -178,7 +178,8 @@ def test_invalid_deploys_change_nothing(router: Router, example_dir: Path, tmp_p
 
     # the router checks again, whatever the client did
     status, _, body = http("POST", f"{router.url}/api/functions",
-                           {"manifest": yaml.safe_load((bad / "function.yaml").read_text()), "sourceDir": str(bad)})
+                           {"manifest": yaml.safe_load((bad / "function.yaml").read_text()), "sourceDir": str(bad)},
+                           headers=router.admin)
     assert status == 400 and [p["path"] for p in body["problems"]] == ["spec.runtime", "spec.scaling.maxReplicas"]
 
     no_model = copy_function(example_dir, tmp_path / "no-model")

@@ -85,7 +85,7 @@ def test_scale_from_zero_and_back(fast_router: Router, example_dir: Path, tmp_pa
     warm_code, warm_headers, _ = predict(fast_router)
     assert warm_code == 200 and "X-Fnserve-Cold-Start" not in warm_headers
 
-    code, headers, text = http("GET", f"{fast_router.url}/metrics")
+    code, headers, text = http("GET", f"{fast_router.url}/metrics", headers=fast_router.admin)
     metrics = text.decode()
     assert code == 200 and headers["Content-Type"].startswith("text/plain")
     assert 'fnserve_requests_total{code="200",function="sentiment"} 2.0' in metrics

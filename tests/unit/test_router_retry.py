@@ -15,7 +15,7 @@ from fnserve.router.app import create_app
 from fnserve.settings import Settings
 from fnserve.state import Revision
 from tests.conftest import free_port
-from tests.unit.test_manifest import VALID
+from tests.unit.test_manifest import with_change
 
 
 class ScriptedBackend:
@@ -46,7 +46,7 @@ class ScriptedBackend:
 async def call(tmp_path: Path, urls: list[str]) -> tuple[httpx.Response, ScriptedBackend]:
     backend = ScriptedBackend(urls)
     app = create_app(Settings(state_dir=tmp_path), backend)  # type: ignore[arg-type]
-    function = parse_function(VALID)
+    function = parse_function(with_change("spec.auth", {"public": True}))  # auth is tested elsewhere
     app.state.platform.functions["sentiment"] = Revision(function, 1, tmp_path, tmp_path, time.time())
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
