@@ -210,7 +210,8 @@ def cmd_rm(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
-    body: dict[str, Any] = {"name": args.name, "tenant": args.tenant, "scopes": args.scope or ["invoke:*"]}
+    body: dict[str, Any] = {"name": args.name, "tenant": args.tenant, "scopes": args.scope or ["invoke:*"],
+                            "limits": _limit_flags(args)}
     if args.expires:
         body["expiresIn"] = args.expires
     result = _ok(args, "POST", "/api/keys", body)
@@ -220,6 +221,40 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
     key = result["key"]
     print(f"created key {key['id']} ({key['name']}, tenant {key['tenant']}, scopes {', '.join(key['scopes'])}); "
           f"its secret is shown this once:\n{result['token']}")
+
+
+def _limit_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in ("rps", "burst", "concurrency", "daily")
+            if getattr(args, name) is not None}
+
+
+def _describe(limits: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in limits.items()) or "-"
+
+
+def cmd_tenants_set(args: argparse.Namespace) -> None:
+    result = _ok(args, "PUT", f"/api/tenants/{args.tenant}", _limit_flags(args))
+    print(f"tenant {result['tenant']}: {_describe(result['limits'])}")
+
+
+def cmd_tenants_ls(args: argparse.Namespace) -> None:
+    result = _ok(args, "GET", "/api/tenants")
+    if args.json:
+        _print_json(result)
+        return
+    _table(["TENANT", "DEFAULT LIMITS"], [[t, _describe(limits)] for t, limits in result["tenants"].items()])
+
+
+def cmd_usage(args: argparse.Namespace) -> None:
+    query = "&".join(f"{k}={v}" for k, v in (("key", args.key), ("function", args.function), ("since", args.since))
+                     if v)
+    result = _ok(args, "GET", "/api/usage" + (f"?{query}" if query else ""))
+    if args.json:
+        _print_json(result)
+        return
+    _table(["DAY", "KEY", "FUNCTION", "REQUESTS", "4XX", "5XX", "MEAN MS", "P95 MS", "PREDICTOR MS"],
+           [[u["day"], u["keyId"], u["function"], u["requests"], u["clientErrors"], u["serverErrors"], u["meanMs"],
+             u["p95Ms"], u["predictorMs"]] for u in result["usage"]])
 
 
 def _stamp(timestamp: float | None) -> str:
@@ -237,8 +272,8 @@ def cmd_keys_ls(args: argparse.Namespace) -> None:
         state = ("revoked" if k["revokedAt"] else "expired" if k["expiresAt"] and k["expiresAt"] <= now
                  else "active")
         rows.append([k["id"], k["name"], k["tenant"], ",".join(k["scopes"]), state, _stamp(k["createdAt"]),
-                     _stamp(k["expiresAt"])])
-    _table(["ID", "NAME", "TENANT", "SCOPES", "STATE", "CREATED (UTC)", "EXPIRES (UTC)"], rows)
+                     _stamp(k["expiresAt"]), _describe(k.get("limits") or {})])
+    _table(["ID", "NAME", "TENANT", "SCOPES", "STATE", "CREATED (UTC)", "EXPIRES (UTC)", "LIMITS"], rows)
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> None:
@@ -270,6 +305,13 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 def cmd_schema(args: argparse.Namespace) -> None:
     _print_json(json_schema())
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rps", type=float, help="requests per second (GCRA rate)")
+    parser.add_argument("--burst", type=int, help="requests allowed at once (default: ceil(rps))")
+    parser.add_argument("--concurrency", type=int, help="requests in flight")
+    parser.add_argument("--daily", type=int, help="requests per UTC day")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--scope", action="append", metavar="SCOPE",
                         help="admin, invoke:* or invoke:FUNCTION (repeatable; default invoke:*)")
     create.add_argument("--expires", metavar="DURATION", help="lifetime, e.g. 30d or 12h (default: none)")
+    _add_limit_flags(create)
     create.set_defaults(run=cmd_keys_create)
     keys_sub.add_parser("ls", parents=[common], help="list keys").set_defaults(run=cmd_keys_ls)
     revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key now")
@@ -328,6 +371,20 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("key_id")
     rotate.add_argument("--grace", default="1h", help="how long the old secret keeps working (default 1h)")
     rotate.set_defaults(run=cmd_keys_rotate)
+
+    tenants = sub.add_parser("tenants", help="default limits per tenant")
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+    tenant_set = tenants_sub.add_parser("set", parents=[common], help="set a tenant's default limits")
+    tenant_set.add_argument("tenant")
+    _add_limit_flags(tenant_set)
+    tenant_set.set_defaults(run=cmd_tenants_set)
+    tenants_sub.add_parser("ls", parents=[common], help="list tenants' limits").set_defaults(run=cmd_tenants_ls)
+
+    usage = sub.add_parser("usage", parents=[common], help="the usage ledger per key, function and day")
+    usage.add_argument("--key", help="one key id")
+    usage.add_argument("--function", help="one function")
+    usage.add_argument("--since", metavar="YYYY-MM-DD", help="from this UTC day on")
+    usage.set_defaults(run=cmd_usage)
 
     validate = sub.add_parser("validate", help="check manifests without deploying them")
     validate.add_argument("paths", type=Path, nargs="+", metavar="PATH")

@@ -162,6 +162,15 @@ class Scaling(_Spec):
         return value
 
 
+class LimitsSpec(_Spec):
+    """Per-function overrides of the callers' limits (per key × function; per address when public)."""
+
+    rps: float | None = Field(default=None, gt=0, description="Requests per second (GCRA rate).")
+    burst: int | None = Field(default=None, ge=1, description="Requests allowed at once.")
+    concurrency: int | None = Field(default=None, ge=1, description="Requests in flight.")
+    daily: int | None = Field(default=None, ge=1, description="Requests per UTC day.")
+
+
 class AuthSpec(_Spec):
     public: bool = Field(default=False, description="Invocable without an API key.")
 
@@ -174,6 +183,7 @@ class FunctionSpec(_Spec):
     scaling: Scaling = Field(default_factory=Scaling)
     timeout: int = Field(default=60, ge=1, le=3600, description="Seconds a request may take end to end.")
     auth: AuthSpec = Field(default_factory=AuthSpec)
+    limits: LimitsSpec | None = None
 
     @field_validator("handler")
     @classmethod

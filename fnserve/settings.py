@@ -44,6 +44,11 @@ class Settings:
     """Consecutive failed health checks after which a replica is killed and replaced."""
     gpus: str | None = None
     """GPU ids the embedded backend may hand out ("0,1", "none"); unset = ask nvidia-smi."""
+    default_rps: float | None = None
+    """Rate limit for keys whose key and tenant set none (requests/s); unset = no limit."""
+    default_burst: int | None = None
+    default_concurrency: int | None = None
+    default_daily: int | None = None
     forkserver: bool = True
     """Start replicas by forking a warm fork server per runtime (Linux); false = a fresh interpreter each."""
     replica_threads: int = 1
@@ -68,7 +73,7 @@ class Settings:
 
 
 def _convert(name: str, raw: str, kind: Any) -> Any:
-    kind = str(kind)
+    kind = str(kind).replace(" | None", "")
     try:
         if kind == "int":
             return int(raw)

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,25 @@ CREATE TABLE IF NOT EXISTS api_keys (
     expires_at       REAL,
     revoked_at       REAL
 );
+CREATE TABLE IF NOT EXISTS tenant_limits (
+    tenant       TEXT PRIMARY KEY,
+    limits       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    key_id       TEXT NOT NULL,
+    function     TEXT NOT NULL,
+    day          TEXT NOT NULL,
+    tally        TEXT NOT NULL,
+    PRIMARY KEY (key_id, function, day)
+);
+CREATE TABLE IF NOT EXISTS daily_counts (
+    subject      TEXT NOT NULL,
+    day          TEXT NOT NULL,
+    requests     INTEGER NOT NULL,
+    PRIMARY KEY (subject, day)
+);
 """
+_KEY_COLUMNS = {"limits": "TEXT"}  # added after the first release of the table
 
 
 @dataclass(frozen=True)
@@ -85,21 +103,25 @@ class KeyRecord:
     created_at: float = 0.0
     expires_at: float | None = None
     revoked_at: float | None = None
+    limits: dict[str, Any] = field(default_factory=dict)
+    """The key's own limits (rps, burst, concurrency, daily); missing ones come from its tenant."""
 
     def row(self) -> tuple[Any, ...]:
         return (self.id, self.name, self.tenant, json.dumps(list(self.scopes)), self.secret_hash,
-                self.previous_hash, self.previous_until, self.created_at, self.expires_at, self.revoked_at)
+                self.previous_hash, self.previous_until, self.created_at, self.expires_at, self.revoked_at,
+                json.dumps(self.limits))
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> KeyRecord:
         values = list(row)
         values[3] = tuple(json.loads(values[3]))
+        values[10] = json.loads(values[10] or "{}")
         return cls(*values)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "tenant": self.tenant, "scopes": list(self.scopes),
                 "createdAt": self.created_at, "expiresAt": self.expires_at, "revokedAt": self.revoked_at,
-                "previousSecretValidUntil": self.previous_until}
+                "previousSecretValidUntil": self.previous_until, "limits": self.limits}
 
 
 class StateStore:
@@ -111,6 +133,10 @@ class StateStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(api_keys)")}
+        for column, kind in _KEY_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
 
     def next_number(self, name: str) -> int:
         with self._lock:
@@ -154,7 +180,7 @@ class StateStore:
     # -- API keys (only hashes of secrets are ever stored) -----------------------------------------
     def add_key(self, key: KeyRecord) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", key.row())
+            self._db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", key.row())
 
     def key(self, key_id: str) -> KeyRecord | None:
         with self._lock:
@@ -177,6 +203,56 @@ class StateStore:
             return self._db.execute(
                 "UPDATE api_keys SET previous_hash = secret_hash, previous_until = ?, secret_hash = ? "
                 "WHERE id = ? AND revoked_at IS NULL", (previous_until, secret_hash, key_id)).rowcount > 0
+
+    # -- limits and daily quotas -----------------------------------------------------------------
+    def set_tenant_limits(self, tenant: str, limits: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO tenant_limits VALUES (?, ?)", (tenant, json.dumps(limits)))
+
+    def tenant_limits(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT tenant, limits FROM tenant_limits ORDER BY tenant").fetchall()
+        return {tenant: json.loads(limits) for tenant, limits in rows}
+
+    def daily_count(self, subject: str, day: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT requests FROM daily_counts WHERE subject = ? AND day = ?",
+                                   (subject, day)).fetchone()
+        return row[0] if row else 0
+
+    def add_daily_counts(self, counts: dict[tuple[str, str], int]) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO daily_counts VALUES (?, ?, ?) ON CONFLICT(subject, day) "
+                "DO UPDATE SET requests = requests + excluded.requests",
+                [(subject, day, n) for (subject, day), n in counts.items()])
+
+    def merge_usage(self, tallies: dict[tuple[str, str, str], Any]) -> None:
+        """Add tallies (usage.Tally) into the stored ones, in one transaction."""
+        from fnserve.router.usage import Tally
+
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            for (key_id, function, day), tally in tallies.items():
+                row = self._db.execute("SELECT tally FROM usage WHERE key_id = ? AND function = ? AND day = ?",
+                                       (key_id, function, day)).fetchone()
+                merged = Tally.from_json(row[0]) if row else Tally()
+                merged.merge(tally)
+                self._db.execute("INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?)",
+                                 (key_id, function, day, merged.to_json()))
+
+    def usage(self, key_id: str | None, function: str | None, since: str | None) -> list[tuple[str, str, str, str]]:
+        query, params = "SELECT key_id, function, day, tally FROM usage WHERE 1 = 1", []
+        for column, value in (("key_id", key_id), ("function", function)):
+            if value:
+                query += f" AND {column} = ?"
+                params.append(value)
+        if since:
+            query += " AND day >= ?"
+            params.append(since)
+        with self._lock:
+            return self._db.execute(query + " ORDER BY day, key_id, function", params).fetchall()
 
     def close(self) -> None:
         with self._lock:

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from fnserve.backends.base import BackendError, FunctionNotFound
-from fnserve.manifest import parse_duration
+from fnserve.manifest import LimitsSpec, parse_duration, problems_from
 from fnserve.router.auth import create_key, hash_secret, new_secret, token_for, valid_scope
 from fnserve.router.errors import error_response
 from fnserve.router.platform import DeployRejected, Platform
+from fnserve.router.usage import Tally
 from fnserve.state import Revision
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -138,6 +141,48 @@ def _seconds(value: Any, field: str) -> float | None:
     return seconds
 
 
+def _limits(value: Any) -> dict[str, Any]:
+    """Validated limits: rps > 0, burst/concurrency/daily whole numbers ≥ 1; unknown names refused."""
+    if not isinstance(value, dict):
+        raise BadRequest("limits must be an object with rps, burst, concurrency and/or daily")
+    try:
+        return LimitsSpec.model_validate(value).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        problems = "; ".join(p.render("limits") for p in problems_from(LimitsSpec, exc))
+        raise BadRequest(problems) from None
+
+
+@_admin
+async def list_tenants(request: Request) -> Response:
+    """Default limits per tenant."""
+    state = request.app.state.platform.state
+    return JSONResponse({"tenants": await asyncio.to_thread(state.tenant_limits)})
+
+
+@_admin
+async def set_tenant(request: Request) -> Response:
+    """Set a tenant's default limits (replacing the previous ones): {rps?, burst?, concurrency?, daily?}."""
+    tenant = request.path_params["tenant"]
+    limits = _limits(await _json_body(request))
+    await asyncio.to_thread(request.app.state.platform.state.set_tenant_limits, tenant, limits)
+    request.app.state.platform.forget_tenants()
+    return JSONResponse({"tenant": tenant, "limits": limits})
+
+
+@_admin
+async def usage(request: Request) -> Response:
+    """The usage ledger per key × function × day (?key=, ?function=, ?since=YYYY-MM-DD)."""
+    platform: Platform = request.app.state.platform
+    params = request.query_params
+    since = params.get("since")
+    if since and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", since):
+        raise BadRequest(f"since must be a date YYYY-MM-DD (got {since!r})")
+    await asyncio.to_thread(platform.usage.flush)
+    rows = await asyncio.to_thread(platform.state.usage, params.get("key"), params.get("function"), since)
+    return JSONResponse({"usage": [{"keyId": key_id, "function": function, "day": day,
+                                    **Tally.from_json(tally).summary()} for key_id, function, day, tally in rows]})
+
+
 @_admin
 async def list_keys(request: Request) -> Response:
     """All API keys (ids and attributes; secrets are never stored)."""
@@ -160,8 +205,9 @@ async def create_api_key(request: Request) -> Response:
         raise BadRequest(f"scopes must be a list of admin, invoke:* or invoke:<function> (got {scopes!r})")
     lifetime = _seconds(body.get("expiresIn"), "expiresIn")
     expires_at = time.time() + lifetime if lifetime else None
+    limits = _limits(body.get("limits", {}))
     record, token = await asyncio.to_thread(create_key, platform.state, platform.keys.pepper, name.strip(),
-                                            tenant.strip(), scopes, expires_at)
+                                            tenant.strip(), scopes, expires_at, limits)
     return JSONResponse({"key": record.to_dict(), "token": token}, 201)
 
 
@@ -192,6 +238,9 @@ async def rotate_key(request: Request) -> Response:
 
 
 routes = [
+    Route("/api/usage", usage, methods=["GET"], name="usage"),
+    Route("/api/tenants", list_tenants, methods=["GET"], name="list_tenants"),
+    Route("/api/tenants/{tenant}", set_tenant, methods=["PUT"], name="set_tenant"),
     Route("/api/keys", list_keys, methods=["GET"], name="list_keys"),
     Route("/api/keys", create_api_key, methods=["POST"], name="create_key"),
     Route("/api/keys/{key_id}", revoke_key, methods=["DELETE"], name="revoke_key"),

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from fnserve.backends.base import Backend, BackendError
 from fnserve.router import admin, inference, metrics, openapi
+from fnserve.router.admission import AdmissionMiddleware
 from fnserve.router.auth import AuthMiddleware, KeyVerifier, load_pepper
 from fnserve.router.errors import RequestIdMiddleware, error_response
 from fnserve.router.platform import DeployRejected, Platform
@@ -58,6 +59,16 @@ async def _startup(platform: Platform, restoring: asyncio.Future[None], deploys:
         log.info("deployed %s revision %d at /v1/models/%s:predict", revision.name, revision.number, revision.name)
 
 
+async def _flush_forever(platform: Platform) -> None:
+    """Daily counters and usage reach SQLite every second: a crash loses at most a second of counts."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            await asyncio.to_thread(platform.flush)
+        except Exception:
+            log.exception("could not persist usage and daily counters; will retry")
+
+
 def create_app(settings: Settings, backend: Backend, state: StateStore | None = None,
                deploys: list[StartupDeploy] | None = None) -> Starlette:
     state = state or StateStore(settings.state_dir / "fnserve.db")
@@ -70,17 +81,21 @@ def create_app(settings: Settings, backend: Backend, state: StateStore | None = 
         restoring = platform.restore()
         await asyncio.sleep(0)  # the scheduled applies register their functions before any request
         starting = asyncio.ensure_future(_startup(platform, restoring, deploys or []))
+        flushing = asyncio.ensure_future(_flush_forever(platform))
         try:
             yield
         finally:
             starting.cancel()
+            flushing.cancel()
+            platform.flush()
             await backend.close()
             await platform.proxy.close()
             state.close()
 
     app = Starlette(
         routes=[*inference.routes, *admin.routes, *metrics.routes, *openapi.routes],
-        middleware=[Middleware(RequestIdMiddleware), Middleware(AuthMiddleware, platform=platform)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(AuthMiddleware, platform=platform),
+                    Middleware(AdmissionMiddleware, platform=platform)],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )

@@ -19,7 +19,7 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -69,11 +69,11 @@ def token_for(key_id: str, secret: str) -> str:
 
 
 def create_key(state: StateStore, pepper: bytes, name: str, tenant: str, scopes: list[str],
-               expires_at: float | None = None) -> tuple[KeyRecord, str]:
+               expires_at: float | None = None, limits: dict[str, Any] | None = None) -> tuple[KeyRecord, str]:
     """Store a new key; returns the record and the token, which is never stored or shown again."""
     key_id, secret = secrets.token_hex(6), new_secret()
     record = KeyRecord(key_id, name, tenant, tuple(scopes), hash_secret(pepper, secret),
-                       created_at=time.time(), expires_at=expires_at)
+                       created_at=time.time(), expires_at=expires_at, limits=limits or {})
     state.add_key(record)
     return record, token_for(key_id, secret)
 
@@ -93,6 +93,7 @@ class Principal:
     name: str
     tenant: str
     scopes: tuple[str, ...]
+    limits: dict[str, Any] = field(default_factory=dict)
 
     def may_invoke(self, function: str) -> bool:
         return "invoke:*" in self.scopes or f"invoke:{function}" in self.scopes
@@ -151,7 +152,7 @@ class KeyVerifier:
             raise AuthError(401, f"API key {key_id} was revoked at {_when(record.revoked_at)}", key_id)
         if record.expires_at is not None and now >= record.expires_at:
             raise AuthError(401, f"API key {key_id} expired at {_when(record.expires_at)}", key_id)
-        return Principal(record.id, record.name, record.tenant, record.scopes)
+        return Principal(record.id, record.name, record.tenant, record.scopes, record.limits)
 
 
 def _token(scope: Scope) -> str | None:

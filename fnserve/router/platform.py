@@ -19,11 +19,15 @@ from fnserve.manifest import Function, ManifestError, Problem, parse_function
 from fnserve.router.auth import KeyVerifier
 from fnserve.router.metrics import Metrics, backend_statuses
 from fnserve.router.proxy import Proxy
+from fnserve.router.quota import DailyCounters, Limits, MemoryStore, Store
+from fnserve.router.usage import UsageLedger
 from fnserve.settings import Settings
 from fnserve.state import Revision, StateStore
 from fnserve.storage import ArtifactError, resolve_model_dir, snapshot_dir
 
 log = logging.getLogger("fnserve.router")
+
+TENANT_CACHE_SECONDS = 5.0
 
 
 class DeployRejected(Exception):
@@ -44,10 +48,36 @@ class Platform:
     functions: dict[str, Revision] = field(default_factory=dict)
     restored: bool = False
     metrics: Metrics = field(init=False)
+    quota_store: Store = field(default_factory=MemoryStore)
+    daily: DailyCounters = field(init=False)
+    usage: UsageLedger = field(init=False)
+    default_limits: Limits = field(init=False)
+    _tenants: tuple[float, dict[str, Limits]] = (0.0, {})
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(backend_statuses(self))
+        self.daily = DailyCounters(self.state)
+        self.usage = UsageLedger(self.state)
+        s = self.settings
+        self.default_limits = Limits(s.default_rps, s.default_burst, s.default_concurrency, s.default_daily)
+
+    async def tenant_limits(self) -> dict[str, Limits]:
+        """Tenants' default limits, re-read at most every few seconds (other routers may change them)."""
+        fetched, limits = self._tenants
+        if time.monotonic() - fetched > TENANT_CACHE_SECONDS:
+            stored = await asyncio.to_thread(self.state.tenant_limits)
+            limits = {tenant: Limits(**values) for tenant, values in stored.items()}
+            self._tenants = (time.monotonic(), limits)
+        return limits
+
+    def forget_tenants(self) -> None:
+        self._tenants = (0.0, {})
+
+    def flush(self) -> None:
+        """Persist daily counters and usage (blocking: a worker thread, or at shutdown)."""
+        self.daily.flush()
+        self.usage.flush()
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

@@ -9,6 +9,7 @@ made raises UpstreamUnreachable, which the caller may retry elsewhere since noth
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 from starlette.requests import Request
@@ -77,11 +78,13 @@ class Proxy:
         url = endpoint.url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         body = await request.body()
         limits = aiohttp.ClientTimeout(total=timeout, sock_connect=self.connect_timeout)
+        sent = time.perf_counter()
         try:
             async with self._session.request(request.method, url, data=body or None, timeout=limits,
                                              headers=upstream_headers(request, json_default=json_default),
                                              allow_redirects=False) as upstream:
                 content = await upstream.read()
+                request.scope.setdefault("state", {})["upstream_ms"] = (time.perf_counter() - sent) * 1000
                 response = Response(content, status_code=upstream.status)
                 drop = _RESPONSE_DROP | _connection_named(list(upstream.headers.items()))
                 response.raw_headers.extend((k.lower().encode("latin-1"), v.encode("latin-1"))

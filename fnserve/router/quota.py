@@ -1,0 +1,160 @@
+"""Per-key limits: a rate (GCRA), a concurrency limit and a daily quota, and their HTTP headers.
+
+GCRA (as in redis-cell) keeps one "theoretical arrival time" per subject: with rate R and burst B,
+exactly B requests pass at once, then one every 1/R seconds, and the wait for the next one is exact.
+The arithmetic is a pure function over an explicit clock; the stores (memory here, Redis in
+router/redis_quota.py) only keep the numbers. Daily quotas count in memory and are flushed to SQLite
+every second and at shutdown, so they survive restarts without a database write per request.
+
+Resolution: a key's own value, else its tenant's default, else the global default (FNSERVE_DEFAULT_*);
+a function's ``spec.limits`` overrides a field for calls to that function, counted per key × function.
+Public functions are limited per client address with the function's or the global values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from typing import Protocol
+
+from fnserve.state import StateStore
+
+
+@dataclass(frozen=True)
+class Limits:
+    rps: float | None = None
+    burst: int | None = None
+    concurrency: int | None = None
+    daily: int | None = None
+
+    def over(self, base: Limits) -> Limits:
+        """These values where set, ``base``'s elsewhere."""
+        return Limits(*(getattr(self, f.name) if getattr(self, f.name) is not None else getattr(base, f.name)
+                        for f in fields(Limits)))
+
+    @property
+    def effective_burst(self) -> int:
+        return self.burst if self.burst is not None else max(1, math.ceil(self.rps or 1))
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {f.name: getattr(self, f.name) for f in fields(Limits)}
+
+
+@dataclass(frozen=True)
+class RateResult:
+    allowed: bool
+    tat: float
+    remaining: int
+    reset: float
+    retry_after: float
+
+
+def gcra(tat: float | None, now: float, rate: float, burst: int) -> RateResult:
+    """One request against a GCRA bucket; ``tat`` is the stored theoretical arrival time."""
+    interval = 1.0 / rate
+    capacity = burst * interval
+    new_tat = max(tat or now, now) + interval
+    if new_tat - now > capacity + 1e-9:
+        current = max(tat or now, now)
+        return RateResult(False, current, 0, current - now, new_tat - capacity - now)
+    remaining = int((capacity - (new_tat - now)) / interval + 1e-9)
+    return RateResult(True, new_tat, remaining, new_tat - now, 0.0)
+
+
+class Store(Protocol):
+    """Where rate and concurrency state lives (this process, or Redis shared by several routers)."""
+
+    async def rate(self, subject: str, rate: float, burst: int) -> RateResult: ...
+
+    async def acquire(self, subject: str, limit: int) -> bool: ...
+
+    async def release(self, subject: str) -> None: ...
+
+
+class MemoryStore:
+    def __init__(self, clock: object = time.time) -> None:
+        self.clock = clock
+        self._tat: dict[str, float] = {}
+        self._in_flight: dict[str, int] = {}
+
+    async def rate(self, subject: str, rate: float, burst: int) -> RateResult:
+        result = gcra(self._tat.get(subject), self.clock(), rate, burst)  # type: ignore[operator]
+        if result.allowed:
+            self._tat[subject] = result.tat
+        return result
+
+    async def acquire(self, subject: str, limit: int) -> bool:
+        if self._in_flight.get(subject, 0) >= limit:
+            return False
+        self._in_flight[subject] = self._in_flight.get(subject, 0) + 1
+        return True
+
+    async def release(self, subject: str) -> None:
+        left = self._in_flight.get(subject, 0) - 1
+        if left > 0:
+            self._in_flight[subject] = left
+        else:
+            self._in_flight.pop(subject, None)
+
+
+def utc_day(now: float) -> str:
+    return datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+
+
+def seconds_to_midnight(now: float) -> float:
+    return 86400 - now % 86400
+
+
+class DailyCounters:
+    """Requests per subject per UTC day: loaded from SQLite on first use, flushed in batches."""
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+        self._counts: dict[tuple[str, str], int] = {}
+        self._unflushed: dict[tuple[str, str], int] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[int]] = {}
+
+    async def _count(self, subject: str, day: str) -> int:
+        key = (subject, day)
+        if key in self._counts:
+            return self._counts[key]
+        if key not in self._loading:
+            self._loading[key] = asyncio.ensure_future(asyncio.to_thread(self.state.daily_count, subject, day))
+        stored = await self._loading[key]
+        self._loading.pop(key, None)
+        self._counts.setdefault(key, stored)
+        return self._counts[key]
+
+    async def take(self, subject: str, limit: int, now: float) -> tuple[bool, int]:
+        """Count one request if the day's quota has room; returns (allowed, remaining)."""
+        day = utc_day(now)
+        used = await self._count(subject, day)
+        if used >= limit:
+            return False, 0
+        self._counts[(subject, day)] = used + 1
+        self._unflushed[(subject, day)] = self._unflushed.get((subject, day), 0) + 1
+        return True, limit - used - 1
+
+    def flush(self) -> None:
+        """Write the counts since the last flush (blocking: call from a worker thread)."""
+        pending, self._unflushed = self._unflushed, {}
+        if pending:
+            self.state.add_daily_counts(pending)
+        today = utc_day(time.time())
+        for key in [k for k in self._counts if k[1] < today]:
+            del self._counts[key]
+
+
+def rate_headers(limits: Limits, result: RateResult) -> list[tuple[bytes, bytes]]:
+    """IETF draft-ietf-httpapi-ratelimit-headers plus the common X-RateLimit-* trio (Reset in seconds)."""
+    burst = limits.effective_burst
+    window = max(1, math.ceil(burst / (limits.rps or 1)))
+    reset = max(0, math.ceil(result.reset))
+    return [(b"ratelimit-policy", f'"default";q={burst};w={window}'.encode()),
+            (b"ratelimit", f'"default";r={result.remaining};t={reset}'.encode()),
+            (b"x-ratelimit-limit", str(burst).encode()),
+            (b"x-ratelimit-remaining", str(result.remaining).encode()),
+            (b"x-ratelimit-reset", str(reset).encode())]
