@@ -44,6 +44,8 @@ class Settings:
     """Consecutive failed health checks after which a replica is killed and replaced."""
     gpus: str | None = None
     """GPU ids the embedded backend may hand out ("0,1", "none"); unset = ask nvidia-smi."""
+    redis_url: str | None = None
+    """redis://host:port/db shared by several routers for rate and concurrency limits; unset = in memory."""
     default_rps: float | None = None
     """Rate limit for keys whose key and tenant set none (requests/s); unset = no limit."""
     default_burst: int | None = None

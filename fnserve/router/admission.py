@@ -52,7 +52,7 @@ class AdmissionMiddleware:
             return f"{subject}|{function}" if name in per_function else subject
 
         started, now = time.perf_counter(), time.time()
-        store, headers, holding = self.platform.quota_store, [], False
+        store, headers, holding = self.platform.quota_store, [], None
         refusal: tuple[str, str, int] | None = None
         if limits.rps:
             result = await store.rate(scoped("rps"), limits.rps, limits.effective_burst)
@@ -62,7 +62,7 @@ class AdmissionMiddleware:
                            max(1, math.ceil(result.retry_after)))
         if refusal is None and limits.concurrency:
             holding = await store.acquire(scoped("concurrency"), limits.concurrency)
-            if not holding:
+            if holding is None:
                 refusal = ("concurrency", f"{limits.concurrency} requests in flight", 1)
         if refusal is None and limits.daily:
             allowed, _ = await self.platform.daily.take(scoped("daily"), limits.daily, now)
@@ -91,8 +91,8 @@ class AdmissionMiddleware:
 
             await self.app(scope, receive, send_with_headers)
         finally:
-            if holding:
-                await store.release(scoped("concurrency"))
+            if holding is not None:
+                await store.release(scoped("concurrency"), holding)
             elapsed_ms = (time.perf_counter() - started) * 1000
             upstream_ms = scope.get("state", {}).get("upstream_ms", 0.0)
             self.platform.usage.record(principal.key_id if principal is not None else "public", function or "",

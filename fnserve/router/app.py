@@ -88,6 +88,7 @@ def create_app(settings: Settings, backend: Backend, state: StateStore | None = 
             starting.cancel()
             flushing.cancel()
             platform.flush()
+            await platform.quota_store.close()
             await backend.close()
             await platform.proxy.close()
             state.close()

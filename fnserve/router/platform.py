@@ -57,6 +57,10 @@ class Platform:
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(backend_statuses(self))
+        if self.settings.redis_url:
+            from fnserve.router.redis_quota import RedisStore
+
+            self.quota_store = RedisStore(self.settings.redis_url)
         self.daily = DailyCounters(self.state)
         self.usage = UsageLedger(self.state)
         s = self.settings

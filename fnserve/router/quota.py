@@ -2,8 +2,8 @@
 
 GCRA (as in redis-cell) keeps one "theoretical arrival time" per subject: with rate R and burst B,
 exactly B requests pass at once, then one every 1/R seconds, and the wait for the next one is exact.
-The arithmetic is a pure function over an explicit clock; the stores (memory here, Redis in
-router/redis_quota.py) only keep the numbers. Daily quotas count in memory and are flushed to SQLite
+The arithmetic is a pure function over an explicit clock; the stores (memory here for one router,
+Redis in router/redis_quota.py for several, chosen by FNSERVE_REDIS_URL) only keep the numbers. Daily quotas count in memory and are flushed to SQLite
 every second and at shutdown, so they survive restarts without a database write per request.
 
 Resolution: a key's own value, else its tenant's default, else the global default (FNSERVE_DEFAULT_*);
@@ -69,9 +69,12 @@ class Store(Protocol):
 
     async def rate(self, subject: str, rate: float, burst: int) -> RateResult: ...
 
-    async def acquire(self, subject: str, limit: int) -> bool: ...
+    async def acquire(self, subject: str, limit: int) -> str | None:
+        """A token for one slot, or None when ``limit`` requests are already in flight."""
 
-    async def release(self, subject: str) -> None: ...
+    async def release(self, subject: str, token: str) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class MemoryStore:
@@ -86,18 +89,21 @@ class MemoryStore:
             self._tat[subject] = result.tat
         return result
 
-    async def acquire(self, subject: str, limit: int) -> bool:
+    async def acquire(self, subject: str, limit: int) -> str | None:
         if self._in_flight.get(subject, 0) >= limit:
-            return False
+            return None
         self._in_flight[subject] = self._in_flight.get(subject, 0) + 1
-        return True
+        return subject
 
-    async def release(self, subject: str) -> None:
+    async def release(self, subject: str, token: str) -> None:
         left = self._in_flight.get(subject, 0) - 1
         if left > 0:
             self._in_flight[subject] = left
         else:
             self._in_flight.pop(subject, None)
+
+    async def close(self) -> None:
+        return None
 
 
 def utc_day(now: float) -> str:

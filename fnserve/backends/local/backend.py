@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -95,7 +96,8 @@ class LocalBackend:
         if server is None:
             root = self.settings.state_dir
             server = self._forkservers[runtime] = ForkServerClient(
-                runtime, root / "run" / f"forkserver-{runtime}.sock", root / "logs" / f"forkserver-{runtime}.log",
+                runtime, root / "run" / f"forkserver-{runtime}-{os.getpid()}.sock",  # one per router sharing a state dir
+                root / "logs" / f"forkserver-{runtime}.log",
                 self.settings.python)
 
         async def fork(args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> ProcessHandle:

@@ -1,0 +1,105 @@
+"""Rate and concurrency limits shared by several routers, in Redis, each check one atomic Lua script.
+
+GCRA takes its clock from Redis (TIME), so routers with skewed clocks still share one bucket.
+Concurrency is a sorted set of in-flight request ids scored by start time; entries older than the
+longest possible request are pruned, so a router that died holding slots cannot leak them forever.
+
+When Redis cannot be reached, fnserve fails open: the request is admitted, a warning is logged (at
+most every 10 s) and Redis is not retried for a second, so an outage costs no latency. Keys are still
+checked (SQLite) and daily quotas still hold; only rate and concurrency go unenforced. An inference
+platform that stops serving because its limiter's store is down turns a degraded limiter into an outage;
+Stripe and Kong chose the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from fnserve.router.quota import RateResult
+
+log = logging.getLogger("fnserve.router")
+
+_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = 1 / tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2]) * interval
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > capacity + 1e-9 then
+  return {0, tostring(tat - now), '0', tostring(new_tat - capacity - now)}
+end
+local remaining = math.floor((capacity - (new_tat - now)) / interval + 1e-9)
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+return {1, tostring(new_tat - now), tostring(remaining), '0'}
+"""
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""
+
+MAX_REQUEST_SECONDS = 3600  # the longest spec.timeout
+
+
+class RedisStore:
+    def __init__(self, url: str, timeout: float = 0.25) -> None:
+        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._gcra = self.client.register_script(_GCRA)
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._down_until = 0.0
+        self._warned_at = 0.0
+
+    def _open(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self._down_until = now + 1.0
+        if now - self._warned_at > 10:
+            self._warned_at = now
+            log.warning("Redis is unreachable (%s): rate and concurrency limits are not enforced "
+                        "until it is back (failing open)", exc)
+
+    async def rate(self, subject: str, rate: float, burst: int) -> RateResult:
+        if not self._open():
+            try:
+                allowed, reset, remaining, retry = await self._gcra(keys=[f"fnserve:rate:{subject}"],
+                                                                    args=[rate, burst])
+                return RateResult(bool(allowed), 0.0, int(remaining), float(reset), float(retry))
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+        return RateResult(True, 0.0, burst, 0.0, 0.0)
+
+    async def acquire(self, subject: str, limit: int) -> str | None:
+        token = secrets.token_hex(8)
+        if not self._open():
+            try:
+                got = await self._acquire(keys=[f"fnserve:inflight:{subject}"],
+                                          args=[limit, token, MAX_REQUEST_SECONDS])
+                return token if got else None
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+        return "open"
+
+    async def release(self, subject: str, token: str) -> None:
+        if token == "open" or self._open():
+            return
+        try:
+            await self.client.zrem(f"fnserve:inflight:{subject}", token)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+
+    async def close(self) -> None:
+        await self.client.aclose()
