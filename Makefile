@@ -45,6 +45,7 @@ test-fast: $(STAMP)
 bench: $(STAMP) $(MODEL)
 	$(PY) -m bench.router_overhead
 	$(PY) -m bench.cold_start
+	$(PY) -m bench.auth_overhead
 	$(PY) -m bench.summarize
 
 lint: $(STAMP)

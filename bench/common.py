@@ -36,6 +36,17 @@ def free_port() -> int:
 
 
 _ADMIN: dict[str, str] = {}
+ROUTER_PIDS: dict[str, int] = {}
+
+
+def admin_key(url: str) -> str:
+    return _ADMIN[url]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (not its children), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def get_json(url: str) -> Any:
@@ -46,7 +57,7 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-def prepare_function(work: Path, name: str, **scaling: Any) -> Path:
+def prepare_function(work: Path, name: str, public: bool = True, **scaling: Any) -> Path:
     """A copy of the example named ``name`` with the given spec.scaling, model trained if needed."""
     import yaml
 
@@ -57,6 +68,7 @@ def prepare_function(work: Path, name: str, **scaling: Any) -> Path:
                        check=True, capture_output=True)
     manifest = yaml.safe_load((function / "function.yaml").read_text())
     manifest["metadata"]["name"] = name
+    manifest["spec"]["auth"] = {"public": public}
     if scaling:
         manifest["spec"]["scaling"] = scaling
     (function / "function.yaml").write_text(yaml.safe_dump(manifest))
@@ -83,6 +95,7 @@ def running_platform(work: Path, label: str, functions: list[Path],
         while True:
             try:
                 _ADMIN[url] = (work / f"state-{label}" / "admin.key").read_text().strip()
+                ROUTER_PIDS[url] = router.pid
                 deployed = get_json(f"{url}/api/functions")["functions"]
                 if len(deployed) == len(functions) and all(f["ready"] for f in deployed):
                     break

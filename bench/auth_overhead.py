@@ -1,0 +1,124 @@
+"""What API keys and limits cost the router: CPU time per proxied request with auth + quota on vs. off.
+
+One router, two functions on the same model: "open" (public, no limits) and "guarded" (a key with a
+rate, a concurrency limit and a daily quota, all active but never reached). Rounds alternate between
+them and direct calls to the guarded function's replica; the router process's own CPU time (user +
+system, from /proc, replicas excluded) is divided by the requests it proxied in that round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+import urllib.request
+from typing import Any
+
+import aiohttp
+
+from bench.common import (
+    ROUTER_PIDS,
+    admin_key,
+    cpu_seconds,
+    function_status,
+    machine,
+    prepare_function,
+    running_platform,
+    workdir,
+    write_results,
+)
+
+BODY = json.dumps({"instances": ["what a wonderful film"]}).encode()
+
+
+def create_key(url: str) -> str:
+    body = json.dumps({"name": "bench", "scopes": ["invoke:*"],
+                       "limits": {"rps": 1e6, "burst": 1_000_000, "concurrency": 1000, "daily": 1_000_000_000}})
+    request = urllib.request.Request(f"{url}/api/keys", data=body.encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {admin_key(url)}",
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read())["token"]
+
+
+async def round_trip(session: aiohttp.ClientSession, url: str, headers: dict[str, str], requests: int,
+                     concurrency: int) -> float:
+    """Sends ``requests`` with ``concurrency`` clients; returns requests/s."""
+    left = requests
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            async with session.post(url, data=BODY, headers=headers) as response:
+                await response.read()
+                assert response.status == 200, (response.status, await response.text())
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return requests / (time.perf_counter() - started)
+
+
+async def measure(router: str, replica: str, token: str, rounds: int, requests: int,
+                  concurrency: int) -> dict[str, Any]:
+    pid = ROUTER_PIDS[router]
+    json_headers = {"Content-Type": "application/json"}
+    targets = {
+        "off": (f"{router}/v1/models/open:predict", json_headers),
+        "on": (f"{router}/v1/models/guarded:predict", {**json_headers, "Authorization": f"Bearer {token}"}),
+        "direct": (f"{replica}/v1/models/guarded:predict", json_headers),
+    }
+    out: dict[str, dict[str, list[float]]] = {n: {"cpu_us": [], "rps": []} for n in targets}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        for url, headers in targets.values():
+            await round_trip(session, url, headers, 200, concurrency)  # warm pools and caches
+        for _ in range(rounds):
+            for name, (url, headers) in targets.items():
+                before = cpu_seconds(pid)
+                out[name]["rps"].append(await round_trip(session, url, headers, requests, concurrency))
+                out[name]["cpu_us"].append((cpu_seconds(pid) - before) / requests * 1e6)
+    return {name: {"cpu_us_median": round(statistics.median(v["cpu_us"]), 1),
+                   "rps_median": round(statistics.median(v["rps"]), 1), "rounds": v} for name, v in out.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+
+    with workdir() as work:
+        open_fn = prepare_function(work, "open", public=True, minReplicas=1, maxReplicas=1)
+        guarded = prepare_function(work, "guarded", public=False, minReplicas=1, maxReplicas=1)
+        with running_platform(work, "auth", [open_fn, guarded]) as router:
+            replica = function_status(router, "guarded")["replicas"][0]["url"]
+            results = asyncio.run(measure(router, replica, create_key(router), args.rounds, args.requests,
+                                          args.concurrency))
+    on, off, direct = results["on"], results["off"], results["direct"]
+    summary = {"cpu_ratio_on_off": round(on["cpu_us_median"] / off["cpu_us_median"], 3),
+               "throughput_router_over_direct": round(on["rps_median"] / direct["rps_median"], 3)}
+    data = {"benchmark": "auth_overhead", "machine": machine(), "parameters": vars(args), "results": results,
+            "summary": summary, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    m = data["machine"]
+    added = (summary["cpu_ratio_on_off"] - 1) * 100
+    markdown = (
+        "## API keys and limits: router CPU per request (sentiment example)\n\n"
+        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}. Medians of {args.rounds} alternating rounds of "
+        f"{args.requests} requests from {args.concurrency} concurrent clients; CPU is the router process's "
+        "own user + system time (replicas excluded) divided by the requests it proxied.\n\n"
+        "| path | router CPU per request (µs) | requests/s |\n|---|---|---|\n"
+        f"| router, public function, no limits (auth + quota off) | {off['cpu_us_median']:.0f} | {off['rps_median']:.0f} |\n"
+        f"| router, API key + rate + concurrency + daily quota (on) | {on['cpu_us_median']:.0f} | {on['rps_median']:.0f} |\n"
+        f"| direct to the replica | – | {direct['rps_median']:.0f} |\n\n"
+        f"Auth + quota change the router's CPU per request by {added:+.1f}% (×{summary['cpu_ratio_on_off']:.3f}; "
+        f"goal ≤ +10% — {'met' if added <= 10 else 'not met'}). Throughput through the router with auth + quota "
+        f"is ×{summary['throughput_router_over_direct']:.2f} of direct.\n")
+    write_results("auth_overhead", data, markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
