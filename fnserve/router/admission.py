@@ -25,15 +25,27 @@ class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, platform: Any) -> None:
         self.app = app
         self.platform = platform
+        self._resolved: dict[tuple[str | None, str, int], tuple[Limits, frozenset[str]]] = {}
 
-    async def _limits(self, principal: Any, function_limits: Limits) -> tuple[Limits, set[str]]:
-        """Effective limits, and which fields the function overrides (counted per key × function)."""
+    async def _limits(self, principal: Any, revision: Any) -> tuple[Limits, frozenset[str]]:
+        """Effective limits, and which fields the function overrides (counted per key × function);
+        resolved once per key and revision while the tenants' limits are unchanged."""
+        tenants = await self.platform.tenant_limits()
+        cache_key = (principal.key_id if principal is not None else None, revision.id,
+                     self.platform.tenant_generation)
+        cached = self._resolved.get(cache_key)
+        if cached is not None:
+            return cached
+        spec = revision.function.spec.limits
+        function_limits = Limits(**spec.model_dump()) if spec else Limits()
         base = self.platform.default_limits
         if principal is not None:
-            tenant = (await self.platform.tenant_limits()).get(principal.tenant, Limits())
-            base = Limits(**principal.limits).over(tenant.over(base))
-        overridden = {f.name for f in fields(Limits) if getattr(function_limits, f.name) is not None}
-        return function_limits.over(base), overridden
+            base = Limits(**principal.limits).over(tenants.get(principal.tenant, Limits()).over(base))
+        overridden = frozenset(f.name for f in fields(Limits) if getattr(function_limits, f.name) is not None)
+        if len(self._resolved) > 10_000:
+            self._resolved.clear()
+        self._resolved[cache_key] = (function_limits.over(base), overridden)
+        return self._resolved[cache_key]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind, function = classify(scope["path"]) if scope["type"] == "http" else ("open", None)
@@ -44,9 +56,7 @@ class AdmissionMiddleware:
         principal = scope.get("state", {}).get("principal")
         client = scope.get("client") or ("unknown", 0)
         subject = principal.key_id if principal is not None else f"ip:{client[0]}"
-        spec_limits = revision.function.spec.limits
-        limits, per_function = await self._limits(principal, Limits(**spec_limits.model_dump()) if spec_limits
-                                                  else Limits())
+        limits, per_function = await self._limits(principal, revision)
 
         def scoped(name: str) -> str:
             return f"{subject}|{function}" if name in per_function else subject

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
@@ -119,6 +120,8 @@ class KeyVerifier:
         self.state = state
         self.pepper = pepper
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        # token → (cached at, principal, valid until): skips the HMAC for a token seen in the last seconds
+        self._verified: dict[str, tuple[float, Principal, float]] = {}
 
     async def _record(self, key_id: str) -> KeyRecord | None:
         cached = self._cache.get(key_id)
@@ -132,8 +135,19 @@ class KeyVerifier:
 
     def forget(self, key_id: str) -> None:
         self._cache.pop(key_id, None)
+        self._verified.clear()  # revocations and rotations are rare; start over
 
     async def verify(self, token: str) -> Principal:
+        seen = self._verified.get(token)
+        if seen is not None and time.monotonic() - seen[0] < CACHE_SECONDS and time.time() < seen[2]:
+            return seen[1]
+        principal, valid_until = await self._verify(token)
+        if len(self._verified) > 10_000:
+            self._verified.clear()
+        self._verified[token] = (time.monotonic(), principal, valid_until)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         match = _TOKEN_RE.match(token)
         if not match:
             raise AuthError(401, "malformed API key: expected fns_<key-id>_<secret>")
@@ -152,7 +166,9 @@ class KeyVerifier:
             raise AuthError(401, f"API key {key_id} was revoked at {_when(record.revoked_at)}", key_id)
         if record.expires_at is not None and now >= record.expires_at:
             raise AuthError(401, f"API key {key_id} expired at {_when(record.expires_at)}", key_id)
-        return Principal(record.id, record.name, record.tenant, record.scopes, record.limits)
+        valid_until = min(record.expires_at or math.inf,
+                          math.inf if current else record.previous_until or math.inf)
+        return Principal(record.id, record.name, record.tenant, record.scopes, record.limits), valid_until
 
 
 def _token(scope: Scope) -> str | None:

@@ -53,6 +53,8 @@ class Platform:
     usage: UsageLedger = field(init=False)
     default_limits: Limits = field(init=False)
     _tenants: tuple[float, dict[str, Limits]] = (0.0, {})
+    tenant_generation: int = 0
+    """Bumped whenever the tenants' limits are re-read, so limits resolved from older ones are redone."""
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -73,6 +75,7 @@ class Platform:
             stored = await asyncio.to_thread(self.state.tenant_limits)
             limits = {tenant: Limits(**values) for tenant, values in stored.items()}
             self._tenants = (time.monotonic(), limits)
+            self.tenant_generation += 1
         return limits
 
     def forget_tenants(self) -> None:
