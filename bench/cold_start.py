@@ -19,15 +19,19 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import function_status, machine, prepare_function, running_platform, workdir, write_results
+from bench.common import (
+    function_status,
+    machine,
+    percentile,
+    prepare_function,
+    running_platform,
+    workdir,
+    write_results,
+)
 
 BODY = json.dumps({"instances": ["what a wonderful film"]}).encode()
 HEADERS = {"Content-Type": "application/json"}
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -134,9 +138,7 @@ def main() -> None:
     summary["spawn_over_fork_p50"] = round(summary["spawn"]["p50_ms"] / summary["fork"]["p50_ms"], 2)
     summary["step_to_desired_s_median"] = round(statistics.median(results["step_seconds"]), 2)
     summary["burst_failures_total"] = sum(results["burst_failures"])
-    data = {"benchmark": "cold_start", "machine": machine(), "parameters": vars(args), "results": results,
-            "summary": summary, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    m, fork, spawn = data["machine"], summary["fork"], summary["spawn"]
+    m, fork, spawn = machine(), summary["fork"], summary["spawn"]
     goal = "met" if fork["p50_ms"] <= 250 and summary["spawn_over_fork_p50"] >= 4 else "not met"
     markdown = (
         "## Cold start from zero (sentiment example, embedded backend)\n\n"
@@ -154,8 +156,7 @@ def main() -> None:
         f"{summary['step_to_desired_s_median']:.2f} s (median of {args.steps}; runs {results['step_seconds']}).\n\n"
         f"Bursts of 50 concurrent first requests from zero (maxReplicas 3): "
         f"{summary['burst_failures_total']} failed of {50 * args.bursts}.\n")
-    write_results("cold_start", data, markdown)
-    print(markdown)
+    write_results("cold_start", vars(args), results, summary, markdown)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,18 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def write_results(name: str, data: dict[str, Any], markdown: str) -> None:
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..1)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def write_results(name: str, parameters: dict[str, Any], results: dict[str, Any], summary: dict[str, Any],
+                  markdown: str) -> None:
+    """bench/results/<name>.json (everything measured, with the machine and time) and <name>.md."""
+    data = {"benchmark": name, "machine": machine(), "parameters": parameters, "results": results,
+            "summary": summary, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
     (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)

@@ -16,15 +16,19 @@ import time
 
 import aiohttp
 
-from bench.common import function_status, machine, prepare_function, running_platform, workdir, write_results
+from bench.common import (
+    function_status,
+    machine,
+    percentile,
+    prepare_function,
+    running_platform,
+    workdir,
+    write_results,
+)
 
 BODY = json.dumps({"instances": ["what a wonderful film"]}).encode()
 HEADERS = {"Content-Type": "application/json"}
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def latency_round(session: aiohttp.ClientSession, url: str, requests: int) -> list[float]:
@@ -91,9 +95,7 @@ def main() -> None:
         "p50_ratio": round(routed["p50"] / direct["p50"], 3),
         "throughput_ratio": round(routed["rps"] / direct["rps"], 3),
     }
-    data = {"benchmark": "router_overhead", "machine": machine(), "parameters": vars(args),
-            "results": results, "summary": summary, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    m = data["machine"]
+    m = machine()
     markdown = (
         "## Router overhead (KServe V1 predict, sentiment example)\n\n"
         f"{m['cpu']}, {m['cores']} cores, Python {m['python']}; client, router and replica on the same machine. "
@@ -104,8 +106,7 @@ def main() -> None:
         f"| through the router | {routed['p50']:.2f} | {routed['p99']:.2f} | {routed['rps']:.0f} |\n\n"
         f"The router adds {summary['added_p50_ms']:.2f} ms at p50 (×{summary['p50_ratio']:.2f}); throughput "
         f"through it is ×{summary['throughput_ratio']:.2f} of direct.\n")
-    write_results("router_overhead", data, markdown)
-    print(markdown)
+    write_results("router_overhead", vars(args), results, summary, markdown)
 
 
 if __name__ == "__main__":
