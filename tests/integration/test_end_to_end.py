@@ -300,3 +300,23 @@ def test_restart_restores_deployed_functions(tmp_path: Path, example_dir: Path) 
         pids = second.replica_pids()
         second.stop()
     wait_for(lambda: not any(alive(p) for p in pids), 15, "replicas to exit")
+
+
+def test_a_function_deployed_again_after_rm_runs_its_new_manifest(router: Router, example_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    fn = copy_function(example_dir, tmp_path / "fn")
+    deploy(router, fn)
+    assert predict(router, "sentiment", [POSITIVE])[2]["predictions"][0]["label"] == "positive"
+    router.cli("rm", "sentiment", check=True)
+    (fn / "loud.py").write_text(
+        "import numpy as np\n"
+        "from handler import SentimentHandler\n\n\n"
+        "class Loud(SentimentHandler):\n"
+        "    def postprocess(self, outputs, inputs):\n"
+        "        out = super().postprocess(outputs, inputs)\n"
+        "        out['label'] = np.array([label.upper() for label in out['label']], dtype=object)\n"
+        "        return out\n")
+    write_manifest(fn, handler="loud:Loud")
+    deploy(router, fn)  # revision numbers start again at 1 after rm
+    assert json.loads(router.cli("status", "sentiment", "--json", check=True).stdout)["revision"] == 1
+    assert predict(router, "sentiment", [POSITIVE])[2]["predictions"][0]["label"] == "POSITIVE"

@@ -47,6 +47,7 @@ _LIVE = ("starting", "ready")
 @dataclass
 class _Function:
     revision: Revision
+    manifest_path: Path
     params: Params
     activator: Activator
     recorder: ConcurrencyRecorder
@@ -122,7 +123,7 @@ class LocalBackend:
         recorder = ConcurrencyRecorder(now, params.stable_window)
         activator = Activator(revision.name, params.container_concurrency, self.settings.activator_queue_limit,
                               self.settings.activator_timeout, recorder)
-        return _Function(revision, params, activator, recorder, since=now)
+        return _Function(revision, self._write_manifest(revision), params, activator, recorder, since=now)
 
     async def apply(self, revision: Revision, *, verify: bool = True) -> None:
         """Serve ``revision``. With ``verify`` (a deploy) one replica must start first; without (a
@@ -157,11 +158,12 @@ class LocalBackend:
         log.info("%s: revision %d serving (%d replica(s) to start with)", revision.name, revision.number, fn.desired)
 
     def _write_manifest(self, revision: Revision) -> Path:
-        """Replicas read the manifest as deployed, not whatever function.yaml holds by now."""
+        """Replicas read the manifest as deployed, not whatever function.yaml holds by now. Written each
+        time a revision is taken on: after `fnserve rm`, numbers start again and a new revision 1 must
+        not inherit the old one's file."""
         path = self.settings.state_dir / "revisions" / revision.name / f"{revision.number}.yaml"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(yaml.safe_dump(revision.function.to_dict(), sort_keys=False))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(revision.function.to_dict(), sort_keys=False))
         return path
 
     def _log_dir(self, name: str) -> Path:
@@ -179,7 +181,7 @@ class LocalBackend:
         """Register a replica before it starts, so concurrent decisions count it as on its way; None
         when the GPUs it needs are all held (it is then started once some are given back)."""
         revision = fn.revision
-        replica = Replica(revision, self._write_manifest(revision), self._log_dir(revision.name))
+        replica = Replica(revision, fn.manifest_path, self._log_dir(revision.name))
         wanted = revision.function.spec.resources.gpu
         if wanted:
             gpus = self.gpus.take(wanted, replica.id)
