@@ -50,7 +50,6 @@ class _Function:
     manifest_path: Path
     params: Params
     activator: Activator
-    recorder: ConcurrencyRecorder
     since: float
     scaler: State = field(default_factory=State)
     desired: int = 0
@@ -123,7 +122,7 @@ class LocalBackend:
         recorder = ConcurrencyRecorder(now, params.stable_window)
         activator = Activator(revision.name, params.container_concurrency, self.settings.activator_queue_limit,
                               self.settings.activator_timeout, recorder)
-        return _Function(revision, self._write_manifest(revision), params, activator, recorder, since=now)
+        return _Function(revision, self._write_manifest(revision), params, activator, since=now)
 
     async def apply(self, revision: Revision, *, verify: bool = True) -> None:
         """Serve ``revision``. With ``verify`` (a deploy) one replica must start first; without (a
@@ -193,12 +192,8 @@ class LocalBackend:
         self._replicas[replica.id] = (fn, replica)
         return replica
 
-    async def _start_replica(self, fn: _Function, replica: Replica | None = None, *,
-                             deploying: bool = False) -> Replica:
+    async def _start_replica(self, fn: _Function, replica: Replica, *, deploying: bool = False) -> Replica:
         revision = fn.revision
-        replica = replica or self._new_replica(fn)
-        if replica is None:
-            raise DeployFailed(fn.message)
         started = time.monotonic()
         try:
             await replica.start(self.settings, self._launcher(revision.function.spec.runtime))
@@ -256,12 +251,12 @@ class LocalBackend:
         """A replica that exits on its own leaves the rotation at once; reconcile replaces it."""
         assert replica.process is not None
         code = await replica.process.wait()
-        if replica.state in ("stopped", "failed") or self._closing:
-            return
-        self._fail(fn, replica, f"exited with code {code}")
+        if not self._closing:
+            self._fail(fn, replica, f"exited with code {code}")  # no-op for a replica we stopped ourselves
 
     def _fail(self, fn: _Function, replica: Replica, why: str) -> None:
-        """Out of rotation now, killed, replaced by the next reconcile."""
+        """Out of rotation now, killed, replaced by the next reconcile (once: a stopped or failed replica
+        is left alone)."""
         if replica.state in ("stopped", "failed"):
             return
         replica.kill()
@@ -293,7 +288,8 @@ class LocalBackend:
     def reconcile(self, fn: _Function, *, poke: bool = False) -> None:
         """One autoscaler decision for ``fn``, then start or drain replicas to match it."""
         now = time.monotonic()
-        decision = decide(fn.recorder.samples(now), fn.activator.ready_count(), fn.params, now, fn.scaler, fn.since)
+        decision = decide(fn.activator.recorder.samples(now), fn.activator.ready_count(), fn.params, now,
+                          fn.scaler, fn.since)
         fn.scaler, fn.panic = decision.state, decision.panic
         desired = max(decision.desired, 1) if poke else decision.desired
         fn.desired = desired
@@ -354,9 +350,6 @@ class LocalBackend:
         return FunctionStatus(name, fn.revision.number, ready,
                               replicas, fn.message, desired=fn.desired, panic=fn.panic,
                               queued=fn.activator.queued, start_times_ms=[round(t) for t in fn.start_times_ms])
-
-    def names(self) -> list[str]:
-        return sorted(self._functions)
 
     async def logs(self, name: str, tail: int) -> str:
         if name not in self._functions:
