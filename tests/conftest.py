@@ -150,6 +150,28 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def manifest_of(folder: Path) -> dict[str, Any]:
+    return yaml.safe_load((folder / "function.yaml").read_text())
+
+
+def edit_manifest(folder: Path, *, name: str | None = None, **spec: Any) -> None:
+    """Rename the function and/or replace top-level ``spec`` fields in its function.yaml."""
+    data = manifest_of(folder)
+    if name:
+        data["metadata"]["name"] = name
+    data["spec"].update(spec)
+    (folder / "function.yaml").write_text(yaml.safe_dump(data))
+
+
+def function_copy(source: Path, target: Path, *, name: str | None = None, skip: tuple[str, ...] = (),
+                  **spec: Any) -> Path:
+    """A copy of a function folder (less ``skip``), its manifest edited as edit_manifest() does."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", *skip))
+    if name or spec:
+        edit_manifest(target, name=name, **spec)
+    return target
+
+
 @pytest.fixture(scope="session")
 def example_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of functions/sentiment with a freshly trained model, independent of the checkout's."""
@@ -164,13 +186,8 @@ def example_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def warm_dir(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example with minReplicas: 1, for tests that need a replica standing between requests."""
-    target = tmp_path_factory.mktemp("warm") / "sentiment"
-    shutil.copytree(example_dir, target, ignore=shutil.ignore_patterns("__pycache__"))
-    manifest = target / "function.yaml"
-    data = yaml.safe_load(manifest.read_text())
-    data["spec"]["scaling"]["minReplicas"] = 1
-    manifest.write_text(yaml.safe_dump(data))
-    return target
+    scaling = {**manifest_of(example_dir)["spec"]["scaling"], "minReplicas": 1}
+    return function_copy(example_dir, tmp_path_factory.mktemp("warm") / "sentiment", scaling=scaling)
 
 
 @contextmanager

@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import Router, http, running_router, wait_for
+from tests.conftest import Router, function_copy, http, running_router, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def router(tmp_path: Path, example_dir: Path) -> Iterator[Router]:
-    private = tmp_path / "private"
-    shutil.copytree(example_dir, private, ignore=shutil.ignore_patterns("__pycache__"))
-    data = yaml.safe_load((private / "function.yaml").read_text())
-    data["metadata"]["name"] = "private"
-    data["spec"]["auth"] = {"public": False}
-    (private / "function.yaml").write_text(yaml.safe_dump(data))
+    private = function_copy(example_dir, tmp_path / "private", name="private", auth={"public": False})
     with running_router(tmp_path / "state") as instance:
         instance.cli("deploy", str(private), check=True)
         instance.cli("deploy", str(example_dir), check=True)  # public: true

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import struct
 import threading
@@ -17,7 +16,7 @@ import yaml
 from kserve import InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from tests.conftest import Router, alive, http, wait_for
+from tests.conftest import Router, alive, edit_manifest, function_copy, http, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -155,21 +154,9 @@ def test_openapi_describes_the_routes(router: Router) -> None:
     assert set(spec["paths"]["/api/functions"]) == {"get", "post"}
 
 
-def write_manifest(folder: Path, **spec_changes: object) -> Path:
-    data = yaml.safe_load((folder / "function.yaml").read_text())
-    data["spec"].update(spec_changes)
-    (folder / "function.yaml").write_text(yaml.safe_dump(data))
-    return folder / "function.yaml"
-
-
-def copy_function(example_dir: Path, target: Path) -> Path:
-    shutil.copytree(example_dir, target, ignore=shutil.ignore_patterns("__pycache__"))
-    return target
-
-
 def test_invalid_deploys_change_nothing(router: Router, example_dir: Path, tmp_path: Path) -> None:
-    bad = copy_function(example_dir, tmp_path / "bad")
-    write_manifest(bad, runtime="tensorflow", scaling={"minReplicas": 2, "maxReplicas": 1})
+    bad = function_copy(example_dir, tmp_path / "bad")
+    edit_manifest(bad, runtime="tensorflow", scaling={"minReplicas": 2, "maxReplicas": 1})
     result = router.cli("deploy", str(bad))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
@@ -182,17 +169,17 @@ def test_invalid_deploys_change_nothing(router: Router, example_dir: Path, tmp_p
                            headers=router.admin)
     assert status == 400 and [p["path"] for p in body["problems"]] == ["spec.runtime", "spec.scaling.maxReplicas"]
 
-    no_model = copy_function(example_dir, tmp_path / "no-model")
-    write_manifest(no_model, model={"uri": "./missing"})
+    no_model = function_copy(example_dir, tmp_path / "no-model")
+    edit_manifest(no_model, model={"uri": "./missing"})
     result = router.cli("deploy", str(no_model))
     assert result.returncode == 1 and "spec.model.uri: ./missing: no model folder at" in result.stderr
 
-    no_handler = copy_function(example_dir, tmp_path / "no-handler")
-    write_manifest(no_handler, handler="nothere:Handler")
+    no_handler = function_copy(example_dir, tmp_path / "no-handler")
+    edit_manifest(no_handler, handler="nothere:Handler")
     result = router.cli("deploy", str(no_handler))
     assert result.returncode == 1 and "spec.handler: no module nothere.py" in result.stderr
 
-    broken = copy_function(example_dir, tmp_path / "broken")
+    broken = function_copy(example_dir, tmp_path / "broken")
     (broken / "handler.py").write_text("raise RuntimeError('handler import exploded')\n")
     result = router.cli("deploy", str(broken))
     assert result.returncode == 1 and "did not start" in result.stderr and "handler import exploded" in result.stderr
@@ -202,7 +189,7 @@ def test_invalid_deploys_change_nothing(router: Router, example_dir: Path, tmp_p
 
 
 def test_failed_redeploy_keeps_the_old_revision_serving(router: Router, example_dir: Path, tmp_path: Path) -> None:
-    fn = copy_function(example_dir, tmp_path / "fn")
+    fn = function_copy(example_dir, tmp_path / "fn")
     deploy(router, fn)
     (fn / "model" / "model.onnx").write_bytes(b"not a model")
     result = router.cli("deploy", str(fn))
@@ -240,8 +227,8 @@ def test_redeploy_switches_only_when_ready_and_drops_nothing(router: Router, war
 
 
 def test_slow_replica_gives_504_and_a_dead_one_503(router: Router, warm_dir: Path, tmp_path: Path) -> None:
-    fn = copy_function(warm_dir, tmp_path / "fn")
-    write_manifest(fn, timeout=1)
+    fn = function_copy(warm_dir, tmp_path / "fn")
+    edit_manifest(fn, timeout=1)
     deploy(router, fn)
     (pid,) = router.replica_pids()
     os.kill(pid, signal.SIGSTOP)
@@ -304,7 +291,7 @@ def test_restart_restores_deployed_functions(tmp_path: Path, example_dir: Path) 
 
 def test_a_function_deployed_again_after_rm_runs_its_new_manifest(router: Router, example_dir: Path,
                                                                   tmp_path: Path) -> None:
-    fn = copy_function(example_dir, tmp_path / "fn")
+    fn = function_copy(example_dir, tmp_path / "fn")
     deploy(router, fn)
     assert predict(router, "sentiment", [POSITIVE])[2]["predictions"][0]["label"] == "positive"
     router.cli("rm", "sentiment", check=True)
@@ -316,7 +303,7 @@ def test_a_function_deployed_again_after_rm_runs_its_new_manifest(router: Router
         "        out = super().postprocess(outputs, inputs)\n"
         "        out['label'] = np.array([label.upper() for label in out['label']], dtype=object)\n"
         "        return out\n")
-    write_manifest(fn, handler="loud:Loud")
+    edit_manifest(fn, handler="loud:Loud")
     deploy(router, fn)  # revision numbers start again at 1 after rm
     assert json.loads(router.cli("status", "sentiment", "--json", check=True).stdout)["revision"] == 1
     assert predict(router, "sentiment", [POSITIVE])[2]["predictions"][0]["label"] == "POSITIVE"

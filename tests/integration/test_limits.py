@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import Router, http, running_router, wait_for
+from tests.conftest import Router, function_copy, http, running_router, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def private_function(source: Path, target: Path, **spec: Any) -> Path:
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-    data = yaml.safe_load((target / "function.yaml").read_text())
-    data["metadata"]["name"] = "private"
-    data["spec"]["auth"] = {"public": False}
-    data["spec"]["scaling"] = {"minReplicas": 1, "maxReplicas": 1}
-    data["spec"].update(spec)
-    (target / "function.yaml").write_text(yaml.safe_dump(data))
-    return target
+    """A private copy named "private" with one standing replica."""
+    return function_copy(source, target, name="private", auth={"public": False},
+                         **{"scaling": {"minReplicas": 1, "maxReplicas": 1}, **spec})
 
 
 def key(router: Router, *flags: str) -> tuple[str, dict[str, str]]:
@@ -104,11 +97,7 @@ def test_daily_quota_survives_a_restart_and_tenant_defaults_apply(tmp_path: Path
 
 
 def test_public_functions_are_limited_per_client_address(tmp_path: Path, example_dir: Path) -> None:
-    fn = tmp_path / "fn"
-    shutil.copytree(example_dir, fn, ignore=shutil.ignore_patterns("__pycache__"))
-    data = yaml.safe_load((fn / "function.yaml").read_text())
-    data["spec"]["limits"] = {"rps": 0.01, "burst": 2}
-    (fn / "function.yaml").write_text(yaml.safe_dump(data))
+    fn = function_copy(example_dir, tmp_path / "fn", limits={"rps": 0.01, "burst": 2})
     with running_router(tmp_path / "state") as router:
         router.cli("deploy", str(fn), check=True)
         codes = [invoke(router, None, "sentiment")[0] for _ in range(3)]

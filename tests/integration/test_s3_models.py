@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,10 +10,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-import yaml
 
 from fnserve.storage import ArtifactError, fetch_s3
-from tests.conftest import Router, free_port, http, wait_for
+from tests.conftest import Router, edit_manifest, free_port, function_copy, http, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -71,11 +69,7 @@ def test_fetch_downloads_once_and_reports_clear_errors(s3_endpoint: str, bucket:
 
 
 def test_deploy_from_s3(s3_endpoint: str, bucket: str, tmp_path: Path, example_dir: Path) -> None:
-    fn = tmp_path / "fn"
-    shutil.copytree(example_dir, fn, ignore=shutil.ignore_patterns("model", "__pycache__"))
-    manifest = yaml.safe_load((fn / "function.yaml").read_text())
-    manifest["spec"]["model"]["uri"] = f"s3://{bucket}/sentiment/run-1"
-    (fn / "function.yaml").write_text(yaml.safe_dump(manifest))
+    fn = function_copy(example_dir, tmp_path / "fn", skip=("model",), model={"uri": f"s3://{bucket}/sentiment/run-1"})
 
     router = Router(tmp_path / "state", env={**CREDENTIALS, "FNSERVE_S3_ENDPOINT_URL": s3_endpoint}).start()
     try:
@@ -84,8 +78,7 @@ def test_deploy_from_s3(s3_endpoint: str, bucket: str, tmp_path: Path, example_d
                                {"instances": ["an awful, dull film"]})
         assert status == 200 and body["predictions"][0]["label"] == "negative"
 
-        manifest["spec"]["model"]["uri"] = f"s3://{bucket}/nothing-here"
-        (fn / "function.yaml").write_text(yaml.safe_dump(manifest))
+        edit_manifest(fn, model={"uri": f"s3://{bucket}/nothing-here"})
         result = router.cli("deploy", str(fn))
         assert result.returncode == 1
         assert f"spec.model.uri: s3://{bucket}/nothing-here: no objects under this prefix" in result.stderr

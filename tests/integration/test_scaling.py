@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -15,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import Router, alive, http, running_router, wait_for
+from tests.conftest import Router, alive, function_copy, http, manifest_of, running_router, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +23,7 @@ FAST = {"FNSERVE_AUTOSCALE_TICK": "0.5"}
 
 
 def function(example_dir: Path, target: Path, **scaling: object) -> Path:
-    shutil.copytree(example_dir, target, ignore=shutil.ignore_patterns("__pycache__"))
-    data = yaml.safe_load((target / "function.yaml").read_text())
-    data["spec"]["scaling"] = scaling
-    (target / "function.yaml").write_text(yaml.safe_dump(data))
-    return target
+    return function_copy(example_dir, target, scaling=scaling)
 
 
 def predict(router: Router, text: str = "a lovely, charming film", timeout: float = 60) -> tuple[int, Any, Any]:
@@ -192,12 +186,8 @@ def test_hung_replica_is_killed_its_requests_get_503_and_it_is_replaced(tmp_path
 
 
 def gpu_function(example_dir: Path, target: Path, name: str, gpus: int, **scaling: object) -> Path:
-    fn = function(example_dir, target, **scaling)
-    data = yaml.safe_load((fn / "function.yaml").read_text())
-    data["metadata"]["name"] = name
-    data["spec"]["resources"]["gpu"] = gpus
-    (fn / "function.yaml").write_text(yaml.safe_dump(data))
-    return fn
+    resources = {**manifest_of(example_dir)["spec"]["resources"], "gpu": gpus}
+    return function_copy(example_dir, target, name=name, scaling=scaling, resources=resources)
 
 
 def test_gpus_are_handed_out_whole_and_freed_at_zero(tmp_path: Path, example_dir: Path) -> None:
