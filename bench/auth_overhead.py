@@ -19,18 +19,18 @@ from typing import Any
 import aiohttp
 
 from bench.common import (
+    BODY,
+    HEADERS,
     ROUTER_PIDS,
     admin_key,
     cpu_seconds,
     function_status,
-    machine,
+    machine_line,
     prepare_function,
     running_platform,
     workdir,
     write_results,
 )
-
-BODY = json.dumps({"instances": ["what a wonderful film"]}).encode()
 
 
 def create_key(url: str) -> str:
@@ -64,11 +64,10 @@ async def round_trip(session: aiohttp.ClientSession, url: str, headers: dict[str
 async def measure(router: str, replica: str, token: str, rounds: int, requests: int,
                   concurrency: int) -> dict[str, Any]:
     pid = ROUTER_PIDS[router]
-    json_headers = {"Content-Type": "application/json"}
     targets = {
-        "off": (f"{router}/v1/models/open:predict", json_headers),
-        "on": (f"{router}/v1/models/guarded:predict", {**json_headers, "Authorization": f"Bearer {token}"}),
-        "direct": (f"{replica}/v1/models/guarded:predict", json_headers),
+        "off": (f"{router}/v1/models/open:predict", HEADERS),
+        "on": (f"{router}/v1/models/guarded:predict", {**HEADERS, "Authorization": f"Bearer {token}"}),
+        "direct": (f"{replica}/v1/models/guarded:predict", HEADERS),
     }
     out: dict[str, dict[str, list[float]]] = {n: {"cpu_us": [], "rps": []} for n in targets}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -102,11 +101,10 @@ def main() -> None:
     ratios = [a / b for a, b in zip(on["rounds"]["cpu_us"], off["rounds"]["cpu_us"], strict=True)]
     summary = {"cpu_ratio_on_off": round(statistics.median(ratios), 3),
                "throughput_router_over_direct": round(on["rps_median"] / direct["rps_median"], 3)}
-    m = machine()
     added = (summary["cpu_ratio_on_off"] - 1) * 100
     markdown = (
         "## API keys and limits: router CPU per request (sentiment example)\n\n"
-        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}. Medians of {args.rounds} alternating rounds of "
+        f"{machine_line()}. Medians of {args.rounds} alternating rounds of "
         f"{args.requests} requests from {args.concurrency} concurrent clients; CPU is the router process's "
         "own user + system time (replicas excluded) divided by the requests it proxied; the on/off ratio is "
         "the median of the per-round ratios (both measured back to back in each round).\n\n"

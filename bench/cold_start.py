@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 from typing import Any
@@ -20,18 +19,16 @@ from typing import Any
 import aiohttp
 
 from bench.common import (
+    BODY,
+    HEADERS,
     function_status,
-    machine,
+    machine_line,
     percentile,
     prepare_function,
     running_platform,
     workdir,
     write_results,
 )
-
-BODY = json.dumps({"instances": ["what a wonderful film"]}).encode()
-HEADERS = {"Content-Type": "application/json"}
-
 
 
 async def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -138,11 +135,11 @@ def main() -> None:
     summary["spawn_over_fork_p50"] = round(summary["spawn"]["p50_ms"] / summary["fork"]["p50_ms"], 2)
     summary["step_to_desired_s_median"] = round(statistics.median(results["step_seconds"]), 2)
     summary["burst_failures_total"] = sum(results["burst_failures"])
-    m, fork, spawn = machine(), summary["fork"], summary["spawn"]
+    fork, spawn = summary["fork"], summary["spawn"]
     goal = "met" if fork["p50_ms"] <= 250 and summary["spawn_over_fork_p50"] >= 4 else "not met"
     markdown = (
         "## Cold start from zero (sentiment example, embedded backend)\n\n"
-        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}. {args.trials} trials per mode, alternating between "
+        f"{machine_line()}. {args.trials} trials per mode, alternating between "
         "two routers running side by side; each trial waits for scale to zero, then times one V1 request "
         "end to end (client → router → replica start → model load → answer). Autoscaler tick: 2 s (Knative's).\n\n"
         "| replica start | p50 first request (ms) | p95 first request (ms) | p50 X-Fnserve-Cold-Start (ms) |\n"

@@ -23,6 +23,11 @@ RESULTS = ROOT / "bench" / "results"
 EXAMPLE = ROOT / "functions" / "sentiment"
 
 
+# One V1 prediction, as every benchmark sends it.
+BODY = json.dumps({"instances": ["what a wonderful film"]}).encode()
+HEADERS = {"Content-Type": "application/json"}
+
+
 def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
@@ -117,6 +122,12 @@ def workdir() -> Iterator[Path]:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def machine_line() -> str:
+    """How each report names the machine it ran on."""
+    m = machine()
+    return f"{m['cpu']}, {m['cores']} cores, Python {m['python']}"
 
 
 def percentile(values: list[float], q: float) -> float:

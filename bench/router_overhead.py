@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 
 import aiohttp
 
 from bench.common import (
+    BODY,
+    HEADERS,
     function_status,
-    machine,
+    machine_line,
     percentile,
     prepare_function,
     running_platform,
     workdir,
     write_results,
 )
-
-BODY = json.dumps({"instances": ["what a wonderful film"]}).encode()
-HEADERS = {"Content-Type": "application/json"}
-
 
 
 async def latency_round(session: aiohttp.ClientSession, url: str, requests: int) -> list[float]:
@@ -95,10 +92,9 @@ def main() -> None:
         "p50_ratio": round(routed["p50"] / direct["p50"], 3),
         "throughput_ratio": round(routed["rps"] / direct["rps"], 3),
     }
-    m = machine()
     markdown = (
         "## Router overhead (KServe V1 predict, sentiment example)\n\n"
-        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}; client, router and replica on the same machine. "
+        f"{machine_line()}; client, router and replica on the same machine. "
         f"Medians of {args.rounds} alternating rounds: {args.requests} sequential requests for latency, "
         f"{args.concurrency} concurrent clients for {args.seconds:g} s for throughput.\n\n"
         "| path | p50 latency (ms) | p99 latency (ms) | requests/s |\n|---|---|---|---|\n"
