@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8080
 STATE  ?= .fnserve
 EXAMPLE := functions/sentiment
-MODEL  := $(EXAMPLE)/model/model.onnx
+# the example's model is a run published by its training job into $(STATE)/artifacts/sentiment/
+MODEL  := $(STATE)/.example-trained
 
 .PHONY: install run example test test-fast lint bench clean help
 
@@ -15,7 +16,7 @@ help:
 	@echo "make test     install if needed, run the test suite"
 	@echo "make lint     ruff over the code base"
 	@echo "make bench    benchmarks; results in bench/results/ (summary.md is committed)"
-	@echo "make example  (re)train the example model"
+	@echo "make example  train the example model with its training job (functions/sentiment/train.yaml)"
 
 install: $(STAMP)
 
@@ -29,8 +30,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 example: $(MODEL)
 
-$(MODEL): $(STAMP) $(EXAMPLE)/train.py $(EXAMPLE)/featurize.py $(EXAMPLE)/data/reviews.csv
-	$(PY) $(EXAMPLE)/train.py
+$(MODEL): $(STAMP) $(EXAMPLE)/train.yaml $(EXAMPLE)/train.py $(EXAMPLE)/featurize.py $(EXAMPLE)/data/reviews.csv
+	$(VENV)/bin/fnserve train --local --state-dir $(STATE) $(EXAMPLE)
+	touch $(MODEL)
 
 run: $(STAMP) $(MODEL)
 	@echo "fnserve: try   curl -s localhost:$(PORT)/v1/models/sentiment:predict -d '{\"instances\": [\"what a wonderful film\"]}'"
@@ -42,7 +44,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
-bench: $(STAMP) $(MODEL)
+bench: $(STAMP)
 	$(PY) -m bench.router_overhead
 	$(PY) -m bench.cold_start
 	$(PY) -m bench.auth_overhead

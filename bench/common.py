@@ -63,21 +63,31 @@ def get_json(url: str) -> Any:
 
 
 def prepare_function(work: Path, name: str, public: bool = True, **scaling: Any) -> Path:
-    """A copy of the example named ``name`` with the given spec.scaling, model trained if needed."""
+    """A copy of the example named ``name`` with the given spec.scaling; its model is the example's
+    training job's run, trained once per work folder through the job wrapper."""
     import yaml
 
     function = work / name
-    shutil.copytree(EXAMPLE, function, ignore=shutil.ignore_patterns("__pycache__", ".train-*"))
-    if not (function / "model" / "model.onnx").exists():
-        subprocess.run([sys.executable, str(function / "train.py"), "--out", str(function / "model")],
-                       check=True, capture_output=True)
+    shutil.copytree(EXAMPLE, function, ignore=shutil.ignore_patterns("__pycache__", ".train-*", "model"))
     manifest = yaml.safe_load((function / "function.yaml").read_text())
     manifest["metadata"]["name"] = name
     manifest["spec"]["auth"] = {"public": public}
+    manifest["spec"]["model"]["uri"] = trained_run(work)
     if scaling:
         manifest["spec"]["scaling"] = scaling
     (function / "function.yaml").write_text(yaml.safe_dump(manifest))
     return function
+
+
+def trained_run(work: Path) -> str:
+    """The URI of a published run of the example (the first call in ``work`` trains it)."""
+    root = work / "artifacts" / "sentiment"
+    runs = sorted(p for p in root.glob("*/_manifest.json")) if root.exists() else []
+    if not runs:
+        subprocess.run([sys.executable, "-m", "fnserve.jobs.run", "--manifest", str(EXAMPLE / "train.yaml"),
+                        "--output", root.as_uri()], check=True, capture_output=True)
+        runs = sorted(root.glob("*/_manifest.json"))
+    return runs[-1].parent.as_uri()
 
 
 def function_status(url: str, name: str) -> dict[str, Any]:

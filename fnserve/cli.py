@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from fnserve import __version__
-from fnserve.manifest import ManifestError, json_schema, load_function, manifest_path, read_yaml
+from fnserve.manifest import (
+    KINDS,
+    ManifestError,
+    json_schema,
+    load_function,
+    load_manifest,
+    load_training_job,
+    manifest_path,
+    read_yaml,
+)
 from fnserve.settings import Settings, router_url
 
 
@@ -60,6 +69,22 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
                        f"is `fnserve up` running?") from None
     payload = json.loads(raw) if "json" in kind and raw else raw.decode("utf-8", errors="replace")
     return status, payload
+
+
+def _stream(args: argparse.Namespace, path: str) -> None:
+    """Copy a streamed text response (a job's log) to stdout as it arrives."""
+    headers = {"Authorization": f"Bearer {key}"} if (key := api_key()) else {}
+    request = urllib.request.Request(router_url(args.url) + path, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=3600) as response:
+            while chunk := response.read1(65536):
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+    except urllib.error.HTTPError as exc:
+        payload = json.loads(exc.read() or b"{}")
+        raise CliError(str(payload.get("error", exc))) from None
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+        raise CliError(f"lost the router at {router_url(args.url)} ({getattr(exc, 'reason', exc)})") from None
 
 
 def _ok(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
@@ -124,7 +149,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     if admin:
         print(f"fnserve: created the admin API key (shown once; also in {settings.state_dir / 'admin.key'}, "
               f"mode 0600):\n  {admin}", flush=True)
-    app = create_app(settings, LocalBackend(settings), state, deploys=deploys)
+    app = create_app(settings, LocalBackend(settings, state), state, deploys=deploys)
     config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
                             log_level=settings.log_level, timeout_graceful_shutdown=10)
     port = sock.getsockname()[1]
@@ -294,8 +319,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
     failed = False
     for path in args.paths:
         try:
-            load_function(path)
-            print(f"{manifest_path(path)}: ok")
+            manifest = load_manifest(path)
+            print(f"{manifest_path(path)}: ok ({manifest.kind} {manifest.name})")
         except ManifestError as exc:
             failed = True
             print("\n".join(exc.lines()), file=sys.stderr)
@@ -304,7 +329,124 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
-    _print_json(json_schema())
+    _print_json(json_schema(args.kind))
+
+
+# -- training ------------------------------------------------------------------------------------
+def _params(pairs: list[str]) -> dict[str, Any]:
+    """--set name=value pairs; values are JSON where they parse (5, 0.1, true, [1,2]), else strings."""
+    params = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name.strip():
+            raise CliError(f"--set expects name=value (got {pair!r})")
+        try:
+            params[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[name.strip()] = raw
+    return params
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    file = manifest_path(args.path, "train.yaml")
+    job = load_training_job(file)
+    params = {**job.spec.params, **_params(args.set)}
+    if args.local:
+        _train_here(args, file, params)
+        return
+    record = _ok(args, "POST", "/api/jobs", {"manifest": read_yaml(file), "sourceDir": str(file.parent.resolve()),
+                                             "source": str(file), "params": params})
+    if not args.follow:
+        if args.json:
+            _print_json(record)
+        else:
+            print(record["id"])
+        return
+    print(f"job {record['id']} ({record['name']} for {record['function']}) {record['state']}", file=sys.stderr)
+    _follow(args, record["id"])
+
+
+def _follow(args: argparse.Namespace, job_id: str) -> None:
+    _stream(args, f"/api/jobs/{job_id}/logs?follow=1")
+    record = _ok(args, "GET", f"/api/jobs/{job_id}")
+    while not _settled(record):  # the log ends with the job; a deployOnSuccess rollout may still be on its way
+        time.sleep(0.5)
+        record = _ok(args, "GET", f"/api/jobs/{job_id}")
+    if args.json:
+        _print_json(record)
+    else:
+        _print_job(record)
+    if record["state"] != "succeeded" or record["deploy"].startswith("not deployed"):
+        raise SystemExit(1)
+
+
+def _settled(record: dict[str, Any]) -> bool:
+    return record["state"] in ("succeeded", "failed", "timed_out", "cancelled") and record["deploy"] != "pending"
+
+
+def _train_here(args: argparse.Namespace, file: Path, params: dict[str, Any]) -> None:
+    """Run the job wrapper in the foreground, without a router: publishes into the same artifact store."""
+    import subprocess
+
+    settings = Settings.from_env(state_dir=args.state_dir)
+    env = {**os.environ, "FNSERVE_ARTIFACT_ROOT": settings.artifacts_uri()}
+    code = subprocess.run([sys.executable, "-m", "fnserve.jobs.run", "--manifest", str(file),
+                           "--params", json.dumps(params)], env=env).returncode
+    raise SystemExit(code)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    took = f" in {job['finishedAt'] - job['startedAt']:.1f} s" if job["finishedAt"] and job["startedAt"] else ""
+    lines = [("job", f"{job['id']} ({job['name']} for function {job['function']})"),
+             ("state", f"{job['state']}{took}" + (f", exit code {job['exitCode']}" if job["exitCode"] else "")),
+             ("message", job["message"] or "-"), ("params", json.dumps(job["params"])),
+             ("metrics", json.dumps(job["metrics"]) if job["metrics"] else "-"),
+             ("artifact", job["artifactUri"] or "-"), ("deploy", job["deploy"] or "-")]
+    for label, value in lines:
+        print(f"{label + ':':<10} {value}")
+
+
+def cmd_jobs_ls(args: argparse.Namespace) -> None:
+    result = _ok(args, "GET", f"/api/jobs?limit={args.limit}")
+    if args.json:
+        _print_json(result)
+        return
+    _table(["JOB", "NAME", "FUNCTION", "STATE", "AGE", "ARTIFACT", "DEPLOY"],
+           [[j["id"], j["name"], j["function"], j["state"], _age(j["createdAt"]), j["artifactUri"] or "-",
+             j["deploy"] or "-"] for j in result["jobs"]])
+
+
+def cmd_jobs_status(args: argparse.Namespace) -> None:
+    record = _ok(args, "GET", f"/api/jobs/{args.job_id}")
+    _print_json(record) if args.json else _print_job(record)
+
+
+def cmd_jobs_logs(args: argparse.Namespace) -> None:
+    _stream(args, f"/api/jobs/{args.job_id}/logs" + ("?follow=1" if args.follow else ""))
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> None:
+    record = _ok(args, "POST", f"/api/jobs/{args.job_id}/cancel")
+    print(f"job {record['id']}: {record['state']} ({record['message']})")
+
+
+def cmd_revisions(args: argparse.Namespace) -> None:
+    result = _ok(args, "GET", f"/api/functions/{args.name}/revisions")
+    if args.json:
+        _print_json(result)
+        return
+    _table(["REVISION", "SERVING", "CREATED (UTC)", "MODEL"],
+           [[r["revision"], "*" if r["current"] else "", _stamp(r["createdAt"]), r["modelUri"]]
+            for r in result["revisions"]])
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    result = _ok(args, "POST", f"/api/functions/{args.name}/rollback", {"to": args.to} if args.to else {})
+    if args.json:
+        _print_json(result)
+        return
+    print(f"{result['name']}: revision {result['revision']} serving again "
+          f"(model {result['manifest']['spec']['model']['uri']})")
 
 
 def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -386,11 +528,45 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", metavar="YYYY-MM-DD", help="from this UTC day on")
     usage.set_defaults(run=cmd_usage)
 
-    validate = sub.add_parser("validate", help="check manifests without deploying them")
+    revisions = sub.add_parser("revisions", parents=[common], help="list a function's revisions")
+    revisions.add_argument("name")
+    revisions.set_defaults(run=cmd_revisions)
+    rollback = sub.add_parser("rollback", parents=[common], help="serve an earlier revision again")
+    rollback.add_argument("name")
+    rollback.add_argument("--to", type=int, metavar="REVISION", help="default: the one before the current")
+    rollback.set_defaults(run=cmd_rollback)
+
+    train = sub.add_parser("train", parents=[common], help="run a training job (train.yaml, or a folder holding one)")
+    train.add_argument("path", type=Path)
+    train.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a spec.params entry")
+    train.add_argument("--follow", "-f", action="store_true", help="stream the log; end with metrics and artifact")
+    train.add_argument("--local", action="store_true",
+                       help="no router: run the job here in the foreground and publish to the state dir's artifact "
+                            "store (or FNSERVE_ARTIFACT_ROOT)")
+    train.add_argument("--state-dir", type=Path, help="with --local: the state folder (default ~/.fnserve)")
+    train.set_defaults(run=cmd_train)
+
+    jobs = sub.add_parser("jobs", help="training jobs: ls, status, logs, cancel")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    jobs_ls = jobs_sub.add_parser("ls", parents=[common], help="list the newest jobs")
+    jobs_ls.add_argument("--limit", type=int, default=50)
+    jobs_ls.set_defaults(run=cmd_jobs_ls)
+    for action, helptext, run in (("status", "show one job", cmd_jobs_status),
+                                  ("logs", "print a job's log", cmd_jobs_logs),
+                                  ("cancel", "stop a queued or running job", cmd_jobs_cancel)):
+        command = jobs_sub.add_parser(action, parents=[common], help=helptext)
+        command.add_argument("job_id", metavar="ID")
+        if action == "logs":
+            command.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+        command.set_defaults(run=run)
+
+    validate = sub.add_parser("validate", help="check manifests (Function or TrainingJob) without using them")
     validate.add_argument("paths", type=Path, nargs="+", metavar="PATH")
     validate.set_defaults(run=cmd_validate)
 
-    sub.add_parser("schema", help="print the JSON Schema of function.yaml").set_defaults(run=cmd_schema)
+    schema = sub.add_parser("schema", help="print the JSON Schema of a manifest kind")
+    schema.add_argument("--kind", choices=list(KINDS), default="Function")
+    schema.set_defaults(run=cmd_schema)
     return parser
 
 

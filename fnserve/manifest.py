@@ -1,4 +1,4 @@
-"""Function manifests: the pydantic models, loading from YAML, and readable errors.
+"""Manifests — Function and TrainingJob: the pydantic models, loading from YAML, and readable errors.
 
 A manifest is Kubernetes-shaped so that a reader who knows KServe recognises it, and field names follow
 KServe/Knative wherever the concept exists there, so the cluster renderer maps them one to one. Unknown
@@ -29,6 +29,7 @@ _HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A
 _CPU_RE = re.compile(r"^[0-9]+(\.[0-9]+)?m?$")
 _MEMORY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _S3_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+_ARTIFACTS_RE = re.compile(r"^artifacts://[a-z]([-a-z0-9]*[a-z0-9])?/[A-Za-z0-9][A-Za-z0-9._-]*/?$")
 _MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
                  "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
@@ -54,20 +55,34 @@ class Metadata(_Spec):
 
 
 class ModelSource(_Spec):
-    uri: str = Field(description="Artifact folder: a path relative to the manifest, file:// or s3://.")
+    uri: str = Field(description="Artifact folder: artifacts://<function>/<run-id|latest> in the platform's "
+                                 "artifact store, a path relative to the manifest, file:// or s3://. A URI "
+                                 "ending in /latest is pinned to the newest complete run at deploy time.")
 
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if value.startswith("s3://"):
-            if not _S3_RE.match(value):
-                raise ValueError("must be s3://<bucket>/<prefix> with a valid bucket name")
-        elif "://" in value:
-            if not value.startswith("file://"):
-                raise ValueError("must be a relative path, a file:// URI or an s3:// URI")
-        elif value.startswith("/") or not value.strip():
-            raise ValueError("must be a path relative to the manifest's folder, or a file:// URI")
-        return value
+        return check_uri(value, artifacts=True)
+
+
+def check_uri(value: str, *, artifacts: bool = False, relative: bool = True) -> str:
+    """Validate a storage URI; the messages name what is accepted where it is used."""
+    accepted = ", ".join((["artifacts://<function>/<run-id|latest>"] if artifacts else [])
+                         + (["a relative path"] if relative else []) + ["file:// or s3://"])
+    if value.startswith("s3://"):
+        if not _S3_RE.match(value):
+            raise ValueError("must be s3://<bucket>/<prefix> with a valid bucket name")
+    elif value.startswith("artifacts://") and artifacts:
+        if not _ARTIFACTS_RE.match(value):
+            raise ValueError("must be artifacts://<function>/<run-id or latest>")
+    elif value.startswith("file://"):
+        if not value.startswith("file:///"):
+            raise ValueError("must be an absolute file:///path")
+    elif "://" in value or not relative:
+        raise ValueError(f"must be {accepted}")
+    elif value.startswith("/") or not value.strip():
+        raise ValueError("must be a path relative to the manifest's folder, or a file:// URI")
+    return value
 
 
 class Resources(_Spec):
@@ -210,6 +225,57 @@ class Function(_Spec):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+class TrainingJobSpec(_Spec):
+    function: str = Field(description="The function this job trains (its artifacts go under its name).")
+    command: list[str] = Field(min_length=1, description="argv, run in the folder of this manifest.")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="Free-form parameters, handed to the job as FNSERVE_PARAMS (JSON).")
+    resources: Resources = Field(default_factory=Resources)
+    timeout: Duration = Field(default=3600.0, ge=1, le=7 * 86400,
+                              description="Wall-clock limit; past it the job is killed and publishes nothing.")
+    output: str | None = Field(default=None, description="Where runs go (file:// or s3://): <output>/<run-id>/. "
+                                                         "Default: the platform's artifact root + /<function>/.")
+    deploy_on_success: bool = Field(default=False,
+                                    description="Roll the function forward to the new run once it is published.")
+    image: str | None = Field(default=None, description="Container image (cluster only; ignored locally).")
+
+    @field_validator("function")
+    @classmethod
+    def _function_name(cls, value: str) -> str:
+        return Metadata._dns_label(value)
+
+    @field_validator("command")
+    @classmethod
+    def _no_empty_words(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():
+            raise ValueError("the program (command[0]) must not be empty")
+        return value
+
+    @field_validator("output")
+    @classmethod
+    def _output_uri(cls, value: str | None) -> str | None:
+        return None if value is None else check_uri(value, relative=False).rstrip("/")
+
+
+class TrainingJob(_Spec):
+    """A training run: a command that writes a model, published as one immutable run of a function."""
+
+    api_version: Literal["fnserve.dev/v1"] = Field(alias="apiVersion")
+    kind: Literal["TrainingJob"]
+    metadata: Metadata
+    spec: TrainingJobSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+KINDS: dict[str, type[Function] | type[TrainingJob]] = {"Function": Function, "TrainingJob": TrainingJob}
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a manifest: where, and what was expected."""
@@ -285,6 +351,8 @@ def _message(model: type[BaseModel], error: dict[str, Any]) -> str:
         return f"must be {sign[kind]} {bound} (got {_got(value)})"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"must be a whole number (got {_got(value)})"
+    if kind == "too_short":
+        return "must not be empty"
     if kind in ("string_type",):
         return f"must be a string (got {_got(value)})"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
@@ -297,15 +365,36 @@ def problems_from(model: type[BaseModel], exc: ValidationError) -> list[Problem]
     return [Problem(_path(e["loc"]), _message(model, e)) for e in exc.errors()]
 
 
-def parse_function(data: Any, source: str = "function.yaml") -> Function:
-    """Validate already-parsed manifest data; raises ManifestError listing every problem."""
+def _validate(model: type[Any], data: Any, source: str) -> Any:
     if not isinstance(data, dict):
         raise ManifestError(source, [Problem("", f"must be a mapping with apiVersion, kind, metadata "
                                                  f"and spec (got {_got(data)})")])
     try:
-        return Function.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(source, problems_from(Function, exc)) from None
+        raise ManifestError(source, problems_from(model, exc)) from None
+
+
+def parse_function(data: Any, source: str = "function.yaml") -> Function:
+    """Validate already-parsed manifest data; raises ManifestError listing every problem."""
+    return _validate(Function, data, source)
+
+
+def parse_training_job(data: Any, source: str = "train.yaml") -> TrainingJob:
+    return _validate(TrainingJob, data, source)
+
+
+def parse_manifest(data: Any, source: str) -> Function | TrainingJob:
+    """Either kind, chosen by the manifest's own ``kind``."""
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in KINDS:
+        model: type[Any] = Function
+        if isinstance(data, dict) and kind is not None:
+            raise ManifestError(source, [Problem("kind", f"must be one of {', '.join(map(repr, KINDS))} "
+                                                         f"(got {_got(kind)})")])
+    else:
+        model = KINDS[kind]
+    return _validate(model, data, source)
 
 
 def read_yaml(path: Path) -> Any:
@@ -328,9 +417,9 @@ def read_yaml(path: Path) -> Any:
         raise ManifestError(source, [Problem("", f"{where}invalid YAML: {reason}")]) from None
 
 
-def manifest_path(path: Path) -> Path:
-    """Accept either a manifest file or a function folder holding function.yaml."""
-    return path / "function.yaml" if path.is_dir() else path
+def manifest_path(path: Path, default: str = "function.yaml") -> Path:
+    """Accept either a manifest file or a function folder holding ``default``."""
+    return path / default if path.is_dir() else path
 
 
 def load_function(path: Path) -> Function:
@@ -339,8 +428,21 @@ def load_function(path: Path) -> Function:
     return parse_function(read_yaml(path), str(path))
 
 
-def json_schema() -> dict[str, Any]:
-    """JSON Schema for function.yaml, for editors' completion and validation."""
-    schema = Function.model_json_schema(by_alias=True)
+def load_training_job(path: Path) -> TrainingJob:
+    """Load and validate a training job manifest (or a folder holding train.yaml)."""
+    path = manifest_path(path, "train.yaml")
+    return parse_training_job(read_yaml(path), str(path))
+
+
+def load_manifest(path: Path) -> Function | TrainingJob:
+    """Either kind of manifest; a folder means its function.yaml."""
+    path = manifest_path(path)
+    return parse_manifest(read_yaml(path), str(path))
+
+
+def json_schema(kind: str = "Function") -> dict[str, Any]:
+    """JSON Schema for a manifest kind, for editors' completion and validation."""
+    schema = KINDS[kind].model_json_schema(by_alias=True)
+    slug = "function" if kind == "Function" else "trainingjob"
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": "https://fnserve.dev/schemas/function-v1.json", **schema}
+            "$id": f"https://fnserve.dev/schemas/{slug}-v1.json", **schema}

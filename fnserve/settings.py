@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fnserve.storage.stores import S3Options
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
@@ -31,7 +33,21 @@ class Settings:
     connect_timeout: float = 5.0
     """Seconds the proxy waits to connect to a replica before answering 503."""
     s3_endpoint_url: str | None = None
-    """S3 API endpoint for s3:// model URIs (MinIO, Ceph…); unset = boto3's default (AWS, or AWS_ENDPOINT_URL)."""
+    """S3 API endpoint for s3:// URIs (MinIO, Ceph…); unset = boto3's default (AWS, or AWS_ENDPOINT_URL)."""
+    s3_region: str | None = None
+    """S3 region; unset = boto3's chain (AWS_DEFAULT_REGION, the profile)."""
+    s3_access_key_id: str | None = None
+    """S3 credentials; unset = boto3's chain (AWS_* variables, ~/.aws, an instance or pod role)."""
+    s3_secret_access_key: str | None = None
+    s3_part_size: int = 8 * 2**20
+    """Bytes per part of a multipart upload; larger files are uploaded in parts (S3's minimum: 5 MiB)."""
+    artifact_root: str | None = None
+    """Where training runs are published and artifacts:// URIs point (file:// or s3://); unset = the
+    state dir's artifacts/ folder."""
+    max_jobs: int = 1
+    """Training jobs run at once on this machine; more wait in a queue."""
+    job_stop_timeout: float = 10.0
+    """Seconds between SIGTERM and SIGKILL when a job is cancelled or runs past its timeout."""
     autoscale_tick: float = 2.0
     """Seconds between autoscaler decisions (Knative: 2 s); a request at zero decides at once."""
     activator_queue_limit: int = 1000
@@ -58,6 +74,20 @@ class Settings:
     python: str = sys.executable
     """Interpreter that runs replicas (the one fnserve runs in)."""
     log_level: str = "info"
+
+    def artifacts_uri(self) -> str:
+        """The artifact root as an absolute URI, without a trailing slash."""
+        return (self.artifact_root or (self.state_dir / "artifacts").as_uri()).rstrip("/")
+
+    def s3_options(self) -> S3Options:
+        return S3Options(self.s3_endpoint_url, self.s3_region, self.s3_access_key_id, self.s3_secret_access_key,
+                         self.s3_part_size)
+
+    def s3_env(self) -> dict[str, str]:
+        """The S3 settings as FNSERVE_* variables, for processes (job wrappers) that read them back."""
+        return {f"FNSERVE_{name.upper()}": str(value) for name in
+                ("s3_endpoint_url", "s3_region", "s3_access_key_id", "s3_secret_access_key", "s3_part_size")
+                if (value := getattr(self, name)) is not None}
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -1,8 +1,10 @@
-"""Persistence of deployed functions and their revisions (SQLite in the state dir).
+"""Persistence of functions, revisions, keys, usage and training jobs (SQLite in the state dir).
 
-A revision is immutable: the manifest as deployed, the folder its code came from and the model folder
-it resolved to. A function points at its current revision; restarting ``fnserve up`` re-applies the
-current revision of every function, so deployments survive a restart.
+A revision is immutable: the manifest as deployed (its model URI pinned to a concrete run), the folder
+its code came from and the model folder it resolved to. A function points at its current revision —
+the newest, or an older one after a rollback; restarting ``fnserve up`` re-applies the current revision
+of every function, so deployments survive a restart. Job records outlive the jobs: state, times, exit
+code, metrics and the artifact they published.
 """
 
 from __future__ import annotations
@@ -55,6 +57,24 @@ CREATE TABLE IF NOT EXISTS usage (
     tally        TEXT NOT NULL,
     PRIMARY KEY (key_id, function, day)
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    function     TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    manifest     TEXT NOT NULL,
+    source_dir   TEXT NOT NULL,
+    params       TEXT NOT NULL,
+    output       TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    started_at   REAL,
+    finished_at  REAL,
+    exit_code    INTEGER,
+    message      TEXT NOT NULL DEFAULT '',
+    artifact_uri TEXT,
+    metrics      TEXT NOT NULL DEFAULT '{}',
+    deploy       TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS daily_counts (
     subject      TEXT NOT NULL,
     day          TEXT NOT NULL,
@@ -87,6 +107,59 @@ class Revision:
         return {"name": self.name, "revision": self.number, "id": self.id, "sourceDir": str(self.source_dir),
                 "modelDir": str(self.model_dir), "createdAt": self.created_at,
                 "manifest": self.function.to_dict()}
+
+
+JOB_DONE = ("succeeded", "failed", "timed_out", "cancelled")
+
+
+@dataclass
+class JobRecord:
+    """One training job as the platform remembers it."""
+
+    id: str
+    """Also the run id its artifacts are published under."""
+    name: str
+    function: str
+    state: str
+    """queued → running → succeeded | failed | timed_out | cancelled"""
+    manifest: dict[str, Any]
+    source_dir: str
+    params: dict[str, Any]
+    output: str
+    """The function's run root the job publishes into (absolute file:// or s3://)."""
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    message: str = ""
+    artifact_uri: str | None = None
+    """The published run as a model URI (artifacts://… when in the platform's store)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    deploy: str = ""
+    """What deployOnSuccess did: "" (not asked), "revision N", or why it could not."""
+
+    @property
+    def done(self) -> bool:
+        return self.state in JOB_DONE
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.id, self.name, self.function, self.state, json.dumps(self.manifest), self.source_dir,
+                json.dumps(self.params), self.output, self.created_at, self.started_at, self.finished_at,
+                self.exit_code, self.message, self.artifact_uri, json.dumps(self.metrics), self.deploy)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
+        values = list(row)
+        for index in (4, 6, 14):
+            values[index] = json.loads(values[index])
+        return cls(*values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "function": self.function, "state": self.state,
+                "params": self.params, "output": self.output, "createdAt": self.created_at,
+                "startedAt": self.started_at, "finishedAt": self.finished_at, "exitCode": self.exit_code,
+                "message": self.message, "artifactUri": self.artifact_uri, "metrics": self.metrics,
+                "deploy": self.deploy, "sourceDir": self.source_dir}
 
 
 @dataclass(frozen=True)
@@ -155,6 +228,29 @@ class StateStore:
             self._db.execute("INSERT OR REPLACE INTO functions VALUES (?, ?, ?)",
                              (revision.name, revision.number, now))
 
+    def activate(self, name: str, number: int) -> Revision | None:
+        """Make an existing revision the current one again (a rollback)."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            row = self._db.execute("SELECT * FROM revisions WHERE function = ? AND number = ?",
+                                   (name, number)).fetchone()
+            if row is None:
+                return None
+            self._db.execute("INSERT OR REPLACE INTO functions VALUES (?, ?, ?)", (name, number, time.time()))
+        return _revision(row)
+
+    def revision(self, name: str, number: int) -> Revision | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM revisions WHERE function = ? AND number = ?",
+                                   (name, number)).fetchone()
+        return _revision(row) if row else None
+
+    def revisions(self, name: str) -> list[Revision]:
+        """Every revision of a function, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM revisions WHERE function = ? ORDER BY number", (name,)).fetchall()
+        return [_revision(row) for row in rows]
+
     def current(self, name: str) -> Revision | None:
         with self._lock:
             row = self._db.execute(
@@ -176,6 +272,22 @@ class StateStore:
             gone = self._db.execute("DELETE FROM functions WHERE name = ?", (name,)).rowcount
             self._db.execute("DELETE FROM revisions WHERE function = ?", (name,))
         return gone > 0
+
+    # -- training jobs ---------------------------------------------------------------------------
+    def save_job(self, job: JobRecord) -> None:
+        with self._lock:
+            self._db.execute(f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * 16)})", job.row())
+
+    def job(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return JobRecord.from_row(row) if row else None
+
+    def jobs(self, limit: int = 100) -> list[JobRecord]:
+        """The newest jobs, newest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        return [JobRecord.from_row(row) for row in rows]
 
     # -- API keys (only hashes of secrets are ever stored) -----------------------------------------
     def add_key(self, key: KeyRecord) -> None:

@@ -172,14 +172,33 @@ def function_copy(source: Path, target: Path, *, name: str | None = None, skip: 
     return target
 
 
+def run_job(manifest: Path, output: str, *extra: str, timeout: float = 300) -> tuple[int, dict[str, Any], str]:
+    """The job wrapper as a process, as the runner starts it: exit status, outcome, log."""
+    result_file = manifest.parent / f".result-{free_port()}.json"
+    done = subprocess.run([sys.executable, "-m", "fnserve.jobs.run", "--manifest", str(manifest), "--output", output,
+                           "--result", str(result_file), *extra], capture_output=True, text=True, timeout=timeout)
+    outcome = json.loads(result_file.read_text()) if result_file.exists() else {}
+    result_file.unlink(missing_ok=True)
+    return done.returncode, outcome, done.stdout + done.stderr
+
+
 @pytest.fixture(scope="session")
-def example_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of functions/sentiment with a freshly trained model, independent of the checkout's."""
+def example_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example trained once by its own train.yaml through the job wrapper: the published run folder."""
+    root = tmp_path_factory.mktemp("artifacts")
+    code, outcome, log = run_job(EXAMPLE / "train.yaml", (root / "sentiment").as_uri())
+    assert code == 0 and outcome["state"] == "succeeded", log
+    return root / "sentiment" / outcome["runId"]
+
+
+@pytest.fixture(scope="session")
+def example_dir(example_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of functions/sentiment whose model is a plain ./model folder holding the trained run's files
+    (tests that break the model on purpose edit it there)."""
     target = tmp_path_factory.mktemp("functions") / "sentiment"
     shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("model", "__pycache__", ".train-*"))
-    result = subprocess.run([sys.executable, str(target / "train.py"), "--out", str(target / "model")],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    shutil.copytree(example_run, target / "model", ignore=shutil.ignore_patterns("_manifest.json"))
+    edit_manifest(target, model={"uri": "./model"})
     return target
 
 

@@ -7,10 +7,13 @@ maps them without knowing why they happened.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from fnserve.state import Revision
+from fnserve.manifest import TrainingJob
+from fnserve.state import JobRecord, Revision
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,10 @@ class DeployFailed(BackendError):
     status = 422
 
 
+class JobNotFound(BackendError):
+    status = 404
+
+
 class Backend(Protocol):
     async def apply(self, revision: Revision, *, verify: bool = True) -> None:
         """Make ``revision`` the one serving its function. With ``verify`` (a deploy) it returns once the
@@ -109,6 +116,24 @@ class Backend(Protocol):
 
     async def logs(self, name: str, tail: int) -> str:
         """The last ``tail`` lines of the function's replica logs."""
+
+    async def submit_job(self, job: TrainingJob, source_dir: Path, params: dict[str, Any]) -> JobRecord:
+        """Queue a training job (its command runs in ``source_dir``); returns its record at once."""
+
+    def job_status(self, job_id: str) -> JobRecord:
+        """Raises JobNotFound."""
+
+    def jobs(self, limit: int) -> list[JobRecord]:
+        """The newest jobs, newest first."""
+
+    def job_logs(self, job_id: str, follow: bool) -> AsyncIterator[bytes]:
+        """The job's log from its start; with ``follow``, until the job ends."""
+
+    async def wait_job(self, job_id: str) -> JobRecord:
+        """The record once the job has ended."""
+
+    async def cancel_job(self, job_id: str) -> JobRecord:
+        """Stop a queued or running job; it publishes nothing."""
 
     async def close(self) -> None:
         """Stop everything; called when the router shuts down."""

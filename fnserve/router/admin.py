@@ -1,4 +1,5 @@
-"""The admin API: functions (deploy, list, inspect, delete, logs) and API keys.
+"""The admin API: functions (deploy, list, inspect, revisions, rollback, delete, logs), training jobs,
+API keys, tenants and usage.
 
 Every route here needs a key with the ``admin`` scope (enforced by router/auth.py before any of this
 runs). A new or rotated key's token is in the response once and stored nowhere.
@@ -15,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fnserve.backends.base import BackendError, FunctionNotFound
@@ -60,23 +61,104 @@ async def list_functions(request: Request) -> Response:
     return JSONResponse({"functions": [_summary(platform, r) for _, r in sorted(platform.functions.items())]})
 
 
+async def _manifest_body(request: Request) -> dict[str, Any]:
+    body = await _json_body(request)
+    if "manifest" not in body:
+        raise BadRequest('request body must be {"manifest": {...}, "sourceDir": "..."}')
+    return body
+
+
+def _rejected(request: Request, exc: DeployRejected) -> Response:
+    problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+    return error_response(request, 400, str(exc), problems=problems)
+
+
 @_admin
 async def deploy(request: Request) -> Response:
     """Deploy a manifest as a new revision; answers once the revision serves (201 new, 200 updated)."""
     platform: Platform = request.app.state.platform
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return error_response(request, 400, f"request body must be JSON: {exc}")
-    if not isinstance(body, dict) or "manifest" not in body:
-        return error_response(request, 400, 'request body must be {"manifest": {...}, "sourceDir": "..."}')
+    body = await _manifest_body(request)
     try:
         revision, created = await platform.deploy(body["manifest"], body.get("sourceDir", ""),
                                                   str(body.get("source") or "manifest"))
     except DeployRejected as exc:
-        problems = [{"path": p.path, "message": p.message} for p in exc.problems]
-        return error_response(request, 400, str(exc), problems=problems)
+        return _rejected(request, exc)
     return JSONResponse({**revision.to_dict(), **_summary(platform, revision)}, 201 if created else 200)
+
+
+@_admin
+async def list_revisions(request: Request) -> Response:
+    """Every revision of a function, oldest first, with the one serving marked."""
+    current = _revision(request)
+    revisions = await asyncio.to_thread(request.app.state.platform.state.revisions, current.name)
+    return JSONResponse({"name": current.name, "current": current.number,
+                         "revisions": [{**r.to_dict(), "modelUri": r.function.spec.model.uri,
+                                        "current": r.number == current.number} for r in revisions]})
+
+
+@_admin
+async def rollback(request: Request) -> Response:
+    """Serve an earlier revision again: {"to": N} (default: the one before the current)."""
+    platform: Platform = request.app.state.platform
+    to = (await _json_body(request)).get("to")
+    if to is not None and (not isinstance(to, int) or isinstance(to, bool) or to < 1):
+        raise BadRequest(f"to must be a revision number (got {to!r})")
+    try:
+        revision = await platform.rollback(request.path_params["name"], to)
+    except DeployRejected as exc:
+        return _rejected(request, exc)
+    return JSONResponse({**revision.to_dict(), **_summary(platform, revision)})
+
+
+@_admin
+async def submit_job(request: Request) -> Response:
+    """Queue a training job: {"manifest": {...TrainingJob}, "sourceDir": "...", "params": {...}} → 202."""
+    platform: Platform = request.app.state.platform
+    body = await _manifest_body(request)
+    params = body.get("params") or {}
+    if not isinstance(params, dict):
+        raise BadRequest("params must be an object")
+    try:
+        record = await platform.submit_job(body["manifest"], body.get("sourceDir", ""),
+                                           str(body.get("source") or "manifest"), params)
+    except DeployRejected as exc:
+        return _rejected(request, exc)
+    return JSONResponse(record.to_dict(), 202, headers={"Location": f"/api/jobs/{record.id}"})
+
+
+@_admin
+async def list_jobs(request: Request) -> Response:
+    """The newest training jobs (?limit=N, default 50)."""
+    try:
+        limit = max(1, min(int(request.query_params.get("limit", "50")), 1000))
+    except ValueError:
+        raise BadRequest("limit must be a whole number") from None
+    backend = request.app.state.platform.backend
+    return JSONResponse({"jobs": [j.to_dict() for j in await asyncio.to_thread(backend.jobs, limit)]})
+
+
+@_admin
+async def get_job(request: Request) -> Response:
+    """One job: state, times, exit code, metrics, artifact, and what deployOnSuccess did."""
+    backend = request.app.state.platform.backend
+    return JSONResponse((await asyncio.to_thread(backend.job_status, request.path_params["job_id"])).to_dict())
+
+
+@_admin
+async def job_logs(request: Request) -> Response:
+    """The job's log (?follow=1 streams it until the job ends)."""
+    backend = request.app.state.platform.backend
+    job_id = request.path_params["job_id"]
+    await asyncio.to_thread(backend.job_status, job_id)  # 404 before the stream starts
+    follow = request.query_params.get("follow", "") in ("1", "true", "yes")
+    return StreamingResponse(backend.job_logs(job_id, follow), media_type="text/plain; charset=utf-8")
+
+
+@_admin
+async def cancel_job(request: Request) -> Response:
+    """Stop a queued or running job; it publishes nothing. Answers once it has stopped."""
+    record = await request.app.state.platform.backend.cancel_job(request.path_params["job_id"])
+    return JSONResponse(record.to_dict())
 
 
 def _revision(request: Request) -> Revision:
@@ -250,4 +332,11 @@ routes = [
     Route("/api/functions/{name}", get_function, methods=["GET"], name="get_function"),
     Route("/api/functions/{name}", delete_function, methods=["DELETE"], name="delete_function"),
     Route("/api/functions/{name}/logs", function_logs, methods=["GET"], name="function_logs"),
+    Route("/api/functions/{name}/revisions", list_revisions, methods=["GET"], name="list_revisions"),
+    Route("/api/functions/{name}/rollback", rollback, methods=["POST"], name="rollback_function"),
+    Route("/api/jobs", list_jobs, methods=["GET"], name="list_jobs"),
+    Route("/api/jobs", submit_job, methods=["POST"], name="submit_job"),
+    Route("/api/jobs/{job_id}", get_job, methods=["GET"], name="get_job"),
+    Route("/api/jobs/{job_id}/logs", job_logs, methods=["GET"], name="job_logs"),
+    Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"], name="cancel_job"),
 ]

@@ -87,6 +87,7 @@ def create_app(settings: Settings, backend: Backend, state: StateStore | None = 
         finally:
             starting.cancel()
             flushing.cancel()
+            await platform.close()
             platform.flush()
             await platform.quota_store.close()
             await backend.close()

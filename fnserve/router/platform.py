@@ -1,8 +1,12 @@
-"""The control plane shared by the router's routes: deploy, remove and restore functions.
+"""The control plane shared by the router's routes: deploy, roll back, remove and restore functions;
+submit training jobs and roll a function forward when one succeeds.
 
 Deploying checks everything that can be checked before anything changes (manifest, source folder,
-model folder, handler module), then asks the backend to start the revision, and only once it is
-ready records it and routes traffic to it. Any failure before that point changes nothing.
+model — pinned to a concrete run and verified —, handler module), then asks the backend to start the
+revision, and only once it is ready records it and routes traffic to it. Any failure before that point
+changes nothing. A job with ``deployOnSuccess`` changes only the model: the function's current revision
+(or, if it was never deployed, the function.yaml beside the job's manifest) with ``model.uri`` pinned
+to the new run.
 """
 
 from __future__ import annotations
@@ -15,15 +19,23 @@ from pathlib import Path
 from typing import Any
 
 from fnserve.backends.base import Backend, BackendError, DeployFailed, FunctionNotFound
-from fnserve.manifest import Function, ManifestError, Problem, parse_function
+from fnserve.manifest import (
+    Function,
+    ManifestError,
+    Problem,
+    TrainingJob,
+    parse_function,
+    parse_training_job,
+    read_yaml,
+)
 from fnserve.router.auth import KeyVerifier
 from fnserve.router.metrics import Metrics, backend_statuses
 from fnserve.router.proxy import Proxy
 from fnserve.router.quota import DailyCounters, Limits, MemoryStore, Store
 from fnserve.router.usage import UsageLedger
 from fnserve.settings import Settings
-from fnserve.state import Revision, StateStore
-from fnserve.storage import ArtifactError, resolve_model_dir, snapshot_dir
+from fnserve.state import JobRecord, Revision, StateStore
+from fnserve.storage import ArtifactError, ModelSource, resolve_model, snapshot_dir
 
 log = logging.getLogger("fnserve.router")
 
@@ -56,6 +68,7 @@ class Platform:
     tenant_generation: int = 0
     """Bumped whenever the tenants' limits are re-read, so limits resolved from older ones are redone."""
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _followers: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(backend_statuses(self))
@@ -95,46 +108,132 @@ class Platform:
             function = parse_function(manifest, source)
         except ManifestError as exc:
             raise DeployRejected(f"invalid manifest: {exc}", exc.problems) from None
-        folder = Path(source_dir) if isinstance(source_dir, str) and source_dir else None
-        if folder is None or not folder.is_absolute() or not folder.is_dir():
-            raise DeployRejected(f"sourceDir must be the absolute path of the function's folder "
-                                 f"on the router's machine (got {source_dir!r})")
+        folder = _source_folder(source_dir)
         self._check_handler(function, folder, source)
-        model_dir = await self._model_dir(function, folder, source)
-        code_dir, model_dir = await asyncio.to_thread(self._snapshot, folder, model_dir)
+        model = await self._model(function, folder, source)
+        if model.uri != function.spec.model.uri:  # the revision records the run "latest" stood for
+            data = function.to_dict()
+            data["spec"]["model"]["uri"] = model.uri
+            function = parse_function(data, source)
+        code_dir, model_dir = await asyncio.to_thread(self._snapshot, folder, model)
 
         async with self._lock(function.name):
             number = await asyncio.to_thread(self.state.next_number, function.name)
             revision = Revision(function, number, code_dir, model_dir, time.time())
             created = function.name not in self.functions
-            try:
-                await self.backend.apply(revision)
-            except DeployFailed:
-                if created:  # a first deploy that failed leaves nothing behind
-                    try:
-                        await self.backend.delete(function.name)
-                    except FunctionNotFound:
-                        pass
-                raise
-            await asyncio.to_thread(self.state.publish, revision)
-            self.functions[function.name] = revision
+            await self._switch(revision, created)
         return revision, created
 
-    async def _model_dir(self, function: Function, folder: Path, source: str) -> Path:
+    async def _switch(self, revision: Revision, created: bool) -> None:
+        """Start ``revision``, and once it serves make it current (callers hold the function's lock)."""
         try:
-            return await asyncio.to_thread(resolve_model_dir, function.spec.model.uri, folder,
-                                           self.settings.state_dir / "models", self.settings.s3_endpoint_url)
+            await self.backend.apply(revision)
+        except DeployFailed:
+            if created:  # a first deploy that failed leaves nothing behind
+                try:
+                    await self.backend.delete(revision.name)
+                except FunctionNotFound:
+                    pass
+            raise
+        await asyncio.to_thread(self.state.publish, revision)
+        self.functions[revision.name] = revision
+
+    async def rollback(self, name: str, to: int | None) -> Revision:
+        """Serve an earlier revision again (default: the newest one before the current)."""
+        async with self._lock(name):
+            current = self.functions.get(name)
+            if current is None:
+                raise FunctionNotFound(f"function {name!r} not found")
+            numbers = [r.number for r in await asyncio.to_thread(self.state.revisions, name)]
+            if to is None:
+                earlier = [n for n in numbers if n < current.number]
+                if not earlier:
+                    raise DeployRejected(f"{name}: revision {current.number} is the oldest; nothing to roll back to")
+                to = earlier[-1]
+            if to == current.number:
+                raise DeployRejected(f"{name}: revision {to} is already serving")
+            revision = await asyncio.to_thread(self.state.revision, name, to)
+            if revision is None:
+                raise DeployRejected(f"{name}: no revision {to} (revisions: {', '.join(map(str, numbers))})")
+            await self._switch(revision, created=False)
+        log.info("%s: rolled back to revision %d", name, to)
+        return revision
+
+    async def _model(self, function: Function, folder: Path, source: str) -> ModelSource:
+        settings = self.settings
+        try:
+            return await asyncio.to_thread(resolve_model, function.spec.model.uri, folder, settings.state_dir / "models",
+                                           settings.artifacts_uri(), settings.s3_options())
         except ArtifactError as exc:
             problem = Problem("spec.model.uri", str(exc))
             raise DeployRejected(problem.render(source), [problem]) from None
 
-    def _snapshot(self, folder: Path, model_dir: Path) -> tuple[Path, Path]:
-        """Freeze the function's code and model for this revision (s3 downloads already are)."""
+    def _snapshot(self, folder: Path, model: ModelSource) -> tuple[Path, Path]:
+        """Freeze the function's code and model for this revision (downloads and runs already are)."""
         root = self.settings.state_dir
-        code = snapshot_dir(folder.resolve(), root / "sources", exclude=model_dir)
-        if root / "models" in model_dir.parents:
-            return code, model_dir
-        return code, snapshot_dir(model_dir, root / "models")
+        if root / "sources" in folder.parents:  # a revision's own snapshot (a job rolling it forward)
+            code = folder
+        else:
+            code = snapshot_dir(folder.resolve(), root / "sources", exclude=model.local_dir)
+        return code, model.local_dir if model.frozen else snapshot_dir(model.local_dir, root / "models")
+
+    # -- training jobs -------------------------------------------------------------------------------
+    async def submit_job(self, manifest: Any, source_dir: str, source: str,
+                         params: dict[str, Any] | None = None) -> JobRecord:
+        """Validate and queue a training job; with deployOnSuccess, roll the function forward after it."""
+        try:
+            job = parse_training_job(manifest, source)
+        except ManifestError as exc:
+            raise DeployRejected(f"invalid manifest: {exc}", exc.problems) from None
+        folder = _source_folder(source_dir)
+        if job.spec.deploy_on_success and job.spec.function not in self.functions:
+            await asyncio.to_thread(self._function_beside, job, folder, source)
+        record = await self.backend.submit_job(job, folder, {**job.spec.params, **(params or {})})
+        if job.spec.deploy_on_success:
+            record.deploy = "pending"
+            await asyncio.to_thread(self.state.save_job, record)
+            task = asyncio.ensure_future(self._deploy_when_done(record.id, job, folder, source))
+            self._followers.add(task)
+            task.add_done_callback(self._followers.discard)
+        return record
+
+    @staticmethod
+    def _function_beside(job: TrainingJob, folder: Path, source: str) -> tuple[Any, Path]:
+        """The manifest data of the function.yaml beside the job's manifest, when it defines the function."""
+        path = folder / "function.yaml"
+        problem = Problem("spec.deployOnSuccess", f"function {job.spec.function!r} is not deployed and "
+                                                  f"{path} does not define it; deploy it first")
+        try:
+            data = read_yaml(path)
+            function = parse_function(data, str(path))
+        except ManifestError:
+            raise DeployRejected(problem.render(source), [problem]) from None
+        if function.name != job.spec.function:
+            raise DeployRejected(problem.render(source), [problem])
+        return data, folder
+
+    async def _deploy_when_done(self, job_id: str, job: TrainingJob, folder: Path, source: str) -> None:
+        record = await self.backend.wait_job(job_id)
+        if record.state != "succeeded" or not record.artifact_uri:
+            record.deploy = ""  # nothing was published, so there is nothing to roll forward to
+            await asyncio.to_thread(self.state.save_job, record)
+            return
+        name = job.spec.function
+        try:
+            current = self.functions.get(name)
+            if current is not None:
+                data, source_dir = current.function.to_dict(), current.source_dir
+            else:
+                data, source_dir = await asyncio.to_thread(self._function_beside, job, folder, source)
+            data["spec"]["model"]["uri"] = record.artifact_uri
+            revision, _ = await self.deploy(data, str(source_dir), f"{name} (job {job_id})")
+            outcome = f"revision {revision.number}"
+            log.info("%s: job %s deployed as revision %d", name, job_id, revision.number)
+        except (DeployRejected, BackendError) as exc:
+            outcome = f"not deployed: {exc}"
+            log.error("%s: job %s succeeded but its run was %s", name, job_id, outcome)
+        record.deploy = outcome
+        await asyncio.to_thread(self.state.save_job, record)
 
     @staticmethod
     def _check_handler(function: Function, folder: Path, source: str) -> None:
@@ -155,6 +254,10 @@ class Platform:
                 await self.backend.delete(name)
             except FunctionNotFound:
                 pass
+
+    async def close(self) -> None:
+        for task in self._followers:
+            task.cancel()
 
     def restore(self) -> asyncio.Future[None]:
         """Bring back every function deployed before the last shutdown, concurrently.
@@ -178,3 +281,11 @@ class Platform:
             self.restored = True
 
         return asyncio.ensure_future(all_of())
+
+
+def _source_folder(source_dir: Any) -> Path:
+    folder = Path(source_dir) if isinstance(source_dir, str) and source_dir else None
+    if folder is None or not folder.is_absolute() or not folder.is_dir():
+        raise DeployRejected(f"sourceDir must be the absolute path of the function's folder "
+                             f"on the router's machine (got {source_dir!r})")
+    return folder

@@ -1,10 +1,13 @@
 """Train the example sentiment classifier and export it as ONNX.
 
-    python functions/sentiment/train.py [--data data/reviews.csv] [--out model]
+Run as a training job (train.yaml): `fnserve train functions/sentiment` — the job wrapper hands this
+script an empty FNSERVE_OUTPUT_DIR and its parameters as FNSERVE_PARAMS (epochs, hidden, holdout,
+seed), and publishes the folder as a run only if the script exits 0. By hand:
+`python train.py --out some/folder`.
 
 Hashed n-gram features (featurize.py) → a small MLP in PyTorch, trained in seconds on a CPU; accuracy
-and F1 are measured on a held-out split; the artifact folder gets model.onnx, labels.json,
-featurizer.json and metrics.json. The folder is replaced only once everything is written.
+and F1 are measured on a held-out split; the output gets model.onnx, labels.json, featurizer.json and
+metrics.json (which the wrapper also copies into the run's manifest).
 """
 
 from __future__ import annotations
@@ -13,10 +16,9 @@ import argparse
 import csv
 import json
 import logging
+import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -95,40 +97,50 @@ def export_onnx(model: torch.nn.Module, dims: int, path: Path) -> None:
                           external_data=False)
 
 
+DEFAULTS = {"epochs": 60, "hidden": 32, "holdout": 0.2, "seed": 7}
+
+
+def parameters() -> dict[str, float]:
+    """The job's FNSERVE_PARAMS over the defaults; an unknown or mistyped one stops the run."""
+    given = json.loads(os.environ.get("FNSERVE_PARAMS") or "{}")
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise SystemExit(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    values = {**DEFAULTS, **given}
+    for name, default in DEFAULTS.items():
+        if not isinstance(values[name], (int, float)) or isinstance(values[name], bool):
+            raise SystemExit(f"parameter {name} must be a number (got {values[name]!r})")
+        values[name] = type(default)(values[name])
+    return values
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=HERE / "data" / "reviews.csv")
-    parser.add_argument("--out", type=Path, default=HERE / "model")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--holdout", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=os.environ.get("FNSERVE_OUTPUT_DIR"),
+                        help="where the artifact goes (default: $FNSERVE_OUTPUT_DIR, set by the job wrapper)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        parser.error("no output folder: run as a job (fnserve train) or pass --out")
+    p = parameters()
 
     started = time.monotonic()
     config = FeatureConfig()
     texts, labels = read_dataset(args.data)
     features, targets = featurize(texts, config), np.array(labels, dtype=np.int64)
-    train_idx, test_idx = split(len(texts), labels, args.holdout, args.seed)
-    model = train(features[train_idx], targets[train_idx], args.epochs, args.hidden, args.seed)
+    train_idx, test_idx = split(len(texts), labels, p["holdout"], p["seed"])
+    model = train(features[train_idx], targets[train_idx], p["epochs"], p["hidden"], p["seed"])
     with torch.no_grad():
         predicted = model(torch.from_numpy(features[test_idx])).argmax(dim=1).numpy()
     scores = metrics(predicted, targets[test_idx])
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".train-", dir=args.out.parent))
-    try:
-        export_onnx(model, config.dims, staging / "model.onnx")
-        (staging / "labels.json").write_text(json.dumps(LABELS))
-        (staging / "featurizer.json").write_text(json.dumps(config.to_dict()))
-        report = {**scores, "train_examples": len(train_idx), "test_examples": len(test_idx),
-                  "epochs": args.epochs, "seconds": round(time.monotonic() - started, 2)}
-        (staging / "metrics.json").write_text(json.dumps(report, indent=2))
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        staging.rename(args.out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, config.dims, args.out / "model.onnx")
+    (args.out / "labels.json").write_text(json.dumps(LABELS))
+    (args.out / "featurizer.json").write_text(json.dumps(config.to_dict()))
+    report = {**scores, "train_examples": len(train_idx), "test_examples": len(test_idx),
+              "epochs": p["epochs"], "seconds": round(time.monotonic() - started, 2)}
+    (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
     print(json.dumps({"artifact": str(args.out), **report}))
 
 

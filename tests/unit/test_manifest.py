@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fnserve.manifest import Function, ManifestError, load_function, parse_function
+from fnserve.manifest import Function, ManifestError, load_function, load_training_job, parse_function, parse_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +76,9 @@ def test_defaults_follow_kserve() -> None:
     ("metadata.name", "1abc", "function.yaml: metadata.name: must be a DNS-1123 label"),
     ("metadata.name", "a" * 64, "function.yaml: metadata.name: must be a DNS-1123 label"),
     ("spec.runtime", "tensorflow", "function.yaml: spec.runtime: must be one of 'onnx', 'torch' or 'transformers'"),
-    ("spec.model.uri", "http://example.com/m", "function.yaml: spec.model.uri: must be a relative path, a file:// URI or an s3:// URI"),
+    ("spec.model.uri", "http://example.com/m", "function.yaml: spec.model.uri: must be artifacts://<function>/<run-id|latest>, a relative path, file:// or s3://"),
+    ("spec.model.uri", "artifacts://Sentiment/latest", "function.yaml: spec.model.uri: must be artifacts://<function>/<run-id or latest>"),
+    ("spec.model.uri", "file://relative/x", "function.yaml: spec.model.uri: must be an absolute file:///path"),
     ("spec.model.uri", "/abs/model", "function.yaml: spec.model.uri: must be a path relative to the manifest's folder"),
     ("spec.model.uri", "s3://", "function.yaml: spec.model.uri: must be s3://<bucket>/<prefix>"),
     ("spec.handler", "handler.SentimentHandler", "function.yaml: spec.handler: must be 'module:Class'"),
@@ -160,9 +162,10 @@ def run_validate(*paths: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_validate_command_prints_ok_or_every_problem_without_traceback(tmp_path: Path) -> None:
-    good = run_validate(ROOT / "functions" / "sentiment" / "function.yaml")
+    good = run_validate(ROOT / "functions" / "sentiment" / "function.yaml", ROOT / "functions" / "sentiment" / "train.yaml")
     assert good.returncode == 0
-    assert good.stdout.strip().endswith("function.yaml: ok")
+    assert good.stdout.splitlines() == [f"{ROOT}/functions/sentiment/function.yaml: ok (Function sentiment)",
+                                        f"{ROOT}/functions/sentiment/train.yaml: ok (TrainingJob sentiment-train)"]
 
     bad_file = tmp_path / "function.yaml"
     bad_file.write_text(yaml.safe_dump(with_change("spec.scaling.maxReplicas", 0) | {"extra": 1}))
@@ -173,3 +176,35 @@ def test_validate_command_prints_ok_or_every_problem_without_traceback(tmp_path:
         f"{bad_file}: spec.scaling.maxReplicas: must be ≥ minReplicas (got 0 < 1)",
         f"{bad_file}: extra: unknown field (allowed: apiVersion, kind, metadata, spec)",
     ]
+
+
+JOB: dict[str, Any] = {"apiVersion": "fnserve.dev/v1", "kind": "TrainingJob", "metadata": {"name": "sentiment-train"},
+                       "spec": {"function": "sentiment", "command": ["python", "train.py"]}}
+
+
+def job_problems(spec: dict[str, Any]) -> list[str]:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest({**JOB, "spec": {**JOB["spec"], **spec}}, "train.yaml")
+    return caught.value.lines()
+
+
+def test_training_job_defaults_and_durations() -> None:
+    job = parse_manifest({**JOB, "spec": {**JOB["spec"], "timeout": "1h30m", "output": "s3://bucket-a/runs/"}},
+                         "train.yaml")
+    assert job.kind == "TrainingJob" and job.spec.timeout == 5400 and job.spec.output == "s3://bucket-a/runs"
+    assert job.spec.params == {} and job.spec.deploy_on_success is False and job.spec.resources.gpu == 0
+    assert load_training_job(ROOT / "functions" / "sentiment").spec.function == "sentiment"
+
+
+def test_training_job_errors_read_like_function_errors() -> None:
+    assert job_problems({"command": [], "timeout": "soon", "output": "./runs", "deployOnSucces": True,
+                         "resources": {"gpu": -1}}) == [
+        "train.yaml: spec.command: must not be empty",
+        "train.yaml: spec.resources.gpu: must be ≥ 0 (got -1)",
+        "train.yaml: spec.timeout: must be a duration such as 30s, 1m30s or 500ms (got 'soon')",
+        "train.yaml: spec.output: must be file:// or s3:// (got './runs')",
+        "train.yaml: spec.deployOnSucces: unknown field (did you mean deployOnSuccess?)",
+    ]
+    assert job_problems({"function": "Sentiment"})[0].startswith("train.yaml: spec.function: must be a DNS-1123 label")
+    with pytest.raises(ManifestError, match="kind: must be one of 'Function', 'TrainingJob' \\(got 'Job'\\)"):
+        parse_manifest({**JOB, "kind": "Job"}, "train.yaml")

@@ -16,8 +16,10 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -35,8 +37,10 @@ from fnserve.backends.local.autoscaler import ConcurrencyRecorder, Params, State
 from fnserve.backends.local.gpus import GpuInventory, discover
 from fnserve.backends.local.processes import ForkServerClient, ProcessHandle, forking_supported, spawn
 from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed, tail_lines
+from fnserve.jobs.runner import LocalJobRunner
+from fnserve.manifest import TrainingJob
 from fnserve.settings import Settings
-from fnserve.state import Revision
+from fnserve.state import JobRecord, Revision, StateStore
 
 log = logging.getLogger("fnserve.local")
 
@@ -68,7 +72,7 @@ class _Function:
 
 
 class LocalBackend:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, state: StateStore) -> None:
         self.settings = settings
         self._functions: dict[str, _Function] = {}
         self._replicas: dict[str, tuple[_Function, Replica]] = {}
@@ -80,6 +84,7 @@ class LocalBackend:
         self._forkservers: dict[str, ForkServerClient] = {}
         self.gpus = GpuInventory(discover(settings.gpus))
         log.info("GPUs to hand out: %s", ", ".join(self.gpus.ids) or "none")
+        self.runner = LocalJobRunner(settings, state, self.gpus, self._gpus_freed)
         usable, why = forking_supported()
         self._fork = settings.forkserver and usable
         log.info("replicas start by %s", "fork from a warm fork server" if self._fork else
@@ -234,9 +239,14 @@ class LocalBackend:
         if replica.gpus:
             self.gpus.give_back(replica.id)
             replica.gpus = []
-            for other in list(self._functions.values()):  # someone may be waiting for these GPUs
-                if other.revision.function.spec.resources.gpu and len(other.live()) < other.desired:
-                    self._start_missing(other, other.desired)
+            self._gpus_freed()
+            self.runner.schedule()
+
+    def _gpus_freed(self) -> None:
+        """Replicas waiting for GPUs start as soon as a replica or a job gives some back."""
+        for other in list(self._functions.values()):
+            if other.revision.function.spec.resources.gpu and len(other.live()) < other.desired:
+                self._start_missing(other, other.desired)
 
     async def _drain(self, fn: _Function, replica: Replica) -> None:
         """Take a replica out of rotation, let in-flight requests finish (up to drain_timeout), stop it."""
@@ -361,7 +371,27 @@ class LocalBackend:
         files = sorted(self._log_dir(name).glob("*.log"), key=lambda p: p.stat().st_mtime)[-3:]
         return "\n".join(f"==> {path.stem} <==\n" + "\n".join(tail_lines(path, tail)) for path in files)
 
+    # -- training jobs -------------------------------------------------------------------------------
+    async def submit_job(self, job: TrainingJob, source_dir: Path, params: dict[str, Any]) -> JobRecord:
+        return await self.runner.submit(job, source_dir, params)
+
+    def job_status(self, job_id: str) -> JobRecord:
+        return self.runner.get(job_id)
+
+    def jobs(self, limit: int) -> list[JobRecord]:
+        return self.runner.list(limit)
+
+    def job_logs(self, job_id: str, follow: bool) -> AsyncIterator[bytes]:
+        return self.runner.follow(job_id, follow)
+
+    async def wait_job(self, job_id: str) -> JobRecord:
+        return await self.runner.wait(job_id)
+
+    async def cancel_job(self, job_id: str) -> JobRecord:
+        return await self.runner.cancel(job_id)
+
     async def close(self) -> None:
+        await self.runner.close()
         self._closing = True
         for task in [self._ticker, *self._tasks]:
             if task is not None:
