@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Router, alive, http, wait_for
+from tests.conftest import ROOT, Router, alive, edit_manifest, http, running_router, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -145,3 +145,18 @@ def test_bad_job_requests_change_nothing(router: Router, tmp_path: Path) -> None
                                           f"{fn / 'train.yaml'}: spec.timout: unknown field (did you mean timeout?)"]
     assert router.cli("jobs", "status", "nope").stderr.strip() == "fnserve: no job 'nope'"
     assert json.loads(router.cli("jobs", "ls", "--json", check=True).stdout) == {"jobs": []}
+
+
+def test_jobs_and_replicas_share_the_gpus(tmp_path: Path, example_dir: Path) -> None:
+    """One simulated GPU: a GPU job waits while a replica holds it, and gets it once the replica is gone."""
+    fn = scale_function(tmp_path, resources={"gpu": 1}, deployOnSuccess=False)
+    holder = tmp_path / "holder"
+    shutil.copytree(example_dir, holder)
+    edit_manifest(holder, resources={"gpu": 1}, scaling={"minReplicas": 1})
+    with running_router(tmp_path / "state", env={"FNSERVE_GPUS": "0"}) as router:
+        router.cli("deploy", str(holder), check=True)
+        job_id = router.cli("train", str(fn), check=True).stdout.strip()
+        assert job(router, job_id)["state"] == "queued"
+        router.cli("rm", "sentiment", check=True)
+        wait_for(lambda: job(router, job_id)["state"] == "succeeded", 60, "the job to get the GPU and finish")
+        assert job(router, job_id)["metrics"] == {"scale": 2, "gpus": "0"}
