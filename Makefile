@@ -9,13 +9,14 @@ EXAMPLE := functions/sentiment
 # the example's model is a run published by its training job into $(STATE)/artifacts/sentiment/
 MODEL  := $(STATE)/.example-trained
 
-.PHONY: install run example test test-fast lint bench clean help
+.PHONY: install run example test test-fast lint bench render clean help
 
 help:
 	@echo "make run      install, train the example, start fnserve on :$(PORT) with functions/sentiment"
 	@echo "make test     install if needed, run the test suite"
 	@echo "make lint     ruff over the code base"
 	@echo "make bench    benchmarks; results in bench/results/ (summary.md is committed)"
+	@echo "make render   regenerate manifests/examples/ (the cluster objects of every example function)"
 	@echo "make example  train the example model with its training job (functions/sentiment/train.yaml)"
 
 install: $(STAMP)
@@ -49,6 +50,12 @@ bench: $(STAMP)
 	$(PY) -m bench.cold_start
 	$(PY) -m bench.auth_overhead
 	$(PY) -m bench.summarize
+
+# the objects every example becomes in a cluster; a test fails when they are not current
+render: $(STAMP)
+	rm -rf manifests/examples && for f in functions/*/; do \
+	  $(VENV)/bin/fnserve render --defaults $$f $$(test -f $$f/train.yaml && echo $$f/train.yaml) \
+	    -o manifests/examples/$$(basename $$f) 2>/dev/null || exit 1; done
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fnserve runtimes functions tests bench

@@ -67,6 +67,23 @@ class Settings:
     default_burst: int | None = None
     default_concurrency: int | None = None
     default_daily: int | None = None
+    cluster_namespace: str = "fnserve"
+    """Namespace of the cluster backend's objects (fnserve up --backend knative, fnserve render)."""
+    cluster_runtime_image: str = "ghcr.io/fnserve/runtime-cpu:0.1.0"
+    cluster_gpu_runtime_image: str = "ghcr.io/fnserve/runtime-cuda:0.1.0"
+    cluster_deployment_mode: str = "Knative"
+    """KServe's deploymentMode annotation: "Knative" (KServe ≥ 0.17) or "Serverless" (older)."""
+    cluster_gpu_node_selector: str = "nvidia.com/gpu.present=true"
+    """name=value[,name=value] node labels a GPU function's pods must land on; "" for none."""
+    cluster_gpu_toleration: str = "nvidia.com/gpu"
+    """Taint key GPU pods tolerate (operator Exists, effect NoSchedule); "" for none."""
+    cluster_jobsink: bool = True
+    """Start training runs through a Knative Eventing JobSink (Eventing ≥ 1.15); false = plain Jobs."""
+    cluster_jobsink_url: str = "http://job-sink.knative-eventing.svc.cluster.local"
+    cluster_api_url: str | None = None
+    """Kubernetes API server; unset = in-cluster service account, else ~/.kube/config."""
+    cluster_ready_timeout: float = 900.0
+    """Seconds a deploy waits for the InferenceService's Ready condition (GPU nodes can take minutes)."""
     forkserver: bool = True
     """Start replicas by forking a warm fork server per runtime (Linux); false = a fresh interpreter each."""
     replica_threads: int = 1

@@ -201,17 +201,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--params", help="JSON object replacing spec.params")
     parser.add_argument("--scratch", type=Path, help="working folder, removed at the end (default: a temp folder)")
     parser.add_argument("--result", type=Path, help="write the outcome here as JSON")
+    parser.add_argument("--event", action="store_true",
+                        help="take the run id and params from the CloudEvent a Knative JobSink mounted "
+                             "($K_EVENT_PATH/event)")
     return parser.parse_args(argv)
+
+
+def read_event(folder: str | None) -> tuple[str | None, dict[str, Any] | None]:
+    """Run id and params from the CloudEvent that started this pod (structured JSON, data as sent)."""
+    path = Path(folder or "/etc/jobsink-event") / "event"
+    event = json.loads(path.read_text())
+    data = event.get("data") or {}
+    if isinstance(data, str):
+        data = json.loads(data)
+    return data.get("runId") or event.get("id"), data.get("params")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _die_with_parent()
     settings = Settings.from_env()
-    run_id = args.run_id or new_run_id()
+    event_run, event_params = read_event(os.environ.get("K_EVENT_PATH")) if args.event else (None, None)
+    run_id = args.run_id or event_run or new_run_id()
     try:
         job = load_training_job(args.manifest)
-        params = json.loads(args.params) if args.params else job.spec.params
+        params = json.loads(args.params) if args.params else (event_params if event_params is not None
+                                                               else job.spec.params)
         if not isinstance(params, dict):
             raise ValueError("--params must be a JSON object")
     except ManifestError as exc:

@@ -1,0 +1,1 @@
+"""The cluster backend: KServe InferenceServices on Knative, training through Jobs / JobSinks."""

@@ -1,0 +1,206 @@
+"""Rendered cluster objects: valid against the upstream KServe / Knative CRDs and Kubernetes' own
+schemas, and meaning what the manifest says (scale to zero, GPUs, Knative's annotation names)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from fnserve.backends.knative.folders import folder_files, render_path
+from fnserve.backends.knative.render import (
+    ClusterConfig,
+    RenderError,
+    cloud_event,
+    render_function,
+    render_job,
+    render_jobsink,
+    render_s3_access,
+)
+from fnserve.manifest import load_function, load_training_job
+from tests.conftest import EXAMPLE, ROOT, edit_manifest, function_copy
+
+SCHEMA_DIR = Path(os.environ.get("FNSERVE_SCHEMA_DIR", ROOT.parent / "shared" / "schemas"))
+CRDS = {"InferenceService": "kserve/serving.kserve.io_inferenceservices.yaml", "JobSink": "knative/jobsink.yaml"}
+KUBERNETES_VERSION = "1.33"
+# every annotation Knative Serving reads on a revision that the renderer may write (knative.dev/docs)
+KNATIVE_ANNOTATIONS = {
+    "autoscaling.knative.dev/class", "autoscaling.knative.dev/target-utilization-percentage",
+    "autoscaling.knative.dev/window", "autoscaling.knative.dev/panic-window-percentage",
+    "autoscaling.knative.dev/panic-threshold-percentage", "autoscaling.knative.dev/scale-down-delay",
+    "autoscaling.knative.dev/scale-to-zero-pod-retention-period", "autoscaling.knative.dev/initial-scale",
+    "serving.knative.dev/progress-deadline"}
+needs_schemas = pytest.mark.skipif(not SCHEMA_DIR.is_dir(), reason=f"no CRD schemas at {SCHEMA_DIR} "
+                                                                   "(set FNSERVE_SCHEMA_DIR to ../shared/schemas)")
+
+
+def crd_schema(kind: str, api_version: str) -> dict[str, Any]:
+    crd = yaml.safe_load((SCHEMA_DIR / CRDS[kind]).read_text())
+    version = api_version.split("/")[1]
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version and v.get("served")]
+    return served["schema"]["openAPIV3Schema"]
+
+
+def validate(body: dict[str, Any]) -> None:
+    """CRD objects against their upstream CRD, everything else against Kubernetes' schemas (strict:
+    unknown fields are errors). A JobSink's opaque spec.job is checked as the batch/v1 Job it becomes."""
+    if body["kind"] in CRDS:
+        jsonschema.validate(body, crd_schema(body["kind"], body["apiVersion"]))
+        if body["kind"] == "JobSink":
+            job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "run"}, **body["spec"]["job"]}
+            kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+        return
+    kubernetes_validate.validate(body, KUBERNETES_VERSION, strict=True)
+
+
+def gpu_function(tmp_path: Path) -> Path:
+    fn = function_copy(EXAMPLE, tmp_path / "gpu", name="gpu-sentiment", skip=("model",),
+                       resources={"cpu": "4", "memory": "8Gi", "gpu": 1})
+    return fn
+
+
+def walk(value: Any) -> list[str]:
+    """Every key anywhere in a nested object."""
+    if isinstance(value, dict):
+        return [k for key, item in value.items() for k in (key, *walk(item))]
+    if isinstance(value, list):
+        return [k for item in value for k in walk(item)]
+    return []
+
+
+@needs_schemas
+def test_every_example_renders_to_objects_the_schemas_accept(tmp_path: Path) -> None:
+    config = ClusterConfig(s3_endpoint="minio.storage.svc:9000", s3_use_https=False, s3_region="us-east-1")
+    paths = [*sorted(ROOT.glob("functions/*/function.yaml")), *sorted(ROOT.glob("functions/*/train.yaml")),
+             gpu_function(tmp_path)]
+    kinds = []
+    for path in paths:
+        objects, _ = render_path(path, config)
+        for body in objects:
+            validate(body)
+            kinds.append(body["kind"])
+        if path.name == "train.yaml":
+            for body in render_path(path, config, jobsink=False)[0]:
+                validate(body)
+                kinds.append(body["kind"])
+    for body in render_s3_access(config, "key", "secret"):
+        validate(body)
+        kinds.append(body["kind"])
+    assert {"InferenceService", "ConfigMap", "JobSink", "Job", "ServiceAccount", "Secret"} <= set(kinds)
+
+
+@needs_schemas
+def test_the_schemas_do_catch_mistakes() -> None:
+    """The validation above is not vacuous: a misspelt or mistyped field fails it."""
+    configmap, isvc = render_function(load_function(EXAMPLE), folder_files(EXAMPLE), ClusterConfig())
+    isvc["spec"]["predictor"]["minReplicas"] = "zero"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(isvc)
+    configmap["immutible"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(configmap)
+
+
+def test_cpu_function_scales_to_zero_in_knative_mode_without_gpu_fields() -> None:
+    _, isvc = render_function(load_function(EXAMPLE), folder_files(EXAMPLE), ClusterConfig())
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "Knative"
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["minReplicas"] == 0 and predictor["maxReplicas"] == 2 and predictor["scaleTarget"] == 8
+    assert predictor["scaleMetric"] == "concurrency" and predictor["timeout"] == 30
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"
+    assert {"name": "STORAGE_URI", "value": "s3://fnserve-artifacts/sentiment/latest"} in container["env"]
+    assert not {"nvidia.com/gpu", "tolerations", "nodeSelector"} & set(walk(isvc))
+    assert annotations["serving.knative.dev/progress-deadline"] == "600s"
+    knative = {k for k in annotations if "knative.dev/" in k}
+    assert knative <= KNATIVE_ANNOTATIONS, knative - KNATIVE_ANNOTATIONS
+    assert annotations["autoscaling.knative.dev/window"] == "30s"
+    assert annotations["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] == "10s"
+
+
+def test_gpu_function_gets_limits_placement_and_a_long_progress_deadline(tmp_path: Path) -> None:
+    fn = gpu_function(tmp_path)
+    _, isvc = render_function(load_function(fn), folder_files(fn), ClusterConfig())
+    predictor = isvc["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["image"] == ClusterConfig().gpu_runtime_image
+    assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert predictor["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert isvc["metadata"]["annotations"]["serving.knative.dev/progress-deadline"] == "1800s"
+
+
+def test_the_code_configmap_carries_the_folder_and_the_manifest_as_deployed() -> None:
+    function = load_function(EXAMPLE)
+    configmap, isvc = render_function(function, {**folder_files(EXAMPLE), "model/model.onnx": b"\x00big"},
+                                      ClusterConfig())
+    assert configmap["immutable"] is True and "model__model.onnx" not in configmap["data"]
+    assert yaml.safe_load(configmap["data"]["function.yaml"]) == function.to_dict()
+    (volume,) = isvc["spec"]["predictor"]["volumes"]
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    assert {"key": "data__reviews.csv", "path": "data/reviews.csv"} in volume["configMap"]["items"]
+    other, _ = render_function(function, {**folder_files(EXAMPLE), "handler.py": b"# changed"}, ClusterConfig())
+    assert other["metadata"]["name"] != configmap["metadata"]["name"]  # new code, new ConfigMap
+
+
+def test_what_cannot_run_in_a_cluster_is_refused_with_a_reason(tmp_path: Path) -> None:
+    fn = function_copy(EXAMPLE, tmp_path / "local", skip=("model",), model={"uri": "./model"})
+    with pytest.raises(RenderError, match=r"spec.model.uri: ./model is a folder on this machine"):
+        render_function(load_function(fn), folder_files(fn), ClusterConfig())
+    edit_manifest(fn, model={"uri": "s3://bucket-a/m"}, scaling={"stableWindow": "2s"})
+    with pytest.raises(RenderError, match=r"stableWindow: Knative accepts 6s to 1h \(got 2s\)"):
+        render_function(load_function(fn), folder_files(fn), ClusterConfig())
+    with pytest.raises(RenderError, match="more than a ConfigMap carries"):
+        render_function(load_function(EXAMPLE), {"weights.bin": b"x" * 2**20}, ClusterConfig())
+
+
+def test_training_job_as_job_jobsink_and_event() -> None:
+    job = load_training_job(EXAMPLE)
+    files = folder_files(EXAMPLE)
+    *_, plain = render_job(job, files, ClusterConfig(), "20261123-101502-123-a9f4", {"epochs": 5})
+    assert plain["metadata"]["name"] == "sentiment-train-20261123-101502-123-a9f4"
+    spec = plain["spec"]
+    assert spec["ttlSecondsAfterFinished"] == 86400 and spec["backoffLimit"] == 0
+    assert spec["activeDeadlineSeconds"] == 600 + 300
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "fnserve.jobs.run"]
+    assert container["args"][-4:] == ["--run-id", "20261123-101502-123-a9f4", "--params", '{"epochs": 5}']
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+
+    *_, sink = render_jobsink(job, files, ClusterConfig())
+    assert sink["spec"]["job"]["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "--event"
+    event = cloud_event(job, ClusterConfig(), "20261123-101502-123-a9f4")
+    assert event["id"] == event["data"]["runId"] == "20261123-101502-123-a9f4"
+    assert event["data"]["params"] == {"epochs": 60, "hidden": 32, "seed": 7} and event["specversion"] == "1.0"
+
+
+def test_checked_in_examples_are_current(tmp_path: Path) -> None:
+    """manifests/examples is what `make render` writes; regenerate it when this fails."""
+    fresh = tmp_path / "examples"
+    for folder in sorted(p.parent for p in ROOT.glob("functions/*/function.yaml")):
+        paths = [folder, *([folder / "train.yaml"] if (folder / "train.yaml").exists() else [])]
+        subprocess.run([sys.executable, "-m", "fnserve.cli", "render", "--defaults", *map(str, paths),
+                        "-o", str(fresh / folder.name)], check=True, capture_output=True)
+    expected = {p.relative_to(fresh): p.read_text() for p in fresh.rglob("*.yaml")}
+    current = {p.relative_to(ROOT / "manifests" / "examples"): p.read_text()
+               for p in (ROOT / "manifests" / "examples").rglob("*.yaml")}
+    assert current == expected, "manifests/examples is stale: run `make render`"
+
+
+def test_render_command_prints_yaml_and_notes(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "fnserve.cli", "render", "--defaults", str(EXAMPLE)],
+                          capture_output=True, text=True, check=True)
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(done.stdout) if doc]
+    assert kinds == ["ConfigMap", "InferenceService"]
+    assert "ends in 'latest'" in done.stderr
+    fn = function_copy(EXAMPLE, tmp_path / "local", skip=("model",), model={"uri": "./model"})
+    bad = subprocess.run([sys.executable, "-m", "fnserve.cli", "render", str(fn)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "is a folder on this machine" in bad.stderr
