@@ -122,7 +122,6 @@ def cmd_up(args: argparse.Namespace) -> None:
 
     import uvicorn
 
-    from fnserve.backends.local import LocalBackend
     from fnserve.router.app import StartupDeploy, create_app
     from fnserve.router.auth import bootstrap_admin_key, load_pepper
     from fnserve.state import StateStore
@@ -149,7 +148,15 @@ def cmd_up(args: argparse.Namespace) -> None:
     if admin:
         print(f"fnserve: created the admin API key (shown once; also in {settings.state_dir / 'admin.key'}, "
               f"mode 0600):\n  {admin}", flush=True)
-    app = create_app(settings, LocalBackend(settings, state), state, deploys=deploys)
+    if args.backend == "knative":
+        from fnserve.backends.knative.cluster import KnativeBackend
+
+        backend: Any = KnativeBackend(settings, state)
+    else:
+        from fnserve.backends.local import LocalBackend
+
+        backend = LocalBackend(settings, state)
+    app = create_app(settings, backend, state, deploys=deploys)
     config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
                             log_level=settings.log_level, timeout_graceful_shutdown=10)
     port = sock.getsockname()[1]
@@ -165,11 +172,26 @@ def _load(path: Path) -> tuple[Path, Any]:
     return file, read_yaml(file)
 
 
+def _source(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Where the router finds the function's folder: its path when the router runs on this machine,
+    else (or with --upload) the folder's files themselves."""
+    from urllib.parse import urlparse
+
+    local = urlparse(router_url(args.url)).hostname in ("127.0.0.1", "localhost", "::1")
+    if local and not args.upload:
+        return {"sourceDir": str(folder.resolve())}
+    import base64
+
+    skip = {"__pycache__", ".git", ".ipynb_checkpoints"}
+    files = {p.relative_to(folder).as_posix(): base64.b64encode(p.read_bytes()).decode()
+             for p in sorted(folder.rglob("*")) if p.is_file() and not skip & set(p.relative_to(folder).parts)}
+    return {"files": files}
+
+
 def cmd_deploy(args: argparse.Namespace) -> None:
     file, data = _load(args.path)
     started = time.monotonic()
-    result = _ok(args, "POST", "/api/functions",
-                 {"manifest": data, "sourceDir": str(file.parent.resolve()), "source": str(args.path)})
+    result = _ok(args, "POST", "/api/functions", {"manifest": data, "source": str(args.path), **_source(args, file.parent)})
     if args.json:
         _print_json(result)
         return
@@ -389,8 +411,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.local:
         _train_here(args, file, params)
         return
-    record = _ok(args, "POST", "/api/jobs", {"manifest": read_yaml(file), "sourceDir": str(file.parent.resolve()),
-                                             "source": str(file), "params": params})
+    record = _ok(args, "POST", "/api/jobs", {"manifest": read_yaml(file), "source": str(file), "params": params,
+                                             **_source(args, file.parent)})
     if not args.follow:
         if args.json:
             _print_json(record)
@@ -503,12 +525,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="listen address (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="listen port (default 8080)")
     up.add_argument("--state-dir", type=Path, help="state folder (default ~/.fnserve)")
+    up.add_argument("--backend", choices=["local", "knative"], default="local",
+                    help="local: replicas and jobs as processes here (default); knative: KServe InferenceServices "
+                         "and Jobs in the cluster this runs in (or FNSERVE_CLUSTER_API_URL / ~/.kube/config)")
     up.add_argument("--deploy", type=Path, action="append", default=[], metavar="PATH",
                     help="deploy this function once the router is up (repeatable)")
     up.set_defaults(run=cmd_up)
 
     deploy = sub.add_parser("deploy", parents=[common], help="deploy a function.yaml (or a folder holding one)")
     deploy.add_argument("path", type=Path)
+    deploy.add_argument("--upload", action="store_true",
+                        help="send the folder's files (automatic when the router is not on this machine)")
     deploy.set_defaults(run=cmd_deploy)
 
     sub.add_parser("ls", parents=[common], help="list deployed functions").set_defaults(run=cmd_ls)
@@ -575,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("path", type=Path)
     train.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a spec.params entry")
     train.add_argument("--follow", "-f", action="store_true", help="stream the log; end with metrics and artifact")
+    train.add_argument("--upload", action="store_true",
+                       help="send the folder's files (automatic when the router is not on this machine)")
     train.add_argument("--local", action="store_true",
                        help="no router: run the job here in the foreground and publish to the state dir's artifact "
                             "store (or FNSERVE_ARTIFACT_ROOT)")

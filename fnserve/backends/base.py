@@ -54,9 +54,12 @@ class FunctionStatus:
     panic: bool = False
     queued: int = 0
     start_times_ms: list[float] = field(default_factory=list)
+    url: str = ""
+    """Where the backend serves the function, when it has an address of its own (a cluster)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "revision": self.revision, "ready": self.ready, "message": self.message,
+                "address": self.url,
                 "replicas": [r.to_dict() for r in self.replicas], "desired": self.desired, "panic": self.panic,
                 "queued": self.queued, "startTimesMs": self.start_times_ms}
 
@@ -94,7 +97,20 @@ class JobNotFound(BackendError):
     status = 404
 
 
+class JobFinished(BackendError):
+    """Cancel of a job that has already ended."""
+
+    status = 409
+
+
 class Backend(Protocol):
+    fetches_models: bool
+    """True when replicas load the model from this machine's cache (the router fetches and verifies it
+    at deploy); False when they download it themselves (a cluster's storage initializer)."""
+
+    async def start(self) -> None:
+        """Called once the router's event loop runs, before functions are restored."""
+
     async def apply(self, revision: Revision, *, verify: bool = True) -> None:
         """Make ``revision`` the one serving its function. With ``verify`` (a deploy) it returns once the
         revision has proved it starts; without (a restore) it only has to be registered."""

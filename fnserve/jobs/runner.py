@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from fnserve.backends.base import BackendError, JobNotFound
+from fnserve.backends.base import BackendError, JobFinished, JobNotFound
 from fnserve.backends.local.gpus import GpuInventory
 from fnserve.backends.local.processes import PARENT_PID_ENV
 from fnserve.manifest import TrainingJob
@@ -39,10 +39,6 @@ log = logging.getLogger("fnserve.jobs")
 
 _WRAPPER_SLACK = 30.0
 """Seconds past the job's own timeout (and stop grace) before the runner kills a stuck wrapper."""
-
-
-class JobFinished(BackendError):
-    status = 409
 
 
 class LocalJobRunner:

@@ -26,6 +26,8 @@ from fnserve.router.errors import error_response
 from fnserve.router.platform import DeployRejected, Platform
 from fnserve.router.usage import Tally
 from fnserve.state import Revision
+from fnserve.storage import ArtifactError
+from fnserve.storage.models import unpack_upload
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -62,9 +64,18 @@ async def list_functions(request: Request) -> Response:
 
 
 async def _manifest_body(request: Request) -> dict[str, Any]:
+    """{"manifest": {...}} with either "sourceDir" (a folder on the router's machine) or "files" (the
+    folder itself, {path: base64}, for a router elsewhere — e.g. in a cluster)."""
     body = await _json_body(request)
     if "manifest" not in body:
-        raise BadRequest('request body must be {"manifest": {...}, "sourceDir": "..."}')
+        raise BadRequest('request body must be {"manifest": {...}, "sourceDir": "..." or "files": {...}}')
+    if "files" in body:
+        platform: Platform = request.app.state.platform
+        try:
+            folder = await asyncio.to_thread(unpack_upload, body["files"], platform.settings.state_dir / "uploads")
+        except ArtifactError as exc:
+            raise BadRequest(str(exc)) from None
+        body["sourceDir"] = str(folder)
     return body
 
 

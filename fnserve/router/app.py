@@ -78,6 +78,7 @@ def create_app(settings: Settings, backend: Backend, state: StateStore | None = 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await platform.proxy.start()
+        await backend.start()
         restoring = platform.restore()
         await asyncio.sleep(0)  # the scheduled applies register their functions before any request
         starting = asyncio.ensure_future(_startup(platform, restoring, deploys or []))

@@ -35,7 +35,7 @@ from fnserve.router.quota import DailyCounters, Limits, MemoryStore, Store
 from fnserve.router.usage import UsageLedger
 from fnserve.settings import Settings
 from fnserve.state import JobRecord, Revision, StateStore
-from fnserve.storage import ArtifactError, ModelSource, resolve_model, snapshot_dir
+from fnserve.storage import ArtifactError, ModelSource, pin_model, resolve_model, snapshot_dir
 
 log = logging.getLogger("fnserve.router")
 
@@ -160,10 +160,15 @@ class Platform:
         return revision
 
     async def _model(self, function: Function, folder: Path, source: str) -> ModelSource:
+        """Pin and check the model; fetch and verify it here only for backends that load it from this
+        machine (in a cluster, KServe's storage initializer downloads it into each pod)."""
         settings = self.settings
+        uri, root, options = function.spec.model.uri, settings.artifacts_uri(), settings.s3_options()
         try:
-            return await asyncio.to_thread(resolve_model, function.spec.model.uri, folder, settings.state_dir / "models",
-                                           settings.artifacts_uri(), settings.s3_options())
+            if not self.backend.fetches_models:
+                pinned = await asyncio.to_thread(pin_model, uri, folder, root, options)
+                return ModelSource(pinned, Path(""), True)
+            return await asyncio.to_thread(resolve_model, uri, folder, settings.state_dir / "models", root, options)
         except ArtifactError as exc:
             problem = Problem("spec.model.uri", str(exc))
             raise DeployRejected(problem.render(source), [problem]) from None
@@ -174,7 +179,8 @@ class Platform:
         if root / "sources" in folder.parents:  # a revision's own snapshot (a job rolling it forward)
             code = folder
         else:
-            code = snapshot_dir(folder.resolve(), root / "sources", exclude=model.local_dir)
+            code = snapshot_dir(folder.resolve(), root / "sources",
+                                exclude=model.local_dir if model.local_dir != Path("") else None)
         return code, model.local_dir if model.frozen else snapshot_dir(model.local_dir, root / "models")
 
     # -- training jobs -------------------------------------------------------------------------------

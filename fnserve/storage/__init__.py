@@ -1,6 +1,6 @@
 """Artifact storage: stores (file://, s3://), published training runs, and model folders for revisions."""
 
-from fnserve.storage.models import LATEST, ModelSource, location, pin_latest, resolve_model, snapshot_dir
+from fnserve.storage.models import LATEST, ModelSource, location, pin_latest, pin_model, resolve_model, snapshot_dir
 from fnserve.storage.runs import (
            MANIFEST_FILE,
            RunFile,
@@ -14,4 +14,4 @@ from fnserve.storage.stores import ArtifactError, FileStore, ObjectInfo, S3Optio
 
 __all__ = ["LATEST", "MANIFEST_FILE", "ArtifactError", "FileStore", "ModelSource", "ObjectInfo", "RunFile",
            "S3Options", "S3Store", "Store", "complete_runs", "describe_folder", "location", "new_run_id",
-           "open_store", "pin_latest", "publish", "read_manifest", "resolve_model", "snapshot_dir"]
+           "open_store", "pin_latest", "pin_model", "publish", "read_manifest", "resolve_model", "snapshot_dir"]

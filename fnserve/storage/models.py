@@ -65,6 +65,20 @@ def pin_latest(uri: str, source_dir: Path, artifact_root: str, options: S3Option
     return f"{parent}/{runs[-1]}"
 
 
+def pin_model(uri: str, source_dir: Path, artifact_root: str, options: S3Options | None = None) -> str:
+    """Pin ``uri`` and check that it names something in object storage, without downloading it: for
+    backends whose replicas fetch the model themselves (KServe's storage initializer in a cluster)."""
+    options = options or S3Options()
+    pinned = pin_latest(uri, source_dir, artifact_root, options)
+    store = open_store(location(pinned, source_dir, artifact_root), options)
+    if isinstance(store, FileStore):
+        raise ArtifactError(f"{uri}: a folder on this machine cannot reach a cluster; use artifacts://<function>/"
+                            f"<run> or s3://")
+    if read_manifest(store) is None and not store.list():
+        raise ArtifactError(f"{uri}: no objects under this prefix")
+    return pinned
+
+
 def resolve_model(uri: str, source_dir: Path, cache_dir: Path, artifact_root: str,
                   options: S3Options | None = None) -> ModelSource:
     """Pin, fetch and verify the model ``uri`` names; blocking: call it from a worker thread."""
@@ -114,6 +128,37 @@ def _fetch_run(store: Store, run: dict[str, Any], staging: Path) -> None:
                                 f"bytes): the artifact changed after it was published; refusing it")
     (staging / MANIFEST_FILE).write_text(json.dumps({**run, "files": [f.to_dict() for f in run["files"]]},
                                                     indent=2))
+
+
+UPLOAD_LIMIT = 256 * 2**20
+
+
+def unpack_upload(files: Any, cache_dir: Path) -> Path:
+    """A function folder sent through the API ({relative path: base64}) as a folder on this machine,
+    content-addressed like every other cache folder. Paths that would leave the folder are refused."""
+    import base64
+    import binascii
+
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError("files must be a non-empty object of relative path → base64 content")
+    decoded: dict[str, bytes] = {}
+    for path, content in files.items():
+        safe_key(str(path))
+        try:
+            decoded[str(path)] = base64.b64decode(str(content), validate=True)
+        except (binascii.Error, ValueError):
+            raise ArtifactError(f"files[{path!r}]: not base64") from None
+    if sum(map(len, decoded.values())) > UPLOAD_LIMIT:
+        raise ArtifactError(f"the uploaded folder is larger than {UPLOAD_LIMIT // 2**20} MiB")
+
+    def write(staging: Path) -> None:
+        for path, content in decoded.items():
+            target = staging.joinpath(*safe_key(path).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+
+    key = ["upload", sorted((p, hashlib.sha256(c).hexdigest()) for p, c in decoded.items())]
+    return _cached(cache_dir, key, write)
 
 
 _SNAPSHOT_SKIP = {"__pycache__", ".git", ".ipynb_checkpoints"}

@@ -160,3 +160,17 @@ def test_jobs_and_replicas_share_the_gpus(tmp_path: Path, example_dir: Path) -> 
         router.cli("rm", "sentiment", check=True)
         wait_for(lambda: job(router, job_id)["state"] == "succeeded", 60, "the job to get the GPU and finish")
         assert job(router, job_id)["metrics"] == {"scale": 2, "gpus": "0"}
+
+
+def test_a_router_elsewhere_gets_the_folder_itself(router: Router, tmp_path: Path) -> None:
+    """--upload (automatic for a router that is not on this machine) sends the files, not a path."""
+    fn = scale_function(tmp_path)
+    result = router.cli("train", str(fn), "--upload", "--follow", check=True)
+    assert "deploy:    revision 1" in result.stdout
+    assert predict(router, 2.0) == (200, 4.0)
+    (uploaded,) = (router.state_dir / "uploads").iterdir()  # the job ran in the folder the router received
+    assert (uploaded / "train.py").read_bytes() == (fn / "train.py").read_bytes()
+    assert json.loads(router.cli("jobs", "ls", "--json", check=True).stdout)["jobs"][0]["sourceDir"] == str(uploaded)
+    status, _, body = http("POST", f"{router.url}/api/functions", headers=router.admin, body={
+        "manifest": yaml.safe_load((fn / "function.yaml").read_text()), "files": {"../escape.py": "eA=="}})
+    assert status == 400 and "leads outside the artifact folder" in body["error"]

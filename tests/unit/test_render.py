@@ -204,3 +204,24 @@ def test_render_command_prints_yaml_and_notes(tmp_path: Path) -> None:
     fn = function_copy(EXAMPLE, tmp_path / "local", skip=("model",), model={"uri": "./model"})
     bad = subprocess.run([sys.executable, "-m", "fnserve.cli", "render", str(fn)], capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "is a folder on this machine" in bad.stderr
+
+
+def test_base_manifests_are_valid_and_the_router_may_touch_only_its_namespace() -> None:
+    base = ROOT / "manifests" / "base"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    objects = [doc for name in kustomization["resources"] for doc in yaml.safe_load_all((base / name).read_text())
+               if doc]
+    for body in objects:
+        kubernetes_validate.validate(body, KUBERNETES_VERSION, strict=True)
+    kinds = {body["kind"] for body in objects}
+    assert {"Namespace", "Deployment", "Service", "PodDisruptionBudget", "Role", "RoleBinding",
+            "PersistentVolumeClaim", "ServiceAccount"} <= kinds
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    (role,) = [b for b in objects if b["kind"] == "Role"]
+    granted = {(group, resource) for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert ("serving.kserve.io", "inferenceservices") in granted and ("sinks.knative.dev", "jobsinks") in granted
+    assert ("batch", "jobs") in granted and not any("*" in pair for pair in granted)
+    (router,) = [b for b in objects if b["kind"] == "Deployment" and b["metadata"]["name"] == "fnserve-router"]
+    assert router["spec"]["template"]["spec"]["containers"][0]["args"][:3] == ["up", "--backend", "knative"]
+    features = yaml.safe_load((ROOT / "manifests" / "knative" / "config-features.yaml").read_text())["data"]
+    assert {f"kubernetes.podspec-{f}" for f in ("nodeselector", "tolerations", "affinity")} == set(features)

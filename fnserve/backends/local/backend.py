@@ -72,6 +72,8 @@ class _Function:
 
 
 class LocalBackend:
+    fetches_models = True
+
     def __init__(self, settings: Settings, state: StateStore) -> None:
         self.settings = settings
         self._functions: dict[str, _Function] = {}
@@ -128,6 +130,9 @@ class LocalBackend:
         activator = Activator(revision.name, params.container_concurrency, self.settings.activator_queue_limit,
                               self.settings.activator_timeout, recorder)
         return _Function(revision, self._write_manifest(revision), params, activator, since=now)
+
+    async def start(self) -> None:
+        """Nothing to start before the first deploy: fork servers and the ticker start on demand."""
 
     async def apply(self, revision: Revision, *, verify: bool = True) -> None:
         """Serve ``revision``. With ``verify`` (a deploy) one replica must start first; without (a
