@@ -227,3 +227,43 @@ def running_router(state_dir: Path, env: dict[str, str] | None = None) -> Iterat
 def router(tmp_path: Path) -> Iterator[Router]:
     with running_router(tmp_path / "state") as instance:
         yield instance
+
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fnserve-test", "AWS_SECRET_ACCESS_KEY": "fnserve-test-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An S3 API server on loopback: moto's server mode as a subprocess (no MinIO or Ceph can be
+    installed here); boto3 talks real HTTP to it."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return http("GET", f"{url}/moto-api/", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 30, "the S3 server to answer")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket, with the test's credentials in the environment."""
+    import boto3
+
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    name = f"models-{free_port()}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name

@@ -9,54 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
 from fnserve.storage import ArtifactError, S3Options, resolve_model
-from tests.conftest import ROOT, Router, edit_manifest, free_port, function_copy, http, run_job, wait_for
+from tests.conftest import CREDENTIALS, ROOT, Router, edit_manifest, function_copy, http, run_job
 
 pytestmark = pytest.mark.slow
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fnserve-test", "AWS_SECRET_ACCESS_KEY": "fnserve-test-secret",
-               "AWS_DEFAULT_REGION": "us-east-1"}
 SCALE = ROOT / "tests" / "fixtures" / "scale"
 PART = 5 * 2**20  # S3's smallest allowed part
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return http("GET", f"{url}/moto-api/", timeout=2)[0] == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(up, 30, "the S3 server to answer")
-        yield url
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
-    name = f"models-{free_port()}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
-    return name
 
 
 def test_plain_prefix_downloads_once_and_reports_clear_errors(s3_endpoint: str, bucket: str, tmp_path: Path,

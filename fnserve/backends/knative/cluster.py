@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urljoin
 
 from fnserve.backends.base import (
     BackendError,
@@ -44,7 +45,9 @@ from fnserve.backends.knative.render import (
     RenderError,
     cloud_event,
     config_from_settings,
+    event_source,
     job_output,
+    jobsink_job_name,
     render_function,
     render_job,
     render_jobsink,
@@ -61,7 +64,6 @@ APPLY = "application/apply-patch+yaml"
 FIELD_MANAGER = "fnserve"
 ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
 JOBSINK = ("sinks.knative.dev", "v1alpha1", "jobsinks")
-JOBSINK_NAME_LABEL = "sinks.knative.dev/job-sink-name"
 _PLURALS = {"InferenceService": ISVC, "JobSink": JOBSINK}
 _REFRESH_SECONDS = 5.0
 _JOB_POLL_SECONDS = 2.0
@@ -115,6 +117,7 @@ def readiness(obj: dict[str, Any], generation: int | None) -> tuple[str, str]:
         return "ready", ""
     if ready.get("status") == "False":
         failing = [c for c in status.get("conditions") or [] if c.get("status") == "False" and c.get("type") != "Ready"]
+        failing.sort(key=lambda c: c.get("type") != "PredictorReady")  # the predictor's says the most
         detail = failing[0] if failing else ready
         why = ": ".join(filter(None, [detail.get("type"), detail.get("reason"), detail.get("message")]))
         return "failed", why or "Ready is False"
@@ -164,10 +167,11 @@ class KnativeBackend:
             result = self.core.patch_namespaced_config_map(name, self.namespace, body, **options)
         elif kind == "Job":
             result = self.batch.patch_namespaced_job(name, self.namespace, body, **options)
-        else:
+        else:  # the untyped call returns None for 201 Created: read the raw answer instead
             group, version, plural = _PLURALS[kind]
-            return self.custom.patch_namespaced_custom_object(group, version, self.namespace, plural, name, body,
-                                                              **options)
+            raw = self.custom.patch_namespaced_custom_object(group, version, self.namespace, plural, name, body,
+                                                             _preload_content=False, **options)
+            return json.loads(raw.data)
         return self._client.sanitize_for_serialization(result)
 
     async def _apply(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -356,7 +360,8 @@ class KnativeBackend:
         return record
 
     async def _post_event(self, job: TrainingJob, run_id: str, params: dict[str, Any]) -> str:
-        """Ask the JobSink for one run; returns where its status can be read (the Location header)."""
+        """Ask the JobSink for one run; returns where the receiver reports its status (its Location,
+        made absolute). The run's Job is found by name (jobsink_job_name), not through it."""
         deadline = time.monotonic() + 60
         sink = await self._get(JOBSINK, job.name)
         while not (sink and condition(sink, "Ready").get("status") == "True"):
@@ -372,7 +377,7 @@ class KnativeBackend:
 
         def post() -> str:
             with urllib.request.urlopen(request, timeout=30) as response:
-                return response.headers.get("Location", "")
+                return urljoin(url, response.headers.get("Location", ""))
 
         try:
             return await asyncio.to_thread(post)
@@ -390,14 +395,15 @@ class KnativeBackend:
             except ApiException:
                 return None
             return self._client.sanitize_for_serialization(job)
-        listed = await self._call(self.batch.list_namespaced_job, self.namespace,
-                                  label_selector=f"{JOBSINK_NAME_LABEL}={record.name}")
-        for job in listed.items:  # JobSink names a run's Job after the event's source and id (= run id)
-            data = self._client.sanitize_for_serialization(job)
-            labels = data["metadata"].get("labels") or {}
-            if record.id in data["metadata"]["name"] or record.id in labels.values():
-                return data
-        return None
+        from kubernetes.client.exceptions import ApiException
+
+        job = TrainingJob.model_validate(record.manifest)
+        name = jobsink_job_name(job.name, event_source(job, self.config), record.id)
+        try:
+            found = await self._call(self.batch.read_namespaced_job, name, self.namespace)
+        except ApiException:
+            return None
+        return self._client.sanitize_for_serialization(found)
 
     async def _track(self, record: JobRecord) -> None:
         """Follow a run until its Job ends, then record the outcome (and the metrics it published)."""
@@ -476,8 +482,9 @@ class KnativeBackend:
                                 label_selector=f"job-name={job['metadata']['name']}")
         texts = []
         for pod in pods.items:
-            with contextlib.suppress(BackendError, Exception):
-                texts.append(await self._call(self.core.read_namespaced_pod_log, pod.metadata.name, self.namespace))
+            with contextlib.suppress(Exception):
+                texts.append(await self._call(self.core.read_namespaced_pod_log, pod.metadata.name, self.namespace,
+                                              container="train"))
         return "".join(texts)
 
     async def cancel_job(self, job_id: str) -> JobRecord:

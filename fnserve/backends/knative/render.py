@@ -319,11 +319,30 @@ def render_jobsink(job: TrainingJob, files: Mapping[str, bytes], config: Cluster
     return [*([configmap] if configmap else []), sink]
 
 
+def event_source(job: TrainingJob, config: ClusterConfig) -> str:
+    """No '/': Knative's receiver puts the source unescaped into the path of its status URL."""
+    return f"fnserve.{config.namespace}.{job.name}"
+
+
+def jobsink_job_name(jobsink: str, source: str, event_id: str) -> str:
+    """The name Knative's job-sink receiver gives the Job of one event: kmeta.ChildName(jobsink + "-",
+    md5(source + id)), so the router can find a run's Job without listing."""
+    parent, suffix = f"{jobsink}-", hashlib.md5((source + event_id).encode()).hexdigest()
+    longest, head = 63, 63 - 32
+    if len(parent) <= longest - len(suffix):
+        return parent + suffix
+    if head - len(suffix) <= 0:  # the suffix alone is too long to keep: hash parent and suffix together
+        name = parent[:head] + hashlib.md5((parent + suffix).encode()).hexdigest()
+        name += suffix[:max(0, longest - len(name))]
+        return name.rstrip("-.")
+    return parent[:head - len(suffix)] + hashlib.md5(parent.encode()).hexdigest() + suffix
+
+
 def cloud_event(job: TrainingJob, config: ClusterConfig, run_id: str,
                 params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The structured-mode CloudEvent that asks a JobSink for one run. Its id is the run id, so posting
     it twice starts one Job (JobSink names Jobs after source + id)."""
-    return {"specversion": "1.0", "id": run_id, "source": f"fnserve/{config.namespace}/{job.name}",
+    return {"specversion": "1.0", "id": run_id, "source": event_source(job, config),
             "type": EVENT_TYPE, "subject": job.spec.function, "datacontenttype": "application/json",
             "data": {"runId": run_id, "params": dict(params if params is not None else job.spec.params)}}
 

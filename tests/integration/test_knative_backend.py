@@ -1,0 +1,213 @@
+"""The cluster backend against KubeApiStandIn — a stand-in for the Kubernetes API server (server-side
+apply, GET/watch/DELETE, status conditions moved by simulated KServe, Job and JobSink controllers and
+Knative's job-sink receiver), served on loopback. There is no cluster here; the rendered objects' shapes
+are checked against the real CRD schemas in tests/unit/test_render.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fnserve.backends.base import DeployFailed, FunctionNotFound, NoReadyReplica
+from fnserve.backends.knative.cluster import KnativeBackend
+from fnserve.manifest import load_function, load_training_job
+from fnserve.settings import Settings
+from fnserve.state import Revision, StateStore
+from fnserve.storage import describe_folder, open_store, publish
+from tests.conftest import EXAMPLE, ROOT, Router, function_copy, wait_for
+from tests.kube_standin import KubeApiStandIn
+
+pytestmark = pytest.mark.slow
+NS = "fnserve"
+SCALE = ROOT / "tests" / "fixtures" / "scale"
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeApiStandIn]:
+    with KubeApiStandIn(ready_delay=0.3) as api:
+        yield api
+
+
+def settings(tmp_path: Path, kube: KubeApiStandIn, **extra: Any) -> Settings:
+    return Settings.from_env(**{"state_dir": tmp_path / "state", "cluster_api_url": kube.url,
+                                "cluster_namespace": NS, "cluster_ready_timeout": 5.0, **extra})
+
+
+def revision(folder: Path, number: int = 1, **changes: Any) -> Revision:
+    function = load_function(folder)
+    data = function.to_dict()
+    data["spec"]["model"]["uri"] = "artifacts://sentiment/20261123-101502-123-a9f4"
+    data["spec"].update(changes)
+    from fnserve.manifest import parse_function
+
+    return Revision(parse_function(data), number, folder, Path(""), 0.0)
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def test_apply_waits_for_ready_then_serves_its_address_and_delete_removes_it(tmp_path: Path,
+                                                                          kube: KubeApiStandIn) -> None:
+    async def scenario() -> None:
+        backend = KnativeBackend(settings(tmp_path, kube), StateStore(tmp_path / "db"), kube.api_client())
+        await backend.apply(revision(EXAMPLE))
+        endpoint = await backend.acquire("sentiment")
+        assert endpoint.url == f"http://sentiment-predictor.{NS}.svc.cluster.local"
+        assert backend.status("sentiment").ready
+
+        # a new revision: applied again (generation 2), ready again, the old code ConfigMap collected
+        await backend.apply(revision(EXAMPLE, 2, timeout=45))
+        isvc = kube.get_object("inferenceservices", "sentiment", NS)
+        assert isvc["metadata"]["generation"] == 2 and isvc["spec"]["predictor"]["timeout"] == 45
+        assert isvc["status"]["observedGeneration"] == 2
+        await asyncio.to_thread(wait_for, lambda: len(kube.list_objects(
+            "configmaps", NS, labels="fnserve.dev/function=sentiment")) == 1, 5, "the old code ConfigMap to go")
+
+        await backend.delete("sentiment")
+        await asyncio.to_thread(wait_for, lambda: kube.get_object("inferenceservices", "sentiment", NS) is None, 5,
+                                "KServe's finalizer to let the InferenceService go")
+        with pytest.raises(FunctionNotFound):
+            await backend.delete("sentiment")
+        with pytest.raises(FunctionNotFound):
+            await backend.acquire("sentiment")
+        await backend.close()
+
+    run(scenario())
+    applies = [r for r in kube.requests if r.method == "PATCH"]
+    assert applies and all(r.content_type == "application/apply-patch+yaml" and r.query.get("fieldManager") == "fnserve"
+                           for r in applies)
+    assert {r.path.split("/")[-2] for r in applies} == {"configmaps", "inferenceservices"}
+
+
+def test_failing_and_stuck_revisions_become_readable_deploy_errors(tmp_path: Path, kube: KubeApiStandIn) -> None:
+    async def scenario() -> None:
+        backend = KnativeBackend(settings(tmp_path, kube, cluster_ready_timeout=1.5), StateStore(tmp_path / "db"),
+                                 kube.api_client())
+        kube.fail_next("inferenceservices", "sentiment", reason="RevisionFailed",
+                       message="Container failed with: ModuleNotFoundError: No module named 'handler'")
+        with pytest.raises(DeployFailed, match="sentiment: the InferenceService is not Ready: PredictorReady: "
+                                               "RevisionFailed: Container failed with: ModuleNotFoundError"):
+            await backend.apply(revision(EXAMPLE))
+        with pytest.raises(NoReadyReplica, match="is not Ready"):
+            await backend.acquire("sentiment")
+
+        kube.hold("inferenceservices", "other")
+        other = function_copy(EXAMPLE, tmp_path / "other", name="other", skip=("model",))
+        with pytest.raises(DeployFailed, match=r"other: the InferenceService was not Ready within 1.5 s \(.*\)"):
+            await backend.apply(revision(other))
+        await backend.close()
+
+    run(scenario())
+
+
+def test_what_cannot_run_in_a_cluster_fails_before_anything_is_applied(tmp_path: Path, kube: KubeApiStandIn) -> None:
+    async def scenario() -> None:
+        backend = KnativeBackend(settings(tmp_path, kube), StateStore(tmp_path / "db"), kube.api_client())
+        local = revision(EXAMPLE)
+        data = local.function.to_dict()
+        data["spec"]["model"]["uri"] = "./model"
+        from fnserve.manifest import parse_function
+
+        with pytest.raises(DeployFailed, match="is a folder on this machine"):
+            await backend.apply(Revision(parse_function(data), 1, EXAMPLE, Path(""), 0.0))
+        await backend.close()
+
+    run(scenario())
+    assert not [r for r in kube.requests if r.method == "PATCH"]
+
+
+@pytest.mark.parametrize("jobsink", [True, False], ids=["jobsink", "plain-job"])
+def test_training_runs_in_the_cluster(tmp_path: Path, kube: KubeApiStandIn, bucket: str, s3_endpoint: str,
+                                      jobsink: bool) -> None:
+    """A run is started (through a JobSink, or as a plain Job), followed to its end, and its metrics are
+    read from the _manifest.json the wrapper in the pod published; a failed Job publishes nothing; a
+    cancelled one is deleted."""
+    job = load_training_job(SCALE)
+    config = settings(tmp_path, kube, cluster_jobsink=jobsink, artifact_root=f"s3://{bucket}/artifacts",
+                      s3_endpoint_url=s3_endpoint)
+
+    def publish_run(run_id: str) -> None:  # what the job wrapper in the pod does
+        out = tmp_path / "out"
+        out.mkdir(exist_ok=True)
+        (out / "model.onnx").write_bytes(b"weights")
+        (out / "metrics.json").write_text('{"scale": 2}')
+        store = open_store(f"s3://{bucket}/artifacts/scale", config.s3_options()).child(run_id)
+        publish(store, out, describe_folder(out), {"runId": run_id, "metrics": {"scale": 2}})
+
+    async def scenario() -> None:
+        backend = KnativeBackend(config, StateStore(tmp_path / "db"), kube.api_client())
+        await backend.start()
+        kube.hold_job("scale-train", logs="fnserve-job: training...\n")
+        record = await backend.submit_job(job, SCALE, {"scale": 2})
+        assert record.state == "queued" and record.output == f"s3://{bucket}/artifacts/scale"
+        await asyncio.to_thread(wait_for, lambda: backend.job_status(record.id).state == "running", 10,
+                                "the Job to start")
+        publish_run(record.id)
+        kube.release_job("scale-train", succeed=True)
+        done = await asyncio.wait_for(backend.wait_job(record.id), 20)
+        assert done.state == "succeeded" and done.metrics == {"scale": 2}
+        assert done.artifact_uri == f"artifacts://scale/{record.id}"
+        logs = b"".join([chunk async for chunk in backend.job_logs(record.id, follow=False)]).decode()
+        assert "training..." in logs
+
+        kube.job_outcome("scale-train", succeed=False, seconds=0.2)
+        failed = await backend.submit_job(job, SCALE, {})
+        failed = await asyncio.wait_for(backend.wait_job(failed.id), 20)
+        assert failed.state == "failed" and "BackoffLimitExceeded" in failed.message and failed.artifact_uri is None
+
+        kube.hold_job("scale-train")
+        running = await backend.submit_job(job, SCALE, {})
+        await asyncio.to_thread(wait_for, lambda: backend.job_status(running.id).state == "running", 10,
+                                "the Job to start")
+        cancelled = await backend.cancel_job(running.id)
+        assert cancelled.state == "cancelled"
+        await backend.close()
+
+    run(scenario())
+    jobs = kube.list_objects("jobs", NS)
+    assert len(jobs) == 2  # the cancelled run's Job was deleted
+    assert all(j["spec"]["backoffLimit"] == 0 and j["spec"]["ttlSecondsAfterFinished"] for j in jobs)
+    if jobsink:
+        assert kube.get_object("jobsinks", "scale-train", NS) is not None
+        posts = [r for r in kube.requests if r.server == "jobsink" and r.method == "POST"]
+        first = json.loads(posts[0].body)
+        assert len(posts) == 3 and first["data"] == {"runId": first["id"], "params": {"scale": 2}}
+
+
+def test_the_router_deploys_through_the_cluster_backend(tmp_path: Path, kube: KubeApiStandIn, bucket: str,
+                                                        s3_endpoint: str) -> None:
+    """`fnserve up --backend knative` end to end: the CLI deploys, the router pins the run in S3 and
+    applies, status and rm work; the predictor's address is the InferenceService's."""
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    (run_folder / "model.onnx").write_bytes(b"weights")
+    env = {"FNSERVE_CLUSTER_API_URL": kube.url, "FNSERVE_CLUSTER_NAMESPACE": NS,
+           "FNSERVE_ARTIFACT_ROOT": f"s3://{bucket}/artifacts", "FNSERVE_S3_ENDPOINT_URL": s3_endpoint,
+           "AWS_ACCESS_KEY_ID": "fnserve-test", "AWS_SECRET_ACCESS_KEY": "fnserve-test-secret",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    options = Settings.from_env(env={**env}).s3_options()
+    store = open_store(f"s3://{bucket}/artifacts/sentiment", options).child("20261123-101502-123-a9f4")
+    publish(store, run_folder, describe_folder(run_folder), {"runId": "20261123-101502-123-a9f4"})
+
+    router = Router(tmp_path / "state", extra=["--backend", "knative"], env=env).start()
+    try:
+        deployed = json.loads(router.cli("deploy", str(EXAMPLE), "--json", check=True).stdout)
+        assert deployed["manifest"]["spec"]["model"]["uri"] == "artifacts://sentiment/20261123-101502-123-a9f4"
+        assert deployed["ready"] and deployed["address"] == f"http://sentiment.{NS}.example.com"
+        isvc = kube.get_object("inferenceservices", "sentiment", NS)
+        env_vars = isvc["spec"]["predictor"]["containers"][0]["env"]
+        wanted = {"name": "STORAGE_URI", "value": f"s3://{bucket}/artifacts/sentiment/20261123-101502-123-a9f4"}
+        assert wanted in env_vars
+        code = kube.list_objects("configmaps", NS, labels="fnserve.dev/function=sentiment")
+        assert "handler.py" in code[0]["data"] and not (tmp_path / "state" / "models").exists()  # no download
+        assert "sentiment" in router.cli("ls", check=True).stdout
+        router.cli("rm", "sentiment", check=True)
+        wait_for(lambda: kube.get_object("inferenceservices", "sentiment", NS) is None, 5, "the deletion")
+    finally:
+        router.stop()
