@@ -211,3 +211,24 @@ def test_the_router_deploys_through_the_cluster_backend(tmp_path: Path, kube: Ku
         wait_for(lambda: kube.get_object("inferenceservices", "sentiment", NS) is None, 5, "the deletion")
     finally:
         router.stop()
+
+
+def test_without_knative_eventing_runs_become_plain_jobs(tmp_path: Path, bucket: str, s3_endpoint: str) -> None:
+    """A cluster without the JobSink API (no Knative Eventing): the backend notices and submits Jobs."""
+    from tests.kube_standin import DEFAULT_RESOURCES
+
+    without_jobsink = [r for r in DEFAULT_RESOURCES if r.plural != "jobsinks"]
+    with KubeApiStandIn(resources=without_jobsink) as kube:
+        config = settings(tmp_path, kube, artifact_root=f"s3://{bucket}/artifacts", s3_endpoint_url=s3_endpoint)
+
+        async def scenario() -> str:
+            backend = KnativeBackend(config, StateStore(tmp_path / "db"), kube.api_client())
+            kube.job_outcome("scale-train", succeed=False, seconds=0.1)
+            record = await backend.submit_job(load_training_job(SCALE), SCALE, {})
+            done = await asyncio.wait_for(backend.wait_job(record.id), 20)
+            await backend.close()
+            return done.state
+
+        assert run(scenario()) == "failed"
+        (job,) = kube.list_objects("jobs", NS)
+        assert job["metadata"]["name"].startswith("scale-train-2")

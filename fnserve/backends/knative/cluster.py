@@ -144,6 +144,8 @@ class KnativeBackend:
         self._tasks: set[asyncio.Task[None]] = set()
         self._job_done: dict[str, asyncio.Event] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self._jobsink = settings.cluster_jobsink
+        """Runs go through a JobSink until the cluster shows it has no JobSink API."""
 
     # -- plumbing ----------------------------------------------------------------------------------
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -344,16 +346,27 @@ class KnativeBackend:
             output = job_output(job, self.config)
             files = await asyncio.to_thread(folder_files, source_dir)
             run_id = new_run_id()
-            objects = (render_jobsink(job, files, self.config) if self.settings.cluster_jobsink
-                       else render_job(job, files, self.config, run_id, params))
+            plain = render_job(job, files, self.config, run_id, params)
+            sink = render_jobsink(job, files, self.config) if self._jobsink else None
         except RenderError as exc:
             raise BackendError(f"{job.name}: {exc}") from None
         record = JobRecord(run_id, job.name, job.spec.function, "queued", job.to_dict(), str(source_dir), params,
                            output, time.time())
-        for body in objects:
-            await self._apply(body)
-        if self.settings.cluster_jobsink:
+        if sink is not None:
+            try:
+                for body in sink:
+                    await self._apply(body)
+            except ClusterError as exc:
+                if "has no JobSink API" not in str(exc):
+                    raise
+                log.warning("no JobSink API in this cluster (Knative Eventing < 1.15 or absent); runs become "
+                            "plain Jobs from now on")
+                self._jobsink = False
+        if self._jobsink:
             record.message = await self._post_event(job, run_id, params)
+        else:
+            for body in plain:
+                await self._apply(body)
         await asyncio.to_thread(self.state.save_job, record)
         self._job_done[run_id] = asyncio.Event()
         self._spawn(self._track(record))
@@ -385,25 +398,19 @@ class KnativeBackend:
             raise BackendError(f"{job.name}: the JobSink at {url} refused the run: {exc}") from None
 
     async def _run_job(self, record: JobRecord) -> dict[str, Any] | None:
-        """The Kubernetes Job of a run, or None while it does not exist (yet)."""
-        if not self.settings.cluster_jobsink:
-            from kubernetes.client.exceptions import ApiException
-
-            try:
-                job = await self._call(self.batch.read_namespaced_job, run_job_name(record.name, record.id),
-                                       self.namespace)
-            except ApiException:
-                return None
-            return self._client.sanitize_for_serialization(job)
+        """The Kubernetes Job of a run — named by us (a plain Job) or by the JobSink receiver — or None
+        while it does not exist (yet)."""
         from kubernetes.client.exceptions import ApiException
 
         job = TrainingJob.model_validate(record.manifest)
-        name = jobsink_job_name(job.name, event_source(job, self.config), record.id)
-        try:
-            found = await self._call(self.batch.read_namespaced_job, name, self.namespace)
-        except ApiException:
-            return None
-        return self._client.sanitize_for_serialization(found)
+        for name in (run_job_name(record.name, record.id),
+                     jobsink_job_name(job.name, event_source(job, self.config), record.id)):
+            try:
+                found = await self._call(self.batch.read_namespaced_job, name, self.namespace)
+            except ApiException:
+                continue
+            return self._client.sanitize_for_serialization(found)
+        return None
 
     async def _track(self, record: JobRecord) -> None:
         """Follow a run until its Job ends, then record the outcome (and the metrics it published)."""
