@@ -191,12 +191,41 @@ def _source(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 def cmd_deploy(args: argparse.Namespace) -> None:
     file, data = _load(args.path)
     started = time.monotonic()
-    result = _ok(args, "POST", "/api/functions", {"manifest": data, "source": str(args.path), **_source(args, file.parent)})
+    body = {"manifest": data, "source": str(args.path), **_source(args, file.parent)}
+    status, result = _request(args, "POST", "/api/functions", body)
+    if status == 400 and isinstance(result, dict) and result.get("reason") == "NoCompleteRun":
+        name = data["metadata"]["name"]
+        if _train_first(args, file, name, result["error"]):  # its job rolled the function out already
+            result = _ok(args, "GET", f"/api/functions/{name}")
+        else:
+            result = _ok(args, "POST", "/api/functions", body)
+    elif status >= 400:
+        result = _ok(args, "POST", "/api/functions", body)  # raises with the router's message
     if args.json:
         _print_json(result)
         return
     print(f"{result['name']}: revision {result['revision']} ready in {time.monotonic() - started:.1f} s "
           f"→ {router_url(args.url)}{result['url']}")
+
+
+def _train_first(args: argparse.Namespace, file: Path, name: str, problem: str) -> bool:
+    """A first deploy of a function whose model is ``artifacts://<name>/latest`` and that has no run yet:
+    run the training job beside its manifest (publishing the first run), so deploying simply works.
+    True when the job deployed the function itself (deployOnSuccess)."""
+    job_file = file.parent / "train.yaml"
+    if not job_file.is_file():
+        raise CliError(problem)
+    job = load_training_job(job_file)
+    if job.spec.function != name:
+        raise CliError(problem)
+    print(f"{name}: no model published yet; running its job {job_file} first", file=sys.stderr, flush=True)
+    record = _ok(args, "POST", "/api/jobs", {"manifest": read_yaml(job_file), "source": str(job_file),
+                                             "params": job.spec.params, **_source(args, job_file.parent)})
+    record = _watch(args, record["id"])
+    if record["state"] != "succeeded":
+        raise CliError(f"{name}: job {record['id']} {record['state']} ({record['message'] or 'see its log'}); "
+                       f"nothing deployed")
+    return str(record["deploy"]).startswith("revision")
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
@@ -424,17 +453,23 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _follow(args: argparse.Namespace, job_id: str) -> None:
-    _stream(args, f"/api/jobs/{job_id}/logs?follow=1")
-    record = _ok(args, "GET", f"/api/jobs/{job_id}")
-    while not _settled(record):  # the log ends with the job; a deployOnSuccess rollout may still be on its way
-        time.sleep(0.5)
-        record = _ok(args, "GET", f"/api/jobs/{job_id}")
+    record = _watch(args, job_id)
     if args.json:
         _print_json(record)
     else:
         _print_job(record)
     if record["state"] != "succeeded" or record["deploy"].startswith("not deployed"):
         raise SystemExit(1)
+
+
+def _watch(args: argparse.Namespace, job_id: str) -> dict[str, Any]:
+    """Print the job's log as it runs; return its record once it (and any rollout it triggers) settled."""
+    _stream(args, f"/api/jobs/{job_id}/logs?follow=1")
+    record = _ok(args, "GET", f"/api/jobs/{job_id}")
+    while not _settled(record):  # the log ends with the job; a deployOnSuccess rollout may still be on its way
+        time.sleep(0.5)
+        record = _ok(args, "GET", f"/api/jobs/{job_id}")
+    return record
 
 
 def _settled(record: dict[str, Any]) -> bool:

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 API_VERSION = "fnserve.dev/v1"
 RUNTIMES = ("onnx", "torch", "transformers")
@@ -190,10 +191,34 @@ class AuthSpec(_Spec):
     public: bool = Field(default=False, description="Invocable without an API key.")
 
 
+class Batching(_Spec):
+    """Adaptive batching inside the replica (docs/runtimes.md): concurrent requests become one model call."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=4096,
+                                description="Rows (instances) per model call at most; a larger request runs alone.")
+    max_latency_ms: float = Field(default=5.0, ge=0, le=10_000,
+                                  description="How long the oldest request may wait for others before its batch runs.")
+
+
+class TransformersOptions(_Spec):
+    """What the transformers runtime does with the model folder (runtime: transformers only)."""
+
+    task: Literal["feature-extraction", "text-classification"] = Field(
+        description="feature-extraction: mean-pooled, L2-normalised sentence embeddings; "
+                    "text-classification: label and score per text.")
+    fp16: bool = Field(default=False, description="Half precision when the replica runs on a GPU (CPU stays fp32).")
+    max_length: int = Field(default=512, ge=1, le=65_536,
+                            description="Tokens per text at most; longer texts are truncated.")
+
+
 class FunctionSpec(_Spec):
     runtime: Literal["onnx", "torch", "transformers"] = Field(description="Model format / predictor.")
     model: ModelSource
     handler: str | None = Field(default=None, description="module:Class in the function's folder.")
+    transformers: TransformersOptions | None = Field(default=None,
+                                                     description="Task and precision; required by runtime transformers.")
+    batching: Batching | None = Field(default=None, description="Gather concurrent requests into batches; "
+                                                                "off when omitted.")
     resources: Resources = Field(default_factory=Resources)
     scaling: Scaling = Field(default_factory=Scaling)
     timeout: int = Field(default=60, ge=1, le=3600, description="Seconds a request may take end to end.")
@@ -206,6 +231,21 @@ class FunctionSpec(_Spec):
         if value is not None and not _HANDLER_RE.match(value):
             raise ValueError("must be 'module:Class', e.g. handler:SentimentHandler")
         return value
+
+    @field_validator("transformers")
+    @classmethod
+    def _only_for_transformers(cls, value: TransformersOptions | None, info: Any) -> TransformersOptions | None:
+        runtime = info.data.get("runtime")
+        if value is not None and runtime not in (None, "transformers"):
+            raise ValueError(f"only applies to runtime transformers (this function's runtime is {runtime})")
+        return value
+
+    @model_validator(mode="after")
+    def _transformers_needs_task(self) -> FunctionSpec:
+        if self.runtime == "transformers" and self.transformers is None:
+            raise PydanticCustomError("fnserve", "runtime transformers needs a transformers section with its task "
+                                                  "(feature-extraction or text-classification)")
+        return self
 
 
 class Function(_Spec):
@@ -335,6 +375,8 @@ def _message(model: type[BaseModel], error: dict[str, Any]) -> str:
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     if kind == "missing":
         return "required field is missing"
+    if kind == "fnserve":  # a rule across fields; its message says it all
+        return str(error["msg"])
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, error["loc"])
         close = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)

@@ -1,28 +1,51 @@
 """FunctionModel: the KServe predictor every fnserve runtime builds on.
 
-It owns the protocol side (V1 rows and V2 tensors in and out, metadata) and the threading rule: model
-and handler code run in a worker thread, never on the event loop, because a synchronous predict on
-KServe's loop blocks every other request of the replica. A runtime subclass only loads an artifact
-folder and runs named tensors through the model.
+It owns the protocol side (V1 rows and V2 tensors in and out, metadata), batching, and the threading
+rule: model and handler code run in a worker thread, never on the event loop, because a synchronous
+predict on KServe's loop blocks every other request of the replica. A runtime subclass only loads an
+artifact folder and runs named tensors through the model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kserve
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
 from runtimes import tensors as wire
+from runtimes.batching import Batcher
 from runtimes.handler import Handler
 from runtimes.tensors import Tensors, TensorSpec
 
+if TYPE_CHECKING:
+    from fnserve.manifest import Batching
+
 log = logging.getLogger("fnserve.runtime")
+
+#: Response header naming how many rows the model call that answered a request held (1 = unbatched).
+BATCH_HEADER = "x-fnserve-batch-rows"
+
+
+def cpu_threads(cpu: str | None) -> int:
+    """Threads a model should use: the replica's CPU allowance rounded up, at most the cores it can run on.
+    More threads than cores only adds contention; ``None`` (no limit) means every usable core."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not cpu:
+        return usable
+    cores = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return max(1, min(usable, math.ceil(cores)))
+
+
+class ModelLoadError(Exception):
+    """The artifact folder cannot be served as given; the message says what is missing or wrong."""
 
 
 class FunctionModel(kserve.Model):
@@ -31,13 +54,19 @@ class FunctionModel(kserve.Model):
     #: Name used in logs and in the manifest's ``spec.runtime``.
     runtime = ""
 
-    def __init__(self, name: str, model_dir: Path, handler: Handler | None = None,
-                 *, gpu: bool = False, threads: int = 1) -> None:
-        super().__init__(name)
+    def __init__(self, name: str, model_dir: Path, handler: Handler | None = None, *, gpu: bool = False,
+                 threads: int = 1, cpu_threads: int = 1, batching: Batching | None = None,
+                 options: Any = None) -> None:
+        super().__init__(name, return_response_headers=True)
         self.model_dir = model_dir
         self.handler = handler or Handler()
         self.gpu = gpu
+        self.cpu_threads = cpu_threads
+        self.options = options
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{name}-model")
+        self.batcher = None if batching is None else Batcher(
+            self._pipeline, self._executor, max_batch_size=batching.max_batch_size,
+            max_latency_s=batching.max_latency_ms / 1000, name=name)
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
 
@@ -57,8 +86,10 @@ class FunctionModel(kserve.Model):
         self.inputs = list(self.handler.inputs or model_inputs)
         self.outputs = list(self.handler.outputs or model_outputs)
         self.ready = True
-        log.info("%s: %s model ready; inputs %s; outputs %s", self.name, self.runtime,
-                 [s.to_metadata() for s in self.inputs], [s.to_metadata() for s in self.outputs])
+        log.info("%s: %s model ready; inputs %s; outputs %s; %s", self.name, self.runtime,
+                 [s.to_metadata() for s in self.inputs], [s.to_metadata() for s in self.outputs],
+                 "batching off" if self.batcher is None else
+                 f"batching up to {self.batcher.max_batch_size} rows or {self.batcher.max_latency_s * 1000:g} ms")
         return self.ready
 
     def get_input_types(self) -> list[dict[str, Any]]:
@@ -73,8 +104,12 @@ class FunctionModel(kserve.Model):
             inputs = wire.from_v2(payload, self.inputs)
         else:
             inputs = wire.from_v1(payload, self.inputs)
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, self._pipeline, inputs)
+        if self.batcher is not None:
+            outputs, rows = await self.batcher.submit(inputs)
+            if response_headers is not None:
+                response_headers[BATCH_HEADER] = str(rows)
+        else:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._pipeline, inputs)
         if isinstance(payload, InferRequest):
             return wire.to_v2(payload, outputs, self.outputs, self.name)
         return wire.to_v1(outputs, self.outputs)
@@ -94,5 +129,7 @@ class FunctionModel(kserve.Model):
         return {spec.name: wire.as_datatype(spec, outputs[spec.name]) for spec in self.outputs}
 
     def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         super().stop()

@@ -44,16 +44,20 @@ class OnnxModel(FunctionModel):
         if self.gpu and "CUDAExecutionProvider" in available and gpu_visible():
             providers, why = ["CUDAExecutionProvider", "CPUExecutionProvider"], "GPU requested"
         elif self.gpu:
-            providers, why = ["CPUExecutionProvider"], "GPU requested but none is usable here"
+            providers, why = ["CPUExecutionProvider"], "GPU requested but none is usable here: falling back to CPU"
+            log.warning("%s: a GPU was requested but onnxruntime has no usable CUDA device here; running on CPU",
+                        self.name)
         else:
             providers, why = ["CPUExecutionProvider"], "no GPU requested"
         options = ort.SessionOptions()
         options.log_severity_level = 3  # keep ORT's provider-probing warnings out of replica logs
+        options.intra_op_num_threads = self.cpu_threads
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         used = self.session.get_providers()[0]
         if providers[0] != used:
             why = f"{providers[0]} could not be loaded; see onnxruntime's message above"
-        log.info("%s: onnxruntime %s using %s (%s)", self.name, ort.__version__, used, why)
+        log.info("%s: onnxruntime %s using %s (%s), %d CPU threads", self.name, ort.__version__, used, why,
+                 self.cpu_threads)
         return ([_spec(a) for a in self.session.get_inputs()], [_spec(a) for a in self.session.get_outputs()])
 
     def run(self, inputs: Tensors) -> Tensors:

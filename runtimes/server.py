@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RUNTIME_CLASSES = {"onnx": "runtimes.onnx:OnnxModel"}
+# Imported only when used: a replica of an ONNX function never pays for importing torch.
+RUNTIME_CLASSES = {"onnx": "runtimes.onnx:OnnxModel", "torch": "runtimes.torch:TorchModel",
+                   "transformers": "runtimes.transformers:TransformersModel"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,8 +59,11 @@ def build_model(args: argparse.Namespace) -> Any:
         handler = load_handler(spec.handler, args.function_dir)
     except HandlerError as exc:
         _fail(str(exc))
-    return model_class(function.name, args.model_dir, handler, gpu=spec.resources.gpu > 0,
-                       threads=args.threads)
+    from runtimes.base import cpu_threads
+
+    return model_class(function.name, args.model_dir, handler, gpu=spec.resources.gpu > 0, threads=args.threads,
+                       cpu_threads=cpu_threads(spec.resources.cpu), batching=spec.batching,
+                       options=spec.transformers)
 
 
 def serve(model: Any, host: str, port: int) -> None:
@@ -98,10 +103,12 @@ def main(argv: list[str] | None = None) -> None:
         ctypes.CDLL(None).prctl(15, ctypes.c_char_p(PROCESS_NAME))  # PR_SET_NAME
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     sys.argv = sys.argv[:1]  # kserve parses sys.argv when imported; keep ours away from it
+    from runtimes.base import ModelLoadError
+
     model = build_model(args)
     try:
         model.load()
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ModelLoadError) as exc:
         _fail(str(exc))
     logging.getLogger("fnserve.runtime").info("%s: serving on http://%s:%d", model.name, args.host, args.port)
     serve(model, args.host, args.port)

@@ -81,7 +81,8 @@ async def _manifest_body(request: Request) -> dict[str, Any]:
 
 def _rejected(request: Request, exc: DeployRejected) -> Response:
     problems = [{"path": p.path, "message": p.message} for p in exc.problems]
-    return error_response(request, 400, str(exc), problems=problems)
+    extra = {"reason": exc.reason} if exc.reason else {}
+    return error_response(request, 400, str(exc), problems=problems, **extra)
 
 
 @_admin

@@ -35,7 +35,7 @@ from fnserve.router.quota import DailyCounters, Limits, MemoryStore, Store
 from fnserve.router.usage import UsageLedger
 from fnserve.settings import Settings
 from fnserve.state import JobRecord, Revision, StateStore
-from fnserve.storage import ArtifactError, ModelSource, pin_model, resolve_model, snapshot_dir
+from fnserve.storage import ArtifactError, ModelSource, NoCompleteRun, pin_model, resolve_model, snapshot_dir
 
 log = logging.getLogger("fnserve.router")
 
@@ -45,9 +45,11 @@ TENANT_CACHE_SECONDS = 5.0
 class DeployRejected(Exception):
     """A deploy request that is wrong as given; nothing was changed."""
 
-    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+    def __init__(self, message: str, problems: list[Problem] | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.problems = problems or []
+        self.reason = reason
+        """A stable word for clients that act on it (``NoCompleteRun``: train first), else empty."""
 
 
 @dataclass
@@ -171,7 +173,8 @@ class Platform:
             return await asyncio.to_thread(resolve_model, uri, folder, settings.state_dir / "models", root, options)
         except ArtifactError as exc:
             problem = Problem("spec.model.uri", str(exc))
-            raise DeployRejected(problem.render(source), [problem]) from None
+            raise DeployRejected(problem.render(source), [problem], type(exc).__name__ if
+                                 isinstance(exc, NoCompleteRun) else "") from None
 
     def _snapshot(self, folder: Path, model: ModelSource) -> tuple[Path, Path]:
         """Freeze the function's code and model for this revision (downloads and runs already are)."""

@@ -43,6 +43,10 @@ class ModelSource:
     """The run manifest when the folder is a published run."""
 
 
+class NoCompleteRun(ArtifactError):
+    """``…/latest`` names a function that has no published run yet (its training job has not run)."""
+
+
 def location(uri: str, source_dir: Path, artifact_root: str) -> str:
     """The absolute file:// or s3:// URI a model URI stands for."""
     if uri.startswith("artifacts://"):
@@ -60,7 +64,7 @@ def pin_latest(uri: str, source_dir: Path, artifact_root: str, options: S3Option
     store = open_store(location(parent, source_dir, artifact_root), options)
     runs = complete_runs(store)
     if not runs:
-        raise ArtifactError(f"{uri}: no complete run under {store.uri} yet (train one first: "
+        raise NoCompleteRun(f"{uri}: no complete run under {store.uri} yet (train one first: "
                             f"fnserve train <train.yaml>)")
     return f"{parent}/{runs[-1]}"
 
