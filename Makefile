@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) -m bench.router_overhead
 	$(PY) -m bench.cold_start
 	$(PY) -m bench.auth_overhead
+	$(PY) -m bench.batching
 	$(PY) -m bench.summarize
 
 # the objects every example becomes in a cluster; a test fails when they are not current

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -237,7 +238,7 @@ class FunctionSpec(_Spec):
     def _only_for_transformers(cls, value: TransformersOptions | None, info: Any) -> TransformersOptions | None:
         runtime = info.data.get("runtime")
         if value is not None and runtime not in (None, "transformers"):
-            raise ValueError(f"only applies to runtime transformers (this function's runtime is {runtime})")
+            raise ValueError(f"only applies to runtime transformers (got runtime {runtime})")
         return value
 
     @model_validator(mode="after")
@@ -365,7 +366,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         field = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
         if field is None:
             return []
-        current = field.annotation
+        # an optional section (``Batching | None``) suggests the section's own keys
+        current = next((t for t in typing.get_args(field.annotation) if t is not type(None)), field.annotation)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return [f.alias or n for n, f in current.model_fields.items()]
     return []

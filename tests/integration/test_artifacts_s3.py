@@ -76,9 +76,10 @@ def test_train_and_deploy_with_the_artifact_store_in_s3(s3_endpoint: str, bucket
                                                         example_dir: Path) -> None:
     env = {**CREDENTIALS, "FNSERVE_S3_ENDPOINT_URL": s3_endpoint, "FNSERVE_ARTIFACT_ROOT": f"s3://{bucket}/artifacts"}
     fn = function_copy(example_dir, tmp_path / "sentiment", model={"uri": "artifacts://sentiment/latest"})
+    untrainable = function_copy(fn, tmp_path / "alone" / "sentiment", skip=("train.yaml",))
     router = Router(tmp_path / "state", env=env).start()
     try:
-        result = router.cli("deploy", str(fn))
+        result = router.cli("deploy", str(untrainable))  # no run, and no job beside it that could make one
         assert result.returncode == 1
         assert (f"spec.model.uri: artifacts://sentiment/latest: no complete run under s3://{bucket}/artifacts/sentiment"
                 in result.stderr)

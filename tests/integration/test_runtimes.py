@@ -5,6 +5,7 @@ adaptive batching checked for identical results and per-request failures."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -152,3 +153,37 @@ def test_a_request_the_handler_rejects_fails_alone_inside_a_batch(platform: Rout
             assert body["predictions"] == predict(platform, "sentiment-batched", [text])[2]["predictions"]
     logs = platform.cli("logs", "sentiment-batched", check=True).stdout
     assert "failed (" in logs and "running each on its own" in logs
+
+
+IRIS = ROOT / "functions" / "iris"
+FLOWERS = [[5.1, 3.5, 1.4, 0.2], [5.9, 3.0, 4.2, 1.5], [6.9, 3.1, 5.4, 2.1], [6.3, 2.5, 4.9, 1.5]]
+
+
+def test_iris_trained_by_its_job_serves_the_exported_program(platform: Router) -> None:
+    result = platform.cli("deploy", str(IRIS))
+    assert result.returncode == 0, result.stderr
+    assert "no model published yet; running its job" in result.stderr
+    (run,) = (platform.state_dir / "artifacts" / "iris").glob("*/_manifest.json")
+    program = torch.export.load(str(run.parent / "model.pt2")).module()
+    with torch.inference_mode():
+        expected = program(torch.tensor(FLOWERS)).numpy()
+    labels = json.loads((run.parent / "labels.json").read_text())
+
+    async def both() -> tuple[dict, Any]:
+        async with InferenceRESTClient(RESTConfig(protocol="v1", timeout=60)) as v1:
+            one = await v1.infer(platform.url, {"instances": FLOWERS}, model_name="iris", headers=platform.admin)
+        async with InferenceRESTClient(RESTConfig(protocol="v2", timeout=60)) as v2:
+            request = InferRequest("iris", [InferInput("features", [4, 4], "FP32", data=FLOWERS)])
+            two = await v2.infer(platform.url, request, model_name="iris", headers=platform.admin)
+        return one, two
+
+    v1, v2 = asyncio.run(both())
+    np.testing.assert_allclose([p["probabilities"] for p in v1["predictions"]], expected, rtol=1e-5, atol=1e-7)
+    assert [p["label"] for p in v1["predictions"]] == [labels[i] for i in expected.argmax(axis=1)]
+    assert [p["label"] for p in v1["predictions"]][:3] == ["setosa", "versicolor", "virginica"]
+    outputs = {o.name: o for o in v2.outputs}
+    assert outputs["probabilities"].shape == [4, 3]
+    np.testing.assert_allclose(np.array(outputs["probabilities"].data).reshape(4, 3), expected, rtol=1e-5, atol=1e-7)
+
+    status, _, body = predict(platform, "iris", [[5.1, -3.5, 1.4, 0.2]])
+    assert status == 400 and "≥ 0" in body["error"]

@@ -208,3 +208,35 @@ def test_training_job_errors_read_like_function_errors() -> None:
     assert job_problems({"function": "Sentiment"})[0].startswith("train.yaml: spec.function: must be a DNS-1123 label")
     with pytest.raises(ManifestError, match="kind: must be one of 'Function', 'TrainingJob' \\(got 'Job'\\)"):
         parse_manifest({**JOB, "kind": "Job"}, "train.yaml")
+
+
+def test_every_example_function_and_job_is_valid() -> None:
+    for folder in sorted((ROOT / "functions").iterdir()):
+        function = load_function(folder)
+        job = load_training_job(folder / "train.yaml")
+        assert job.spec.function == function.name
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ({"runtime": "transformers"},
+     "function.yaml: spec: runtime transformers needs a transformers section with its task "
+     "(feature-extraction or text-classification)"),
+    ({"runtime": "transformers", "transformers": {"task": "summarization"}},
+     "function.yaml: spec.transformers.task: must be one of 'feature-extraction' or 'text-classification' "
+     "(got 'summarization')"),
+    ({"transformers": {"task": "feature-extraction"}},
+     "function.yaml: spec.transformers: only applies to runtime transformers (got runtime onnx)"),
+    ({"batching": {"maxBatchSize": 0}}, "function.yaml: spec.batching.maxBatchSize: must be ≥ 1 (got 0)"),
+    ({"batching": {"maxLatency": 5}},
+     "function.yaml: spec.batching.maxLatency: unknown field (did you mean maxLatencyMs?)"),
+])
+def test_runtime_options_and_batching_errors(spec: dict[str, Any], expected: str) -> None:
+    data = json.loads(json.dumps(VALID))
+    data["spec"].update(spec)
+    assert problems(data) == [expected]
+
+
+def test_batching_is_off_unless_asked_and_defaults_when_it_is() -> None:
+    assert parse_function(VALID, "f").spec.batching is None
+    batching = parse_function(with_change("spec.batching", {}), "f").spec.batching
+    assert (batching.max_batch_size, batching.max_latency_ms) == (32, 5.0)
