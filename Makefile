@@ -9,13 +9,14 @@ EXAMPLE := functions/sentiment
 # the example's model is a run published by its training job into $(STATE)/artifacts/sentiment/
 MODEL  := $(STATE)/.example-trained
 
-.PHONY: install run example test test-fast lint bench render clean help
+.PHONY: install run example test test-fast lint bench render loadtest clean help
 
 help:
 	@echo "make run      install, train the example, start fnserve on :$(PORT) with functions/sentiment"
 	@echo "make test     install if needed, run the test suite"
 	@echo "make lint     ruff over the code base"
 	@echo "make bench    benchmarks; results in bench/results/ (summary.md is committed)"
+	@echo "make loadtest Locust against a function (USERS, DURATION, SHAPE, FUNCTION, SLO_P95); reports in loadtests/reports/"
 	@echo "make render   regenerate manifests/examples/ (the cluster objects of every example function)"
 	@echo "make example  train the example model with its training job (functions/sentiment/train.yaml)"
 
@@ -52,6 +53,17 @@ bench: $(STAMP)
 	$(PY) -m bench.batching
 	$(PY) -m bench.summarize
 
+# a bounded headless Locust run; override e.g. `make loadtest USERS=32 DURATION=60 SHAPE=spike FUNCTION=embeddings`,
+# or target a running router with FNSERVE_URL and FNSERVE_API_KEY
+USERS ?= 8
+DURATION ?= 30
+SHAPE ?= steady
+FUNCTION ?= sentiment
+SLO_P95 ?= 1000
+loadtest: $(STAMP)
+	$(PY) -m loadtests.run --users $(USERS) --duration $(DURATION) --shape $(SHAPE) --function $(FUNCTION) \
+	  --slo-p95 "$(SLO_P95)"
+
 # the objects every example becomes in a cluster; a test fails when they are not current
 render: $(STAMP)
 	rm -rf manifests/examples && for f in functions/*/; do \
@@ -59,7 +71,7 @@ render: $(STAMP)
 	    -o manifests/examples/$$(basename $$f) 2>/dev/null || exit 1; done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fnserve runtimes functions tests bench
+	$(VENV)/bin/ruff check fnserve runtimes functions tests bench loadtests
 
 clean:
 	rm -rf $(STATE) $(EXAMPLE)/model .pytest_cache
