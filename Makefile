@@ -48,9 +48,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.router_overhead
-	$(PY) -m bench.cold_start
+	$(PY) -m bench.load_curve
 	$(PY) -m bench.auth_overhead
+	$(PY) -m bench.cold_start
 	$(PY) -m bench.batching
+	$(PY) -m bench.quota_accuracy
 	$(PY) -m bench.summarize
 
 # a bounded headless Locust run; override e.g. `make loadtest USERS=32 DURATION=60 SHAPE=spike FUNCTION=embeddings`,

@@ -155,3 +155,109 @@ def write_results(name: str, parameters: dict[str, Any], results: dict[str, Any]
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+# -- helpers for the open-loop benchmarks (load_curve, quota_accuracy) ---------------------------
+def create_api_key(url: str, limits: dict[str, Any], name: str = "bench",
+                   scopes: list[str] | None = None) -> str:
+    """A new API key with ``limits`` (rps, burst, concurrency, daily) through the admin API, as
+    `fnserve keys create` sends it; returns its token."""
+    body = json.dumps({"name": name, "scopes": scopes or ["invoke:*"], "limits": limits}).encode()
+    request = urllib.request.Request(f"{url}/api/keys", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {admin_key(url)}",
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["token"]
+
+
+def run_async(coroutine: Any) -> Any:
+    """asyncio.run on uvloop when it is installed (the router's loop too): a load generator in Python
+    should spend as little of the shared CPU as it can."""
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+def arrival_times(rate: float, seconds: float, arrivals: str = "uniform", seed: int = 0) -> list[float]:
+    """Offsets (s) at which an open-loop client starts requests: ``rate`` per second for ``seconds``,
+    evenly spaced ("uniform") or as a Poisson process ("poisson", seeded)."""
+    import random
+
+    if arrivals == "uniform":
+        return [i / rate for i in range(int(rate * seconds))]
+    rng, t, times = random.Random(seed), 0.0, []
+    while True:
+        t += rng.expovariate(rate)
+        if t >= seconds:
+            return times
+        times.append(t)
+
+
+async def open_loop(session: Any, url: str, schedule: list[float], headers: dict[str, str] | None = None,
+                    body: bytes = BODY, keep_headers: tuple[str, ...] = (), drain: float = 3.0,
+                    timeout: float = 30.0, keep_error_body: bool = False) -> dict[str, Any]:
+    """Starts one request at each offset of ``schedule`` (seconds from now) without waiting for
+    answers, then waits up to ``drain`` s after the last start for the stragglers (cancelled after).
+
+    Latency is counted from the *scheduled* start, so a client that falls behind its schedule, or
+    requests queued for a connection, count against the server instead of vanishing (no coordinated
+    omission). Returns {"start": perf_counter at offset 0, "records": [...]}, one record per request:
+    {"at": scheduled offset, "lag": how late it was really started (s), "done": offset of the answer
+    or None, "latency_ms", "status" (None when it failed or was cancelled), "headers": the
+    ``keep_headers`` present on the answer, and "body" (text) for answers other than 200 when
+    ``keep_error_body``}.
+    """
+    import asyncio
+
+    import aiohttp
+
+    records: list[dict[str, Any]] = []
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def one(record: dict[str, Any]) -> None:
+        record["lag"] = time.perf_counter() - start - record["at"]
+        try:
+            async with session.post(url, data=body, headers=headers or HEADERS, timeout=client_timeout) as response:
+                content = await response.read()
+                record["status"] = response.status
+                if keep_error_body and response.status != 200:
+                    record["body"] = content.decode(errors="replace")
+                record["headers"] = {h: response.headers[h] for h in keep_headers if h in response.headers}
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            record["error"] = type(exc).__name__
+        finally:
+            record["done"] = time.perf_counter() - start
+            record["latency_ms"] = (record["done"] - record["at"]) * 1000
+
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter()
+    i, n = 0, len(schedule)
+    while i < n:
+        now = time.perf_counter() - start
+        if schedule[i] > now:
+            await asyncio.sleep(schedule[i] - now)
+            now = time.perf_counter() - start
+        while i < n and schedule[i] <= now:  # catch up: everything due by now goes out at once
+            record = {"at": schedule[i], "lag": None, "done": None, "latency_ms": None, "status": None, "headers": {}}
+            records.append(record)
+            tasks.append(asyncio.create_task(one(record)))
+            i += 1
+    end = (schedule[-1] if schedule else 0.0) + drain
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=max(0.0, end - (time.perf_counter() - start)))
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for record in records:
+        if record.get("error") is None and record["status"] is None:
+            record["error"] = "cancelled"
+        if record["done"] is None:  # cancelled before it even started
+            record["latency_ms"] = (end - record["at"]) * 1000
+    return {"start": start, "records": records}

@@ -1,14 +1,127 @@
-"""Assemble bench/results/summary.md, the committed report, from each benchmark's markdown section."""
+"""Assemble bench/results/summary.md, the committed report: a header (what was measured, when, on what
+machine), a headline table of the key figures from each benchmark's JSON summary, then each
+benchmark's markdown section. A benchmark whose results are missing (or older and shaped differently)
+is left out of the headline rather than failing the summary."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
 from bench.common import RESULTS
+
+# the order of the sections; any other <name>.md found in bench/results follows, by name
+ORDER = ("router_overhead", "load_curve", "auth_overhead", "cold_start", "batching", "quota_accuracy")
+PLOT = "latency_vs_load.png"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((RESULTS / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _router_overhead(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("Router overhead: throughput through the router / direct (closed loop, 16 clients)",
+             f"×{s['throughput_ratio']:.2f}"),
+            ("Router overhead: added p50 latency (sequential requests)", f"+{s['added_p50_ms']:.2f} ms")]
+
+
+def _auth_overhead(s: dict[str, Any], r: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("Router CPU per proxied request, auth + limits off → on",
+             f"{r['off']['cpu_us_median']:.0f} → {r['on']['cpu_us_median']:.0f} µs "
+             f"({(s['cpu_ratio_on_off'] - 1) * 100:+.1f}%)")]
+
+
+def _cold_start(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("Cold start from zero, p50 first request: fork server vs plain spawn",
+             f"{s['fork']['p50_ms']:.0f} ms vs {s['spawn']['p50_ms']:.0f} ms (×{s['spawn_over_fork_p50']:.1f})")]
+
+
+def _batching(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
+    at32 = s["32"]
+    return [("Adaptive batching at 32 clients (embeddings): throughput on/off, p95 on/off",
+             f"×{at32['throughput_ratio']:.2f}, p95 ×{at32['p95_ratio']:.2f}")]
+
+
+def _load_curve(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
+    top = s["max_sustainable_rps"]
+
+    def rate(name: str) -> str:
+        return f"{top[name]:.0f}" if s["saturated"][name] else f"≥ {top[name]:.0f}"
+
+    return [("Max sustainable throughput, open loop: router vs direct",
+             f"{rate('router')} vs {rate('direct')} req/s (×{s['max_throughput_ratio']:.2f})"),
+            (f"Added p50 latency at {s['lightest_rate']:g} req/s, open loop", f"{s['added_p50_ms_lightest']:+.2f} ms")]
+
+
+def _quota_accuracy(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
+    rate, conc, daily = s["rate"], s["concurrency"], s["daily"]
+    return [(f"Rate limit {rate['rps']:g}/s burst {rate['burst']}: admitted / expected",
+             f"{rate['measured_ok']:.0f} / {rate['expected_ok']:.1f} ({rate['error_pct']:+.2f}%)"),
+            (f"Concurrency limit {conc['limit']}: most in flight in the router",
+             f"{conc['max_in_flight_router']} ({conc['error_pct']:+.0f}%)"),
+            (f"Daily quota {daily['limit']}: admitted of {daily['sent']}", f"{daily['measured_ok']:.0f}"
+             f" ({daily['error_pct']:+.2f}%)"),
+            ("Retry-After on every 429", "yes" if s["retry_after_on_every_429"] else "**no**")]
+
+
+HEADLINES: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[tuple[str, str]]]] = {
+    "router_overhead": _router_overhead, "load_curve": _load_curve, "auth_overhead": _auth_overhead,
+    "cold_start": _cold_start, "batching": _batching, "quota_accuracy": _quota_accuracy,
+}
+
+
+def headline(data: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    for name, rows_of in HEADLINES.items():
+        if name not in data:
+            continue
+        try:
+            rows += [f"| {label} | {value} |" for label, value in rows_of(data[name]["summary"],
+                                                                         data[name].get("results", {}))]
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            continue  # a result file from an older version of the benchmark
+    return rows
+
+
+def machine_of(data: dict[str, Any]) -> str:
+    m = data.get("machine", {})
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, Python {m.get('python', '?')}"
 
 
 def main() -> None:
-    sections = [p.read_text().strip() for p in sorted(RESULTS.glob("*.md")) if p.name != "summary.md"]
-    text = "# fnserve benchmarks\n\nWritten by `make bench`; each section names the machine it ran on.\n\n"
-    (RESULTS / "summary.md").write_text(text + "\n\n".join(sections) + "\n")
+    names = [n for n in ORDER if (RESULTS / f"{n}.md").exists()]
+    names += sorted(p.stem for p in RESULTS.glob("*.md") if p.stem not in ORDER and p.name != "summary.md")
+    data = {n: d for n in names if (d := load(n)) is not None}
+    days = sorted(d["when"][:10] for d in data.values() if d.get("when"))
+    machines = sorted({machine_of(d) for d in data.values()})
+    when = (days[0] if days[0] == days[-1] else f"{days[0]} to {days[-1]}") if days else "unknown dates"
+    text = [
+        "# fnserve benchmarks",
+        "",
+        "Written by `make bench` (each benchmark is `python -m bench.<name>`, then `python -m bench.summarize`): "
+        "what the router costs per request in latency, throughput and CPU; latency against open-loop offered "
+        "load, through the router and straight to a replica; how the API-key limits (rate, concurrency, daily "
+        "quota) are enforced; cold starts from zero; and adaptive batching. Client, router and replicas run on "
+        "the same machine, so absolute throughputs are floors; the ratios are the figures to compare.",
+        "",
+        f"Measured {when} on {'; '.join(machines) if machines else 'an unrecorded machine'}. Each section below "
+        "names its machine and method; each run also writes every round to bench/results/<name>.json (not "
+        "committed).",
+    ]
+    rows = headline(data)
+    if rows:
+        text += ["", "## Headline", "", "| figure | value |", "|---|---|", *rows]
+    sections = []
+    for name in names:
+        section = (RESULTS / f"{name}.md").read_text().strip()
+        if PLOT in section and not (RESULTS / PLOT).exists():
+            section = section.replace(f"({PLOT})", f"({PLOT}) (plot missing: run `python -m bench.load_curve`)")
+        sections.append(section)
+    (RESULTS / "summary.md").write_text("\n".join(text) + "\n\n" + "\n\n".join(sections) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ routers in one process (tests) do not share numbers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -55,10 +56,15 @@ class Metrics:
                                      ["function"], registry=self.registry,
                                      buckets=(.05, .1, .15, .2, .25, .35, .5, .75, 1, 1.5, 2, 3, 5, 10, 30))
         self.registry.register(_BackendCollector(statuses))
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def observe(self, function: str, code: int, seconds: float, cold_start_ms: float | None) -> None:
-        self.requests.labels(function, str(code)).inc()
-        self.duration.labels(function).observe(seconds)
+        children = self._children.get((function, code))
+        if children is None:  # labels() costs a lock and a dict walk: once per function and code
+            children = self._children[(function, code)] = (self.requests.labels(function, str(code)),
+                                                           self.duration.labels(function))
+        children[0].inc()
+        children[1].observe(seconds)
         if cold_start_ms is not None:
             self.cold_starts.labels(function).observe(cold_start_ms / 1000)
 

@@ -62,6 +62,7 @@ class Proxy:
     def __init__(self, connect_timeout: float) -> None:
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=30)
@@ -75,9 +76,12 @@ class Proxy:
     async def forward(self, request: Request, endpoint: Endpoint, timeout: float, *,
                       json_default: bool = False) -> Response:
         assert self._session is not None, "Proxy.start() was not called"
-        url = endpoint.url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        query = request.scope["query_string"]
+        url = endpoint.url + request.scope["path"] + (f"?{query.decode('latin-1')}" if query else "")
         body = await request.body()
-        limits = aiohttp.ClientTimeout(total=timeout, sock_connect=self.connect_timeout)
+        limits = self._timeouts.get(timeout)
+        if limits is None:
+            limits = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout, sock_connect=self.connect_timeout)
         sent = time.perf_counter()
         try:
             async with self._session.request(request.method, url, data=body or None, timeout=limits,

@@ -106,8 +106,16 @@ class MemoryStore:
         return None
 
 
+_last_day: tuple[int, str] = (-1, "")
+
+
 def utc_day(now: float) -> str:
-    return datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+    """``YYYY-MM-DD`` (UTC) of a timestamp; formatted once per day, since every request asks."""
+    global _last_day
+    number = int(now // 86400)
+    if number != _last_day[0]:
+        _last_day = (number, datetime.fromtimestamp(number * 86400, timezone.utc).strftime("%Y-%m-%d"))
+    return _last_day[1]
 
 
 def seconds_to_midnight(now: float) -> float:
