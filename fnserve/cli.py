@@ -88,7 +88,11 @@ def _stream(args: argparse.Namespace, path: str) -> None:
 
 
 def _ok(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    status, payload = _request(args, method, path, body)
+    return _checked(*_request(args, method, path, body))
+
+
+def _checked(status: int, payload: Any) -> Any:
+    """The payload of a successful answer; an error answer becomes one readable CliError."""
     if status >= 400:
         message = str(payload.get("error", payload) if isinstance(payload, dict) else payload)
         if status == 401:
@@ -199,8 +203,8 @@ def cmd_deploy(args: argparse.Namespace) -> None:
             result = _ok(args, "GET", f"/api/functions/{name}")
         else:
             result = _ok(args, "POST", "/api/functions", body)
-    elif status >= 400:
-        result = _ok(args, "POST", "/api/functions", body)  # raises with the router's message
+    else:
+        result = _checked(status, result)
     if args.json:
         _print_json(result)
         return
@@ -219,9 +223,7 @@ def _train_first(args: argparse.Namespace, file: Path, name: str, problem: str) 
     if job.spec.function != name:
         raise CliError(problem)
     print(f"{name}: no model published yet; running its job {job_file} first", file=sys.stderr, flush=True)
-    record = _ok(args, "POST", "/api/jobs", {"manifest": read_yaml(job_file), "source": str(job_file),
-                                             "params": job.spec.params, **_source(args, job_file.parent)})
-    record = _watch(args, record["id"])
+    record = _watch(args, _submit_job(args, job_file, job.spec.params)["id"])
     if record["state"] != "succeeded":
         raise CliError(f"{name}: job {record['id']} {record['state']} ({record['message'] or 'see its log'}); "
                        f"nothing deployed")
@@ -440,8 +442,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.local:
         _train_here(args, file, params)
         return
-    record = _ok(args, "POST", "/api/jobs", {"manifest": read_yaml(file), "source": str(file), "params": params,
-                                             **_source(args, file.parent)})
+    record = _submit_job(args, file, params)
     if not args.follow:
         if args.json:
             _print_json(record)
@@ -450,6 +451,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     print(f"job {record['id']} ({record['name']} for {record['function']}) {record['state']}", file=sys.stderr)
     _follow(args, record["id"])
+
+
+def _submit_job(args: argparse.Namespace, file: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """Queue the TrainingJob in ``file`` on the router, with its folder as the job's code."""
+    return _ok(args, "POST", "/api/jobs", {"manifest": read_yaml(file), "source": str(file), "params": params,
+                                           **_source(args, file.parent)})
 
 
 def _follow(args: argparse.Namespace, job_id: str) -> None:
