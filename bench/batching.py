@@ -16,8 +16,6 @@ import asyncio
 import json
 import random
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,16 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench.common import ROOT, function_status, machine_line, percentile, running_platform, workdir, write_results
+from bench.common import (
+    ROOT,
+    function_status,
+    machine_line,
+    percentile,
+    running_platform,
+    trained_run,
+    workdir,
+    write_results,
+)
 
 EMBEDDINGS = ROOT / "functions" / "embeddings"
 TEXTS = [
@@ -37,14 +44,6 @@ TEXTS = [
     "Quarterly revenue grew by eight percent", "How many vacation days do new employees get?",
     "The printer on the third floor is jammed again", "weather tomorrow", "Translate this sentence into French",
 ]
-
-
-def publish_model(work: Path) -> str:
-    """Publish the model once through the function's own job; the URI of the run."""
-    root = work / "artifacts" / "embeddings"
-    subprocess.run([sys.executable, "-m", "fnserve.jobs.run", "--manifest", str(EMBEDDINGS / "train.yaml"),
-                    "--output", root.as_uri()], check=True, capture_output=True)
-    return next(root.glob("*/_manifest.json")).parent.as_uri()
 
 
 def prepare(work: Path, name: str, run: str, batching: bool) -> Path:
@@ -101,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with workdir() as work:
-        run = publish_model(work)
+        run = trained_run(work, EMBEDDINGS)  # published through the function's own job
         functions = [prepare(work, "emb-batched", run, True), prepare(work, "emb-plain", run, False)]
         batching = yaml.safe_load((EMBEDDINGS / "function.yaml").read_text())["spec"]["batching"]
         with running_platform(work, "batching", functions) as router:

@@ -79,12 +79,12 @@ def prepare_function(work: Path, name: str, public: bool = True, **scaling: Any)
     return function
 
 
-def trained_run(work: Path) -> str:
-    """The URI of a published run of the example (the first call in ``work`` trains it)."""
-    root = work / "artifacts" / "sentiment"
+def trained_run(work: Path, example: Path = EXAMPLE) -> str:
+    """The URI of a published run of an example function (the first call in ``work`` runs its job)."""
+    root = work / "artifacts" / example.name
     runs = sorted(p for p in root.glob("*/_manifest.json")) if root.exists() else []
     if not runs:
-        subprocess.run([sys.executable, "-m", "fnserve.jobs.run", "--manifest", str(EXAMPLE / "train.yaml"),
+        subprocess.run([sys.executable, "-m", "fnserve.jobs.run", "--manifest", str(example / "train.yaml"),
                         "--output", root.as_uri()], check=True, capture_output=True)
         runs = sorted(root.glob("*/_manifest.json"))
     return runs[-1].parent.as_uri()

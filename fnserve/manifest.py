@@ -15,7 +15,7 @@ import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -249,13 +249,11 @@ class FunctionSpec(_Spec):
         return self
 
 
-class Function(_Spec):
-    """A deployable function: the one manifest used from laptop to cluster."""
+class _Document(_Spec):
+    """What every kind of manifest offers; the fields stay on each kind, in Kubernetes order."""
 
-    api_version: Literal["fnserve.dev/v1"] = Field(alias="apiVersion")
-    kind: Literal["Function"]
-    metadata: Metadata
-    spec: FunctionSpec
+    if TYPE_CHECKING:  # declared by each kind, after apiVersion and kind
+        metadata: Metadata
 
     @property
     def name(self) -> str:
@@ -264,6 +262,15 @@ class Function(_Spec):
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain data with its own (camelCase) keys, defaults filled in."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class Function(_Document):
+    """A deployable function: the one manifest used from laptop to cluster."""
+
+    api_version: Literal["fnserve.dev/v1"] = Field(alias="apiVersion")
+    kind: Literal["Function"]
+    metadata: Metadata
+    spec: FunctionSpec
 
 
 class TrainingJobSpec(_Spec):
@@ -298,20 +305,13 @@ class TrainingJobSpec(_Spec):
         return None if value is None else check_uri(value, relative=False).rstrip("/")
 
 
-class TrainingJob(_Spec):
+class TrainingJob(_Document):
     """A training run: a command that writes a model, published as one immutable run of a function."""
 
     api_version: Literal["fnserve.dev/v1"] = Field(alias="apiVersion")
     kind: Literal["TrainingJob"]
     metadata: Metadata
     spec: TrainingJobSpec
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 KINDS: dict[str, type[Function] | type[TrainingJob]] = {"Function": Function, "TrainingJob": TrainingJob}

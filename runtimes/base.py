@@ -34,6 +34,12 @@ log = logging.getLogger("fnserve.runtime")
 BATCH_HEADER = "x-fnserve-batch-rows"
 
 
+def gpu_visible() -> bool:
+    """Whether this process may use a GPU (the backend sets CUDA_VISIBLE_DEVICES for placement)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible is None or visible.strip() not in ("", "-1")
+
+
 def cpu_threads(cpu: str | None) -> int:
     """Threads a model should use: the replica's CPU allowance rounded up, at most the cores it can run on.
     More threads than cores only adds contention; ``None`` (no limit) means every usable core."""

@@ -89,7 +89,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         rows = rows_of(inputs)
         if rows is None or rows >= self.max_batch_size:  # nothing to gain, or too big to share
-            return await self._call_alone(inputs)
+            return await self._call_alone(inputs, rows or 0)
         waiting = _Waiting(inputs, rows, _layout(inputs), loop.time(), loop.create_future())
         self._queue.append(waiting)
         self._arrival.set()
@@ -97,8 +97,7 @@ class Batcher:
             self._worker = loop.create_task(self._gather(), name=f"{self.name}-batcher")
         return await waiting.result
 
-    async def _call_alone(self, inputs: Tensors) -> tuple[Tensors, int]:
-        rows = rows_of(inputs) or 0
+    async def _call_alone(self, inputs: Tensors, rows: int) -> tuple[Tensors, int]:
         self._count(1, rows)
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, inputs), rows
 

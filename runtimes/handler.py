@@ -59,6 +59,10 @@ class _Adapter(Handler):
             return self.target.postprocess(outputs, inputs)
         return outputs
 
+    def __getattr__(self, name: str) -> Any:
+        """Hooks only some runtimes call (torch's ``build_model``) come from the user's class as they are."""
+        return getattr(self.target, name)
+
 
 def load_handler(reference: str | None, function_dir: Path) -> Handler:
     """Import ``module:Class`` from the function's folder and instantiate it."""

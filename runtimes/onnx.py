@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import onnxruntime as ort
 
-from runtimes.base import FunctionModel
+from runtimes.base import FunctionModel, gpu_visible
 from runtimes.tensors import Tensors, TensorSpec
 
 log = logging.getLogger("fnserve.runtime")
@@ -25,12 +24,6 @@ MODEL_FILE = "model.onnx"
 def _spec(arg: ort.NodeArg) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
     return TensorSpec(arg.name, _DATATYPES.get(arg.type, "BYTES"), shape)
-
-
-def gpu_visible() -> bool:
-    """Whether this process may use a GPU (the backend sets CUDA_VISIBLE_DEVICES for placement)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return visible is None or visible.strip() not in ("", "-1")
 
 
 class OnnxModel(FunctionModel):

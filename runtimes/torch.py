@@ -26,8 +26,7 @@ import numpy as np
 import torch
 import torch.export.passes  # not imported by torch.export itself
 
-from runtimes.base import FunctionModel, ModelLoadError
-from runtimes.onnx import gpu_visible
+from runtimes.base import FunctionModel, ModelLoadError, gpu_visible
 from runtimes.tensors import Tensors, TensorSpec
 
 log = logging.getLogger("fnserve.runtime")
@@ -119,7 +118,7 @@ class TorchModel(FunctionModel):
         return self.model_inputs, self.model_outputs
 
     def _from_weights(self, path: Path) -> torch.nn.Module:
-        build = getattr(getattr(self.handler, "target", self.handler), "build_model", None)
+        build = getattr(self.handler, "build_model", None)
         if build is None:
             raise ModelLoadError(f"{self.name}: {path.name} holds weights only; the function's handler must "
                                  f"define build_model(model_dir) returning the torch.nn.Module to load them into")
