@@ -128,6 +128,7 @@ def cmd_up(args: argparse.Namespace) -> None:
 
     from fnserve.router.app import StartupDeploy, create_app
     from fnserve.router.auth import bootstrap_admin_key, load_pepper
+    from fnserve.router.http_server import protocol_with
     from fnserve.state import StateStore
 
     deploys = []
@@ -161,8 +162,9 @@ def cmd_up(args: argparse.Namespace) -> None:
 
         backend = LocalBackend(settings, state)
     app = create_app(settings, backend, state, deploys=deploys)
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
-                            log_level=settings.log_level, timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, loop="uvloop", http=protocol_with(settings.header_timeout), lifespan="on",
+                            access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=10,
+                            timeout_keep_alive=settings.keepalive_timeout)
     port = sock.getsockname()[1]
     print(f"fnserve {__version__} listening on http://{settings.host}:{port} (state: {settings.state_dir})",
           flush=True)

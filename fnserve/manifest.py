@@ -11,6 +11,7 @@ can fix all of them in one pass; nothing here ever raises a traceback for a user
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
+
+from fnserve.finite import non_finite
 
 API_VERSION = "fnserve.dev/v1"
 RUNTIMES = ("onnx", "torch", "transformers")
@@ -37,9 +40,10 @@ _MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
 
 
 class _Spec(BaseModel):
-    """Base for manifest sections: camelCase keys like Kubernetes, unknown keys rejected."""
+    """Base for manifest sections: camelCase keys like Kubernetes, unknown keys rejected, numbers finite
+    (a NaN or an infinity stored from a manifest or an admin body could not be written out as JSON again)."""
 
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True)
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True, allow_inf_nan=False)
 
 
 class Metadata(_Spec):
@@ -126,6 +130,8 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a duration such as 30s, 1m30s or 500ms")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite duration")
         return float(value)
     match = _DURATION_RE.match(value.strip()) if isinstance(value, str) else None
     if not match or not value.strip() or not any(match.groups()):
@@ -134,7 +140,7 @@ def parse_duration(value: Any) -> float:
     return days * 86400 + hours * 3600 + minutes * 60 + seconds + millis / 1000
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=float | str)]
 
 
 class Scaling(_Spec):
@@ -179,13 +185,20 @@ class Scaling(_Spec):
         return value
 
 
+#: Bounds of a limit: far above any real one, low enough to stay exact in a float, a Lua number in Redis
+#: and a SQLite integer.
+MAX_RPS = 1e6
+MAX_COUNT = 10**6
+MAX_DAILY = 10**12
+
+
 class LimitsSpec(_Spec):
     """Per-function overrides of the callers' limits (per key × function; per address when public)."""
 
-    rps: float | None = Field(default=None, gt=0, description="Requests per second (GCRA rate).")
-    burst: int | None = Field(default=None, ge=1, description="Requests allowed at once.")
-    concurrency: int | None = Field(default=None, ge=1, description="Requests in flight.")
-    daily: int | None = Field(default=None, ge=1, description="Requests per UTC day.")
+    rps: float | None = Field(default=None, gt=0, le=MAX_RPS, description="Requests per second (GCRA rate).")
+    burst: int | None = Field(default=None, ge=1, le=MAX_COUNT, description="Requests allowed at once.")
+    concurrency: int | None = Field(default=None, ge=1, le=MAX_COUNT, description="Requests in flight.")
+    daily: int | None = Field(default=None, ge=1, le=MAX_DAILY, description="Requests per UTC day.")
 
 
 class AuthSpec(_Spec):
@@ -278,6 +291,14 @@ class TrainingJobSpec(_Spec):
     command: list[str] = Field(min_length=1, description="argv, run in the folder of this manifest.")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="Free-form parameters, handed to the job as FNSERVE_PARAMS (JSON).")
+
+    @field_validator("params")
+    @classmethod
+    def _finite_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        where = non_finite(params)
+        if where:
+            raise ValueError(f"params.{where[0]} is not a finite number; FNSERVE_PARAMS is JSON, which has none")
+        return params
     resources: Resources = Field(default_factory=Resources)
     timeout: Duration = Field(default=3600.0, ge=1, le=7 * 86400,
                               description="Wall-clock limit; past it the job is killed and publishes nothing.")

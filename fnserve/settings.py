@@ -32,6 +32,15 @@ class Settings:
     """Seconds an old replica may keep finishing requests after a redeploy."""
     connect_timeout: float = 5.0
     """Seconds the proxy waits to connect to a replica before answering 503."""
+    max_body_bytes: int = 64 * 2**20
+    """Largest request body the router reads; a larger one is answered 413 before it is read past this."""
+    header_timeout: float = 10.0
+    """Seconds a client has from a request's first byte (or its connection's opening) to finish the
+    headers; then 408 and the connection is closed (slowloris)."""
+    body_timeout: float = 30.0
+    """Seconds a request body may stall between two chunks before 408."""
+    keepalive_timeout: float = 5.0
+    """Seconds an idle client connection stays open between requests."""
     s3_endpoint_url: str | None = None
     """S3 API endpoint for s3:// URIs (MinIO, Ceph…); unset = boto3's default (AWS, or AWS_ENDPOINT_URL)."""
     s3_region: str | None = None

@@ -5,11 +5,18 @@ its code came from and the model folder it resolved to. A function points at its
 the newest, or an older one after a rollback; restarting ``fnserve up`` re-applies the current revision
 of every function, so deployments survive a restart. Job records outlive the jobs: state, times, exit
 code, metrics and the artifact they published.
+
+Nothing the database cannot give back is written: every JSON column is encoded with NaN and the
+infinities refused, and every time column must be finite (validation comes first — manifests and admin
+bodies refuse such numbers — and this is the store's own guarantee). Rows an older version stored with
+such values are repaired when the store opens, and each repair is logged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import sqlite3
 import threading
 import time
@@ -17,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fnserve.finite import non_finite
 from fnserve.manifest import Function, parse_function
+
+log = logging.getLogger("fnserve.state")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -83,6 +93,19 @@ CREATE TABLE IF NOT EXISTS daily_counts (
 );
 """
 _KEY_COLUMNS = {"limits": "TEXT"}  # added after the first release of the table
+_KEY_TIMES = ("previous_until", "created_at", "expires_at", "revoked_at")
+
+
+def dumps(value: Any) -> str:
+    """A value as a JSON column; raises ValueError for NaN or an infinity anywhere in it."""
+    return json.dumps(value, allow_nan=False)
+
+
+def _finite_times(row: tuple[Any, ...], names: tuple[str, ...], values: tuple[Any, ...]) -> tuple[Any, ...]:
+    for name, value in zip(names, values, strict=True):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite time (got {value})")
+    return row
 
 
 @dataclass(frozen=True)
@@ -143,9 +166,11 @@ class JobRecord:
         return self.state in JOB_DONE
 
     def row(self) -> tuple[Any, ...]:
-        return (self.id, self.name, self.function, self.state, json.dumps(self.manifest), self.source_dir,
-                json.dumps(self.params), self.output, self.created_at, self.started_at, self.finished_at,
-                self.exit_code, self.message, self.artifact_uri, json.dumps(self.metrics), self.deploy)
+        return _finite_times(
+            (self.id, self.name, self.function, self.state, dumps(self.manifest), self.source_dir,
+             dumps(self.params), self.output, self.created_at, self.started_at, self.finished_at,
+             self.exit_code, self.message, self.artifact_uri, dumps(self.metrics), self.deploy),
+            ("created_at", "started_at", "finished_at"), (self.created_at, self.started_at, self.finished_at))
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
@@ -180,9 +205,10 @@ class KeyRecord:
     """The key's own limits (rps, burst, concurrency, daily); missing ones come from its tenant."""
 
     def row(self) -> tuple[Any, ...]:
-        return (self.id, self.name, self.tenant, json.dumps(list(self.scopes)), self.secret_hash,
-                self.previous_hash, self.previous_until, self.created_at, self.expires_at, self.revoked_at,
-                json.dumps(self.limits))
+        return _finite_times(
+            (self.id, self.name, self.tenant, dumps(list(self.scopes)), self.secret_hash, self.previous_hash,
+             self.previous_until, self.created_at, self.expires_at, self.revoked_at, dumps(self.limits)),
+            _KEY_TIMES, (self.previous_until, self.created_at, self.expires_at, self.revoked_at))
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> KeyRecord:
@@ -210,6 +236,39 @@ class StateStore:
         for column, kind in _KEY_COLUMNS.items():
             if column not in present:
                 self._db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
+        for repair in self._repair_non_finite():
+            log.warning("state: repaired %s", repair)
+
+    def _repair_non_finite(self) -> list[str]:
+        """Rewrite rows an older version stored with NaN or an infinity, which could never be read back
+        as JSON: a limit of ±inf or NaN is dropped (no limit, as an infinite one means); an expiry of +inf
+        becomes none (never); any other non-finite time — a grace period's end among them — becomes now
+        (already past: a previous secret never stays valid by accident)."""
+        repairs: list[str] = []
+        now = time.time()
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            for key_id, limits_text, *times in self._db.execute(
+                    f"SELECT id, limits, {', '.join(_KEY_TIMES)} FROM api_keys").fetchall():
+                limits = json.loads(limits_text or "{}")
+                bad = non_finite(limits)
+                if bad:
+                    kept = {k: v for k, v in limits.items() if k not in bad}
+                    self._db.execute("UPDATE api_keys SET limits = ? WHERE id = ?", (dumps(kept), key_id))
+                    repairs.append(f"API key {key_id}: dropped non-finite limits {', '.join(bad)}")
+                for column, value in zip(_KEY_TIMES, times, strict=True):
+                    if isinstance(value, float) and not math.isfinite(value):
+                        fixed = None if value == math.inf and column == "expires_at" else now
+                        self._db.execute(f"UPDATE api_keys SET {column} = ? WHERE id = ?", (fixed, key_id))
+                        repairs.append(f"API key {key_id}: {column} was {value}, now {fixed or 'none'}")
+            for tenant, limits_text in self._db.execute("SELECT tenant, limits FROM tenant_limits").fetchall():
+                limits = json.loads(limits_text)
+                bad = non_finite(limits)
+                if bad:
+                    kept = {k: v for k, v in limits.items() if k not in bad}
+                    self._db.execute("UPDATE tenant_limits SET limits = ? WHERE tenant = ?", (dumps(kept), tenant))
+                    repairs.append(f"tenant {tenant!r}: dropped non-finite limits {', '.join(bad)}")
+        return repairs
 
     def next_number(self, name: str) -> int:
         with self._lock:
@@ -223,7 +282,7 @@ class StateStore:
             self._db.execute("BEGIN")
             self._db.execute(
                 "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?, ?)",
-                (revision.name, revision.number, json.dumps(revision.function.to_dict()),
+                (revision.name, revision.number, dumps(revision.function.to_dict()),
                  str(revision.source_dir), str(revision.model_dir), revision.created_at))
             self._db.execute("INSERT OR REPLACE INTO functions VALUES (?, ?, ?)",
                              (revision.name, revision.number, now))
@@ -311,6 +370,7 @@ class StateStore:
 
     def rotate_key(self, key_id: str, secret_hash: str, previous_until: float) -> bool:
         """A new secret; the current one stays valid until ``previous_until``."""
+        _finite_times((), ("previous_until",), (previous_until,))
         with self._lock:
             return self._db.execute(
                 "UPDATE api_keys SET previous_hash = secret_hash, previous_until = ?, secret_hash = ? "
@@ -319,7 +379,7 @@ class StateStore:
     # -- limits and daily quotas -----------------------------------------------------------------
     def set_tenant_limits(self, tenant: str, limits: dict[str, Any]) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO tenant_limits VALUES (?, ?)", (tenant, json.dumps(limits)))
+            self._db.execute("INSERT OR REPLACE INTO tenant_limits VALUES (?, ?)", (tenant, dumps(limits)))
 
     def tenant_limits(self) -> dict[str, dict[str, Any]]:
         with self._lock:

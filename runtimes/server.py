@@ -69,13 +69,30 @@ def build_model(args: argparse.Namespace) -> Any:
 def serve(model: Any, host: str, port: int) -> None:
     """Start a ModelServer for an already loaded model on host:port (blocks until stopped)."""
     import kserve  # noqa: PLC0415
+    from kserve.model_server import app  # noqa: PLC0415
+
+    from runtimes import errors
+    from runtimes.framing import CheckedDataPlane
 
     class _BoundModelServer(kserve.ModelServer):
-        """KServe always binds 0.0.0.0; a replica on a shared machine must stay on loopback."""
+        """KServe always binds 0.0.0.0; a replica on a shared machine must stay on loopback. Its data plane
+        checks V2 framing first, and its app gets fnserve's error answers once KServe has added its own."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.dataplane = CheckedDataPlane(model_registry=self.registered_models)
 
         def setup_event_loop(self) -> None:
-            if getattr(self, "_rest_server", None) is not None:
-                self._rest_server.config.host = host
+            rest = getattr(self, "_rest_server", None)
+            if rest is not None:
+                rest.config.host = host
+                kserve_setup = rest.create_application
+
+                def create_application() -> None:
+                    kserve_setup()
+                    errors.install(app, model.name)
+
+                rest.create_application = create_application
             super().setup_event_loop()
 
     server = _BoundModelServer(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False)

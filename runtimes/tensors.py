@@ -127,6 +127,8 @@ def from_v2(request: InferRequest, inputs: list[TensorSpec]) -> Tensors:
     unknown = sorted(given - set(by_name))
     if unknown:
         raise InvalidInput(f"unknown input {unknown[0]!r}; this model takes {sorted(by_name)}")
+    if len(given) != len(request.inputs):
+        raise InvalidInput("each input may be given once; a name appears twice")
     missing = sorted(set(by_name) - given)
     if missing:
         raise InvalidInput(f"missing input {missing[0]!r}; this model takes {sorted(by_name)}")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fnserve.finite import as_strings
 from fnserve.manifest import ManifestError, TrainingJob, load_training_job
 from fnserve.settings import Settings
 from fnserve.storage import ArtifactError, describe_folder, new_run_id, open_store, publish
@@ -177,6 +178,7 @@ def _publish(job: TrainingJob, function_dir: Path, output: Path, output_uri: str
                 raise ArtifactError(f"{METRICS_FILE} is not valid JSON: {exc}") from None
             if not isinstance(metrics, dict):
                 raise ArtifactError(f"{METRICS_FILE} must hold a JSON object")
+            metrics = as_strings(metrics)  # a NaN loss is news, but not JSON: it is kept as "nan"
         record = {"apiVersion": "fnserve.dev/v1", "kind": "TrainingRun", "runId": run_id,
                   "function": job.spec.function, "job": job.name, "command": job.spec.command, "params": params,
                   "metrics": metrics, "startedAt": _iso(started), "finishedAt": _iso(time.time()),

@@ -8,20 +8,28 @@ runs). A new or rotated key's token is in the response once and stored nowhere.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fnserve.backends.base import BackendError, FunctionNotFound
-from fnserve.manifest import LimitsSpec, parse_duration, problems_from
-from fnserve.router.auth import create_key, hash_secret, new_secret, token_for, valid_scope
+from fnserve.router.admin_bodies import (
+    BadRequest,
+    CreateKey,
+    FunctionSource,
+    Rollback,
+    RotateKey,
+    SubmitJob,
+    TenantLimits,
+    read_body,
+    takes,
+)
+from fnserve.router.auth import create_key, hash_secret, new_secret, token_for
 from fnserve.router.errors import error_response
 from fnserve.router.platform import DeployRejected, Platform
 from fnserve.router.usage import Tally
@@ -33,15 +41,20 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _admin(endpoint: Endpoint) -> Endpoint:
-    """Map backend errors to their HTTP answers."""
+    """Map backend errors (and refused bodies, with their problems) to their HTTP answers."""
     async def guarded(request: Request) -> Response:
         try:
             return await endpoint(request)
+        except BadRequest as exc:
+            return error_response(request, 400, str(exc),
+                                  **({"problems": [{"path": p.path, "message": p.message} for p in exc.problems]}
+                                     if exc.problems else {}))
         except BackendError as exc:
             return error_response(request, exc.status, str(exc), retry_after=exc.retry_after)
 
     guarded.__doc__ = endpoint.__doc__
     guarded.__name__ = endpoint.__name__
+    guarded.body_model = getattr(endpoint, "body_model", None)  # type: ignore[attr-defined]
     return guarded
 
 
@@ -63,20 +76,16 @@ async def list_functions(request: Request) -> Response:
     return JSONResponse({"functions": [_summary(platform, r) for _, r in sorted(platform.functions.items())]})
 
 
-async def _manifest_body(request: Request) -> dict[str, Any]:
-    """{"manifest": {...}} with either "sourceDir" (a folder on the router's machine) or "files" (the
-    folder itself, {path: base64}, for a router elsewhere — e.g. in a cluster)."""
-    body = await _json_body(request)
-    if "manifest" not in body:
-        raise BadRequest('request body must be {"manifest": {...}, "sourceDir": "..." or "files": {...}}')
-    if "files" in body:
-        platform: Platform = request.app.state.platform
-        try:
-            folder = await asyncio.to_thread(unpack_upload, body["files"], platform.settings.state_dir / "uploads")
-        except ArtifactError as exc:
-            raise BadRequest(str(exc)) from None
-        body["sourceDir"] = str(folder)
-    return body
+async def _source_dir(request: Request, body: FunctionSource) -> str:
+    """The folder a manifest's code is in: ``sourceDir`` as given, or ``files`` unpacked here."""
+    if body.files is None:
+        return body.source_dir or ""
+    platform: Platform = request.app.state.platform
+    try:
+        folder = await asyncio.to_thread(unpack_upload, body.files, platform.settings.state_dir / "uploads")
+    except ArtifactError as exc:
+        raise BadRequest(str(exc)) from None
+    return str(folder)
 
 
 def _rejected(request: Request, exc: DeployRejected) -> Response:
@@ -86,13 +95,14 @@ def _rejected(request: Request, exc: DeployRejected) -> Response:
 
 
 @_admin
+@takes(FunctionSource)
 async def deploy(request: Request) -> Response:
     """Deploy a manifest as a new revision; answers once the revision serves (201 new, 200 updated)."""
     platform: Platform = request.app.state.platform
-    body = await _manifest_body(request)
+    body = await read_body(request, FunctionSource)
     try:
-        revision, created = await platform.deploy(body["manifest"], body.get("sourceDir", ""),
-                                                  str(body.get("source") or "manifest"))
+        revision, created = await platform.deploy(body.manifest, await _source_dir(request, body),
+                                                  body.source or "manifest")
     except DeployRejected as exc:
         return _rejected(request, exc)
     return JSONResponse({**revision.to_dict(), **_summary(platform, revision)}, 201 if created else 200)
@@ -109,30 +119,27 @@ async def list_revisions(request: Request) -> Response:
 
 
 @_admin
+@takes(Rollback)
 async def rollback(request: Request) -> Response:
     """Serve an earlier revision again: {"to": N} (default: the one before the current)."""
     platform: Platform = request.app.state.platform
-    to = (await _json_body(request)).get("to")
-    if to is not None and (not isinstance(to, int) or isinstance(to, bool) or to < 1):
-        raise BadRequest(f"to must be a revision number (got {to!r})")
+    body = await read_body(request, Rollback)
     try:
-        revision = await platform.rollback(request.path_params["name"], to)
+        revision = await platform.rollback(request.path_params["name"], body.to)
     except DeployRejected as exc:
         return _rejected(request, exc)
     return JSONResponse({**revision.to_dict(), **_summary(platform, revision)})
 
 
 @_admin
+@takes(SubmitJob)
 async def submit_job(request: Request) -> Response:
     """Queue a training job: {"manifest": {...TrainingJob}, "sourceDir": "...", "params": {...}} → 202."""
     platform: Platform = request.app.state.platform
-    body = await _manifest_body(request)
-    params = body.get("params") or {}
-    if not isinstance(params, dict):
-        raise BadRequest("params must be an object")
+    body = await read_body(request, SubmitJob)
     try:
-        record = await platform.submit_job(body["manifest"], body.get("sourceDir", ""),
-                                           str(body.get("source") or "manifest"), params)
+        record = await platform.submit_job(body.manifest, await _source_dir(request, body),
+                                           body.source or "manifest", body.params)
     except DeployRejected as exc:
         return _rejected(request, exc)
     return JSONResponse(record.to_dict(), 202, headers={"Location": f"/api/jobs/{record.id}"})
@@ -209,43 +216,6 @@ async def function_logs(request: Request) -> Response:
     return PlainTextResponse(text + "\n")
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body must be JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
-
-
-class BadRequest(BackendError):
-    status = 400
-
-
-def _seconds(value: Any, field: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = parse_duration(value)
-    except ValueError:
-        raise BadRequest(f"{field} must be a duration such as 30d, 12h or 90s (got {value!r})") from None
-    if seconds <= 0:
-        raise BadRequest(f"{field} must be positive (got {value!r})")
-    return seconds
-
-
-def _limits(value: Any) -> dict[str, Any]:
-    """Validated limits: rps > 0, burst/concurrency/daily whole numbers ≥ 1; unknown names refused."""
-    if not isinstance(value, dict):
-        raise BadRequest("limits must be an object with rps, burst, concurrency and/or daily")
-    try:
-        return LimitsSpec.model_validate(value).model_dump(exclude_none=True)
-    except ValidationError as exc:
-        problems = "; ".join(p.render("limits") for p in problems_from(LimitsSpec, exc))
-        raise BadRequest(problems) from None
-
-
 @_admin
 async def list_tenants(request: Request) -> Response:
     """Default limits per tenant."""
@@ -254,10 +224,11 @@ async def list_tenants(request: Request) -> Response:
 
 
 @_admin
+@takes(TenantLimits)
 async def set_tenant(request: Request) -> Response:
     """Set a tenant's default limits (replacing the previous ones): {rps?, burst?, concurrency?, daily?}."""
     tenant = request.path_params["tenant"]
-    limits = _limits(await _json_body(request))
+    limits = (await read_body(request, TenantLimits)).model_dump(exclude_none=True)
     await asyncio.to_thread(request.app.state.platform.state.set_tenant_limits, tenant, limits)
     request.app.state.platform.forget_tenants()
     return JSONResponse({"tenant": tenant, "limits": limits})
@@ -285,23 +256,15 @@ async def list_keys(request: Request) -> Response:
 
 
 @_admin
+@takes(CreateKey)
 async def create_api_key(request: Request) -> Response:
-    """Create a key: {name, tenant?, scopes?, expiresIn?}; the token is in this response only."""
+    """Create a key: {name, tenant?, scopes?, expiresIn?, limits?}; the token is in this response only."""
     platform: Platform = request.app.state.platform
-    body = await _json_body(request)
-    name, tenant = body.get("name"), body.get("tenant", "default")
-    scopes = body.get("scopes", ["invoke:*"])
-    if not isinstance(name, str) or not name.strip():
-        raise BadRequest("name is required")
-    if not isinstance(tenant, str) or not tenant.strip():
-        raise BadRequest("tenant must be a non-empty string")
-    if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) and valid_scope(s) for s in scopes):
-        raise BadRequest(f"scopes must be a list of admin, invoke:* or invoke:<function> (got {scopes!r})")
-    lifetime = _seconds(body.get("expiresIn"), "expiresIn")
-    expires_at = time.time() + lifetime if lifetime else None
-    limits = _limits(body.get("limits", {}))
-    record, token = await asyncio.to_thread(create_key, platform.state, platform.keys.pepper, name.strip(),
-                                            tenant.strip(), scopes, expires_at, limits)
+    body = await read_body(request, CreateKey)
+    expires_at = time.time() + body.expires_in if body.expires_in else None
+    record, token = await asyncio.to_thread(create_key, platform.state, platform.keys.pepper, body.name,
+                                            body.tenant, body.scopes, expires_at,
+                                            body.limits.model_dump(exclude_none=True))
     return JSONResponse({"key": record.to_dict(), "token": token}, 201)
 
 
@@ -317,11 +280,12 @@ async def revoke_key(request: Request) -> Response:
 
 
 @_admin
+@takes(RotateKey)
 async def rotate_key(request: Request) -> Response:
     """New secret for a key; the old one keeps working for {grace} (default 1h)."""
     platform: Platform = request.app.state.platform
     key_id = request.path_params["key_id"]
-    grace = _seconds((await _json_body(request)).get("grace", "1h"), "grace") or 0.0
+    grace = (await read_body(request, RotateKey)).grace
     secret = new_secret()
     changed = await asyncio.to_thread(platform.state.rotate_key, key_id, hash_secret(platform.keys.pepper, secret),
                                       time.time() + grace)

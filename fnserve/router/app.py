@@ -19,6 +19,7 @@ from fnserve.backends.base import Backend, BackendError
 from fnserve.router import admin, inference, metrics, openapi
 from fnserve.router.admission import AdmissionMiddleware
 from fnserve.router.auth import AuthMiddleware, KeyVerifier, load_pepper
+from fnserve.router.body import BodyGuardMiddleware
 from fnserve.router.errors import RequestIdMiddleware, error_response
 from fnserve.router.platform import DeployRejected, Platform
 from fnserve.router.proxy import Proxy
@@ -30,8 +31,9 @@ log = logging.getLogger("fnserve.router")
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    message = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-    return error_response(request, exc.status_code, f"{message}: {request.method} {request.url.path}")
+    what = {404: "no such route", 405: "method not allowed"}.get(exc.status_code)
+    message = f"{what}: {request.method} {request.url.path}" if what else str(exc.detail)
+    return error_response(request, exc.status_code, message, headers=exc.headers)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -97,7 +99,10 @@ def create_app(settings: Settings, backend: Backend, state: StateStore | None = 
 
     app = Starlette(
         routes=[*inference.routes, *admin.routes, *metrics.routes, *openapi.routes],
-        middleware=[Middleware(RequestIdMiddleware), Middleware(AuthMiddleware, platform=platform),
+        middleware=[Middleware(RequestIdMiddleware),
+                    Middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes,
+                               idle_timeout=settings.body_timeout),
+                    Middleware(AuthMiddleware, platform=platform),
                     Middleware(AdmissionMiddleware, platform=platform)],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,

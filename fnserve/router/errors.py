@@ -21,9 +21,9 @@ def request_id(request: Request) -> str:
 
 
 def error_response(request: Request, status: int, message: str, *, retry_after: int | None = None,
-                   **extra: Any) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"error": message, "requestId": request_id(request), **extra}, status, headers)
+                   headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    headers = {**(headers or {}), **({"Retry-After": str(retry_after)} if retry_after is not None else {})}
+    return JSONResponse({"error": message, "requestId": request_id(request), **extra}, status, headers or None)
 
 
 class RequestIdMiddleware:

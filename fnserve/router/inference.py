@@ -22,16 +22,24 @@ from fnserve.router.proxy import UpstreamUnreachable
 async def _forward(request: Request, *, json_default: bool = False) -> Response:
     platform: Platform = request.app.state.platform
     name = request.path_params["name"]
-    if name not in platform.functions:
+    revision = platform.functions.get(name)
+    if revision is None:
         return error_response(request, 404, f"function {name!r} not found")
+    path = None
+    version = request.path_params.get("version")
+    if version is not None:  # a function's versions are its revisions; only the serving one answers
+        if version != str(revision.number):
+            return error_response(request, 404, f"function {name!r} has no version {version!r} serving "
+                                                f"(version {revision.number} is current)")
+        path = request.scope["path"].replace(f"/versions/{version}", "", 1)
     started = time.perf_counter()
-    response, cold_start_ms = await _attempt(request, platform, name, json_default)
+    response, cold_start_ms = await _attempt(request, platform, name, json_default, path)
     platform.metrics.observe(name, response.status_code, time.perf_counter() - started, cold_start_ms)
     return response
 
 
 async def _attempt(request: Request, platform: Platform, name: str,
-                   json_default: bool) -> tuple[Response, float | None]:
+                   json_default: bool, path: str | None) -> tuple[Response, float | None]:
     revision = platform.functions[name]
     for attempt in (1, 2):  # a connection refused before any byte was sent is retried once elsewhere
         try:
@@ -40,7 +48,7 @@ async def _attempt(request: Request, platform: Platform, name: str,
             return error_response(request, exc.status, str(exc), retry_after=exc.retry_after), None
         try:
             response = await platform.proxy.forward(request, endpoint, revision.function.spec.timeout,
-                                                    json_default=json_default)
+                                                    json_default=json_default, path=path)
         except UpstreamUnreachable as exc:
             platform.backend.unreachable(endpoint)
             if attempt == 2:
@@ -86,5 +94,6 @@ routes = [
     Route("/v2/models/{name}/ready", model_request, methods=["GET"], name="v2_model_ready"),
     Route("/v2/models/{name}/infer", predict, methods=["POST"], name="v2_infer"),
     Route("/v2/models/{name}/versions/{version}", model_request, methods=["GET"], name="v2_model_version"),
+    Route("/v2/models/{name}/versions/{version}/ready", model_request, methods=["GET"], name="v2_model_version_ready"),
     Route("/v2/models/{name}/versions/{version}/infer", predict, methods=["POST"], name="v2_infer_version"),
 ]

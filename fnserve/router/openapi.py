@@ -1,4 +1,9 @@
-"""GET /openapi.json, generated from the app's actual route table so it cannot drift from the code."""
+"""GET /openapi.json, generated from the app's actual route table so it cannot drift from the code.
+
+Request bodies come from the models the admin routes validate with (router/admin_bodies.py); every
+error status a route can answer is listed with the one error shape, and ``default`` says that any other
+is that shape too — the fuzz test in tests/ holds the router to this document.
+"""
 
 from __future__ import annotations
 
@@ -12,33 +17,67 @@ from starlette.routing import Route
 import fnserve
 
 _ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-_STATUSES = {"GET": ["200", "404"], "POST": ["200", "400", "404", "503", "504"], "DELETE": ["200", "404"]}
+#: What each kind of route may answer besides success (the statuses docs/errors.md explains).
+_STATUSES = {
+    "admin": ["400", "401", "403", "404", "408", "409", "413", "422", "503"],
+    "inference": ["400", "401", "403", "404", "408", "413", "429", "500", "503", "504"],
+    "open": ["503"],
+}
+#: Query parameters the routes read (by route name).
+_QUERY: dict[str, dict[str, dict[str, Any]]] = {
+    "list_jobs": {"limit": {"type": "integer", "minimum": 1}},
+    "function_logs": {"tail": {"type": "integer", "minimum": 1}},
+    "job_logs": {"follow": {"type": "string", "enum": ["0", "1", "true", "false", "yes", "no"]}},
+    "usage": {"key": {"type": "string"}, "function": {"type": "string"},
+              "since": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}},
+}
+
+
+def _kind(path: str) -> str:
+    if path.startswith("/api/") or path == "/metrics":
+        return "admin"
+    return "inference" if path.startswith(("/v1/models/", "/v2/models/")) else "open"
+
+
+def _request_body(model: Any, components: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__] = schema
+    return {"required": False, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
 
 
 def build_spec(routes: list[Any]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
+    components: dict[str, Any] = {"Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "string"}, "requestId": {"type": "string"}}}}
     for route in routes:
         if not isinstance(route, Route) or route.path == "/openapi.json":
             continue
-        tag = "admin" if route.path.startswith("/api/") else "inference"
+        kind = _kind(route.path)
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                   for p in re.findall(r"{(\w+)}", route.path)]
+        params += [{"name": name, "in": "query", "required": False, "schema": schema}
+                   for name, schema in _QUERY.get(route.name, {}).items()]
         doc = (route.endpoint.__doc__ or "").strip().splitlines()
         for method in sorted((route.methods or set()) - {"HEAD"}):
-            responses: dict[str, Any] = {}
-            for code in _STATUSES.get(method, ["200"]):
-                responses[code] = {"description": "OK"} if code == "200" else _ERROR
-            paths.setdefault(route.path, {})[method.lower()] = {
-                "operationId": route.name, "summary": doc[0] if doc else route.name, "tags": [tag],
-                "parameters": params, "responses": responses}
+            responses: dict[str, Any] = {"2XX": {"description": "OK"}}
+            responses.update({code: _ERROR for code in _STATUSES[kind]})
+            responses["default"] = _ERROR
+            operation: dict[str, Any] = {
+                "operationId": route.name, "summary": doc[0] if doc else route.name,
+                "tags": ["admin" if kind == "admin" else "inference"], "parameters": params, "responses": responses}
+            model = getattr(route.endpoint, "body_model", None)
+            if model is not None:
+                operation["requestBody"] = _request_body(model, components)
+            paths.setdefault(route.path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "fnserve router", "version": fnserve.__version__,
                  "description": "KServe V1 / Open Inference Protocol V2 inference and the fnserve admin API."},
         "paths": paths,
-        "components": {"schemas": {"Error": {
-            "type": "object", "required": ["error"],
-            "properties": {"error": {"type": "string"}, "requestId": {"type": "string"}}}}},
+        "components": {"schemas": components},
     }
 
 
