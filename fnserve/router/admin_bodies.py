@@ -67,7 +67,7 @@ class RotateKey(AdminBody):
 
 
 class Rollback(AdminBody):
-    to: StrictInt | None = Field(default=None, ge=1, description="Revision to serve; default the one before.")
+    to: StrictInt | None = Field(default=None, ge=1, le=2**31, description="Revision to serve; default the one before.")
 
 
 class FunctionSource(AdminBody):

@@ -25,11 +25,30 @@ _STATUSES = {
 }
 #: Query parameters the routes read (by route name).
 _QUERY: dict[str, dict[str, dict[str, Any]]] = {
-    "list_jobs": {"limit": {"type": "integer", "minimum": 1}},
-    "function_logs": {"tail": {"type": "integer", "minimum": 1}},
+    "list_jobs": {"limit": {"type": "integer", "description": "Clamped to 1..1000; default 50."}},
+    "function_logs": {"tail": {"type": "integer", "description": "Lines per replica, clamped to 1..10000."}},
     "job_logs": {"follow": {"type": "string", "enum": ["0", "1", "true", "false", "yes", "no"]}},
     "usage": {"key": {"type": "string"}, "function": {"type": "string"},
-              "since": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}},
+              "since": {"type": "string", "pattern": r"^(\d{4}-\d{2}-\d{2})?$"}},
+}
+
+
+_DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+              "FP64", "BYTES"]
+#: Request bodies of the inference routes, after KServe V1 and the Open Inference Protocol's REST spec.
+_INFERENCE_BODIES: dict[str, dict[str, Any]] = {
+    "V1Request": {"type": "object", "required": ["instances"],
+                  "properties": {"instances": {"type": "array", "minItems": 1}}},
+    "V2Request": {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["name", "shape", "datatype", "data"],
+            "properties": {"name": {"type": "string"}, "datatype": {"enum": _DATATYPES},
+                           "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                           "parameters": {"type": "object"}, "data": {"type": "array"}}}},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
+                                               "properties": {"name": {"type": "string"},
+                                                              "parameters": {"type": "object"}}}}}},
 }
 
 
@@ -43,20 +62,27 @@ def _request_body(model: Any, components: dict[str, Any]) -> dict[str, Any]:
     schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
     components.update(schema.pop("$defs", {}))
     components[model.__name__] = schema
-    return {"required": False, "content": {"application/json": {
+    return {"required": bool(schema.get("required")), "content": {"application/json": {
         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
 
 
-def build_spec(routes: list[Any]) -> dict[str, Any]:
+def _json_body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def build_spec(routes: list[Any], functions: list[str] | None = None) -> dict[str, Any]:
+    """The document for ``routes``; ``functions`` (deployed now) are offered as examples of ``name``."""
     paths: dict[str, dict[str, Any]] = {}
     components: dict[str, Any] = {"Error": {
         "type": "object", "required": ["error"],
-        "properties": {"error": {"type": "string"}, "requestId": {"type": "string"}}}}
+        "properties": {"error": {"type": "string"}, "requestId": {"type": "string"}}}, **_INFERENCE_BODIES}
     for route in routes:
         if not isinstance(route, Route) or route.path == "/openapi.json":
             continue
         kind = _kind(route.path)
-        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"},
+                   **({"examples": {f: {"value": f} for f in functions}}
+                      if p == "name" and kind == "inference" and functions else {})}
                   for p in re.findall(r"{(\w+)}", route.path)]
         params += [{"name": name, "in": "query", "required": False, "schema": schema}
                    for name, schema in _QUERY.get(route.name, {}).items()]
@@ -71,6 +97,8 @@ def build_spec(routes: list[Any]) -> dict[str, Any]:
             model = getattr(route.endpoint, "body_model", None)
             if model is not None:
                 operation["requestBody"] = _request_body(model, components)
+            elif method == "POST" and kind == "inference":
+                operation["requestBody"] = _json_body("V1Request" if route.path.startswith("/v1/") else "V2Request")
             paths.setdefault(route.path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
@@ -83,7 +111,7 @@ def build_spec(routes: list[Any]) -> dict[str, Any]:
 
 async def openapi(request: Request) -> Response:
     """This document."""
-    return JSONResponse(build_spec(request.app.routes))
+    return JSONResponse(build_spec(request.app.routes, sorted(request.app.state.platform.functions)))
 
 
 routes = [Route("/openapi.json", openapi, methods=["GET"], name="openapi")]

@@ -253,6 +253,8 @@ ADMIN_CASES = [
     Case("rollback-to-text", "POST", "/api/functions/sentiment/rollback", b'{"to": "one"}', JSON, 400),
     Case("rollback-to-zero", "POST", "/api/functions/sentiment/rollback", b'{"to": 0}', JSON, 400),
     Case("rollback-to-bool", "POST", "/api/functions/sentiment/rollback", b'{"to": true}', JSON, 400),
+    Case("rollback-to-beyond-any-integer", "POST", "/api/functions/sentiment/rollback",
+         b'{"to": 324670018636657763287040}', JSON, 400),  # found by the fuzz test: SQLite overflowed
     Case("rollback-to-missing-revision", "POST", "/api/functions/sentiment/rollback", b'{"to": 999}', JSON, 400),
     Case("rollback-unknown-function", "POST", "/api/functions/nosuch/rollback", b"{}", JSON, 404),
     Case("deploy-no-manifest", "POST", "/api/functions", b'{"sourceDir": "/tmp"}', JSON, 400),
