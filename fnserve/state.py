@@ -101,6 +101,13 @@ def dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=False)
 
 
+def _finite_limits(stored: str | None) -> tuple[dict[str, Any], list[str]]:
+    """A stored limits object without its non-finite values, and the names of those."""
+    limits = json.loads(stored or "{}")
+    bad = non_finite(limits)
+    return {k: v for k, v in limits.items() if k not in bad}, bad
+
+
 def _finite_times(row: tuple[Any, ...], names: tuple[str, ...], values: tuple[Any, ...]) -> tuple[Any, ...]:
     for name, value in zip(names, values, strict=True):
         if isinstance(value, float) and not math.isfinite(value):
@@ -250,10 +257,8 @@ class StateStore:
             self._db.execute("BEGIN")
             for key_id, limits_text, *times in self._db.execute(
                     f"SELECT id, limits, {', '.join(_KEY_TIMES)} FROM api_keys").fetchall():
-                limits = json.loads(limits_text or "{}")
-                bad = non_finite(limits)
+                kept, bad = _finite_limits(limits_text)
                 if bad:
-                    kept = {k: v for k, v in limits.items() if k not in bad}
                     self._db.execute("UPDATE api_keys SET limits = ? WHERE id = ?", (dumps(kept), key_id))
                     repairs.append(f"API key {key_id}: dropped non-finite limits {', '.join(bad)}")
                 for column, value in zip(_KEY_TIMES, times, strict=True):
@@ -262,10 +267,8 @@ class StateStore:
                         self._db.execute(f"UPDATE api_keys SET {column} = ? WHERE id = ?", (fixed, key_id))
                         repairs.append(f"API key {key_id}: {column} was {value}, now {fixed or 'none'}")
             for tenant, limits_text in self._db.execute("SELECT tenant, limits FROM tenant_limits").fetchall():
-                limits = json.loads(limits_text)
-                bad = non_finite(limits)
+                kept, bad = _finite_limits(limits_text)
                 if bad:
-                    kept = {k: v for k, v in limits.items() if k not in bad}
                     self._db.execute("UPDATE tenant_limits SET limits = ? WHERE tenant = ?", (dumps(kept), tenant))
                     repairs.append(f"tenant {tenant!r}: dropped non-finite limits {', '.join(bad)}")
         return repairs
