@@ -31,6 +31,8 @@ _LOCATION_NOISE = frozenset({"body", "InferenceRequest", "bytes"})
 
 def describe_validation(errors: list[Any], limit: int = 5) -> str:
     """FastAPI's validation errors as one readable line: ``inputs.0.shape.0: Input should be …``."""
+    # a V2 body may also be raw bytes (binary tensors): that alternative's complaint only adds noise
+    errors = [e for e in errors if tuple(e.get("loc", ()))[-1:] != ("bytes",)] or errors
     parts = []
     for error in errors[:limit]:
         where = ".".join(str(p) for p in error.get("loc", ()) if p not in _LOCATION_NOISE)
