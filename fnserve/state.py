@@ -108,11 +108,11 @@ def _finite_limits(stored: str | None) -> tuple[dict[str, Any], list[str]]:
     return {k: v for k, v in limits.items() if k not in bad}, bad
 
 
-def _finite_times(row: tuple[Any, ...], names: tuple[str, ...], values: tuple[Any, ...]) -> tuple[Any, ...]:
-    for name, value in zip(names, values, strict=True):
-        if isinstance(value, float) and not math.isfinite(value):
+def _require_finite(**times: float | None) -> None:
+    """Refuse a time column that SQLite would store as ±inf or NaN (``None`` is a time not set)."""
+    for name, value in times.items():
+        if value is not None and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite time (got {value})")
-    return row
 
 
 @dataclass(frozen=True)
@@ -173,11 +173,10 @@ class JobRecord:
         return self.state in JOB_DONE
 
     def row(self) -> tuple[Any, ...]:
-        return _finite_times(
-            (self.id, self.name, self.function, self.state, dumps(self.manifest), self.source_dir,
-             dumps(self.params), self.output, self.created_at, self.started_at, self.finished_at,
-             self.exit_code, self.message, self.artifact_uri, dumps(self.metrics), self.deploy),
-            ("created_at", "started_at", "finished_at"), (self.created_at, self.started_at, self.finished_at))
+        _require_finite(created_at=self.created_at, started_at=self.started_at, finished_at=self.finished_at)
+        return (self.id, self.name, self.function, self.state, dumps(self.manifest), self.source_dir,
+                dumps(self.params), self.output, self.created_at, self.started_at, self.finished_at,
+                self.exit_code, self.message, self.artifact_uri, dumps(self.metrics), self.deploy)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
@@ -212,10 +211,10 @@ class KeyRecord:
     """The key's own limits (rps, burst, concurrency, daily); missing ones come from its tenant."""
 
     def row(self) -> tuple[Any, ...]:
-        return _finite_times(
-            (self.id, self.name, self.tenant, dumps(list(self.scopes)), self.secret_hash, self.previous_hash,
-             self.previous_until, self.created_at, self.expires_at, self.revoked_at, dumps(self.limits)),
-            _KEY_TIMES, (self.previous_until, self.created_at, self.expires_at, self.revoked_at))
+        _require_finite(previous_until=self.previous_until, created_at=self.created_at, expires_at=self.expires_at,
+                        revoked_at=self.revoked_at)
+        return (self.id, self.name, self.tenant, dumps(list(self.scopes)), self.secret_hash, self.previous_hash,
+                self.previous_until, self.created_at, self.expires_at, self.revoked_at, dumps(self.limits))
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> KeyRecord:
@@ -373,7 +372,7 @@ class StateStore:
 
     def rotate_key(self, key_id: str, secret_hash: str, previous_until: float) -> bool:
         """A new secret; the current one stays valid until ``previous_until``."""
-        _finite_times((), ("previous_until",), (previous_until,))
+        _require_finite(previous_until=previous_until)
         with self._lock:
             return self._db.execute(
                 "UPDATE api_keys SET previous_hash = secret_hash, previous_until = ?, secret_hash = ? "

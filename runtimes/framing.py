@@ -81,10 +81,10 @@ def check_binary_request(body: bytes, header_length: str | None) -> None:
         raise InvalidInput(f"the first {json_length} bytes are not a JSON inference header: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or not header["inputs"]:
         raise InvalidInput('the inference header must be a JSON object with a non-empty "inputs" list')
-    for field in ("outputs",):
-        if header.get(field) is not None and not (isinstance(header[field], list) and all(
-                isinstance(o, dict) and isinstance(o.get("name"), str) for o in header[field])):
-            raise InvalidInput(f'"{field}" must be a list of objects with a "name"')
+    outputs = header.get("outputs")
+    if outputs is not None and not (isinstance(outputs, list) and all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)):
+        raise InvalidInput('"outputs" must be a list of objects with a "name"')
     if header.get("parameters") is not None and not isinstance(header["parameters"], dict):
         raise InvalidInput('"parameters" must be an object')
     data = memoryview(body)[json_length:]

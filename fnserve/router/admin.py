@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from fnserve.backends.base import BackendError, FunctionNotFound
+from fnserve.manifest import Problem
 from fnserve.router.admin_bodies import (
     BadRequest,
     CreateKey,
@@ -46,9 +47,8 @@ def _admin(endpoint: Endpoint) -> Endpoint:
         try:
             return await endpoint(request)
         except BadRequest as exc:
-            return error_response(request, 400, str(exc),
-                                  **({"problems": [{"path": p.path, "message": p.message} for p in exc.problems]}
-                                     if exc.problems else {}))
+            return error_response(request, 400, str(exc), **({"problems": _problems(exc.problems)}
+                                                             if exc.problems else {}))
         except BackendError as exc:
             return error_response(request, exc.status, str(exc), retry_after=exc.retry_after)
 
@@ -88,10 +88,13 @@ async def _source_dir(request: Request, body: FunctionSource) -> str:
     return str(folder)
 
 
+def _problems(problems: list[Problem]) -> list[dict[str, str]]:
+    return [{"path": p.path, "message": p.message} for p in problems]
+
+
 def _rejected(request: Request, exc: DeployRejected) -> Response:
-    problems = [{"path": p.path, "message": p.message} for p in exc.problems]
     extra = {"reason": exc.reason} if exc.reason else {}
-    return error_response(request, 400, str(exc), problems=problems, **extra)
+    return error_response(request, 400, str(exc), problems=_problems(exc.problems), **extra)
 
 
 @_admin

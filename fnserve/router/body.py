@@ -74,7 +74,7 @@ class BodyGuardMiddleware:
                 return await receive()
             try:
                 message = await _within(idle, receive())
-            except TimeoutError:
+            except asyncio.TimeoutError:  # the builtin TimeoutError from 3.11 on; not yet on 3.10
                 raise BodyTimeout(idle) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -17,6 +17,7 @@ from fnserve.backends.base import BackendError
 from fnserve.router.errors import error_response
 from fnserve.router.platform import Platform
 from fnserve.router.proxy import UpstreamUnreachable
+from fnserve.state import Revision
 
 
 async def _forward(request: Request, *, json_default: bool = False) -> Response:
@@ -33,14 +34,14 @@ async def _forward(request: Request, *, json_default: bool = False) -> Response:
                                                 f"(version {revision.number} is current)")
         path = request.scope["path"].replace(f"/versions/{version}", "", 1)
     started = time.perf_counter()
-    response, cold_start_ms = await _attempt(request, platform, name, json_default, path)
+    response, cold_start_ms = await _attempt(request, platform, revision, json_default, path)
     platform.metrics.observe(name, response.status_code, time.perf_counter() - started, cold_start_ms)
     return response
 
 
-async def _attempt(request: Request, platform: Platform, name: str,
+async def _attempt(request: Request, platform: Platform, revision: Revision,
                    json_default: bool, path: str | None) -> tuple[Response, float | None]:
-    revision = platform.functions[name]
+    name = revision.name
     for attempt in (1, 2):  # a connection refused before any byte was sent is retried once elsewhere
         try:
             endpoint = await platform.backend.acquire(name)

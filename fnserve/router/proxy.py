@@ -75,11 +75,9 @@ class _PolledResponseHandler(ResponseHandler):
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
         if sock is None:
             return True
-        try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return not readable
+        poller = select.poll()  # not select(): a busy router's descriptors run past FD_SETSIZE (1024)
+        poller.register(sock.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
 
 def _polling_connector() -> aiohttp.TCPConnector:
@@ -91,7 +89,6 @@ def _polling_connector() -> aiohttp.TCPConnector:
 
 def _error_message(status: int, content: bytes, content_type: str) -> str | None:
     """The replacement message for an upstream error body not in the platform's shape (None: it is)."""
-    text = content.decode("utf-8", errors="replace").strip()
     if "json" in content_type:
         try:
             data = json.loads(content)
@@ -106,7 +103,7 @@ def _error_message(status: int, content: bytes, content_type: str) -> str | None
                     f"{'.'.join(map(str, d.get('loc', ())))}: {d.get('msg', '')}" if isinstance(d, dict) else str(d)
                     for d in detail[:5])
             return str(detail)
-    return text[:500] or f"HTTP {status} with an empty body"
+    return content.decode("utf-8", errors="replace").strip()[:500] or f"HTTP {status} with an empty body"
 
 
 class UpstreamUnreachable(Exception):
