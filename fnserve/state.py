@@ -20,12 +20,13 @@ import math
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fnserve.accounting import Tally
 from fnserve.finite import non_finite
-from fnserve.manifest import Function, parse_function
+from fnserve.manifest import parse_function
+from fnserve.records import JobRecord, KeyRecord, Revision
 
 log = logging.getLogger("fnserve.state")
 
@@ -115,118 +116,32 @@ def _require_finite(**times: float | None) -> None:
             raise ValueError(f"{name} must be a finite time (got {value})")
 
 
-@dataclass(frozen=True)
-class Revision:
-    """One deployed version of a function: what runs, from where."""
-
-    function: Function
-    number: int
-    source_dir: Path
-    model_dir: Path
-    created_at: float
-
-    @property
-    def name(self) -> str:
-        return self.function.name
-
-    @property
-    def id(self) -> str:
-        return f"{self.name}-{self.number:05d}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "revision": self.number, "id": self.id, "sourceDir": str(self.source_dir),
-                "modelDir": str(self.model_dir), "createdAt": self.created_at,
-                "manifest": self.function.to_dict()}
+def _job_row(job: JobRecord) -> tuple[Any, ...]:
+    _require_finite(created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at)
+    return (job.id, job.name, job.function, job.state, dumps(job.manifest), job.source_dir,
+            dumps(job.params), job.output, job.created_at, job.started_at, job.finished_at,
+            job.exit_code, job.message, job.artifact_uri, dumps(job.metrics), job.deploy)
 
 
-JOB_DONE = ("succeeded", "failed", "timed_out", "cancelled")
+def _job(row: tuple[Any, ...]) -> JobRecord:
+    values = list(row)
+    for index in (4, 6, 14):
+        values[index] = json.loads(values[index])
+    return JobRecord(*values)
 
 
-@dataclass
-class JobRecord:
-    """One training job as the platform remembers it."""
-
-    id: str
-    """Also the run id its artifacts are published under."""
-    name: str
-    function: str
-    state: str
-    """queued → running → succeeded | failed | timed_out | cancelled"""
-    manifest: dict[str, Any]
-    source_dir: str
-    params: dict[str, Any]
-    output: str
-    """The function's run root the job publishes into (absolute file:// or s3://)."""
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    exit_code: int | None = None
-    message: str = ""
-    artifact_uri: str | None = None
-    """The published run as a model URI (artifacts://… when in the platform's store)."""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    deploy: str = ""
-    """What deployOnSuccess did: "" (not asked), "revision N", or why it could not."""
-
-    @property
-    def done(self) -> bool:
-        return self.state in JOB_DONE
-
-    def row(self) -> tuple[Any, ...]:
-        _require_finite(created_at=self.created_at, started_at=self.started_at, finished_at=self.finished_at)
-        return (self.id, self.name, self.function, self.state, dumps(self.manifest), self.source_dir,
-                dumps(self.params), self.output, self.created_at, self.started_at, self.finished_at,
-                self.exit_code, self.message, self.artifact_uri, dumps(self.metrics), self.deploy)
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> JobRecord:
-        values = list(row)
-        for index in (4, 6, 14):
-            values[index] = json.loads(values[index])
-        return cls(*values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "function": self.function, "state": self.state,
-                "params": self.params, "output": self.output, "createdAt": self.created_at,
-                "startedAt": self.started_at, "finishedAt": self.finished_at, "exitCode": self.exit_code,
-                "message": self.message, "artifactUri": self.artifact_uri, "metrics": self.metrics,
-                "deploy": self.deploy, "sourceDir": self.source_dir}
+def _key_row(key: KeyRecord) -> tuple[Any, ...]:
+    _require_finite(previous_until=key.previous_until, created_at=key.created_at, expires_at=key.expires_at,
+                    revoked_at=key.revoked_at)
+    return (key.id, key.name, key.tenant, dumps(list(key.scopes)), key.secret_hash, key.previous_hash,
+            key.previous_until, key.created_at, key.expires_at, key.revoked_at, dumps(key.limits))
 
 
-@dataclass(frozen=True)
-class KeyRecord:
-    """An API key as stored: attributes and the hash of its secret, never the secret."""
-
-    id: str
-    name: str
-    tenant: str
-    scopes: tuple[str, ...]
-    secret_hash: str
-    previous_hash: str | None = None
-    previous_until: float | None = None
-    created_at: float = 0.0
-    expires_at: float | None = None
-    revoked_at: float | None = None
-    limits: dict[str, Any] = field(default_factory=dict)
-    """The key's own limits (rps, burst, concurrency, daily); missing ones come from its tenant."""
-
-    def row(self) -> tuple[Any, ...]:
-        _require_finite(previous_until=self.previous_until, created_at=self.created_at, expires_at=self.expires_at,
-                        revoked_at=self.revoked_at)
-        return (self.id, self.name, self.tenant, dumps(list(self.scopes)), self.secret_hash, self.previous_hash,
-                self.previous_until, self.created_at, self.expires_at, self.revoked_at, dumps(self.limits))
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> KeyRecord:
-        values = list(row)
-        values[3] = tuple(json.loads(values[3]))
-        values[10] = json.loads(values[10] or "{}")
-        return cls(*values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "tenant": self.tenant, "scopes": list(self.scopes),
-                "createdAt": self.created_at, "expiresAt": self.expires_at, "revokedAt": self.revoked_at,
-                "previousSecretValidUntil": self.previous_until, "limits": self.limits}
+def _key(row: tuple[Any, ...]) -> KeyRecord:
+    values = list(row)
+    values[3] = tuple(json.loads(values[3]))
+    values[10] = json.loads(values[10] or "{}")
+    return KeyRecord(*values)
 
 
 class StateStore:
@@ -337,33 +252,33 @@ class StateStore:
     # -- training jobs ---------------------------------------------------------------------------
     def save_job(self, job: JobRecord) -> None:
         with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * 16)})", job.row())
+            self._db.execute(f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * 16)})", _job_row(job))
 
     def job(self, job_id: str) -> JobRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return JobRecord.from_row(row) if row else None
+        return _job(row) if row else None
 
     def jobs(self, limit: int = 100) -> list[JobRecord]:
         """The newest jobs, newest first."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
-        return [JobRecord.from_row(row) for row in rows]
+        return [_job(row) for row in rows]
 
     # -- API keys (only hashes of secrets are ever stored) -----------------------------------------
     def add_key(self, key: KeyRecord) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", key.row())
+            self._db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _key_row(key))
 
     def key(self, key_id: str) -> KeyRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        return KeyRecord.from_row(row) if row else None
+        return _key(row) if row else None
 
     def keys(self) -> list[KeyRecord]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM api_keys ORDER BY created_at").fetchall()
-        return [KeyRecord.from_row(row) for row in rows]
+        return [_key(row) for row in rows]
 
     def revoke_key(self, key_id: str, when: float) -> bool:
         with self._lock:
@@ -402,10 +317,8 @@ class StateStore:
                 "DO UPDATE SET requests = requests + excluded.requests",
                 [(subject, day, n) for (subject, day), n in counts.items()])
 
-    def merge_usage(self, tallies: dict[tuple[str, str, str], Any]) -> None:
-        """Add tallies (usage.Tally) into the stored ones, in one transaction."""
-        from fnserve.router.usage import Tally
-
+    def merge_usage(self, tallies: dict[tuple[str, str, str], Tally]) -> None:
+        """Add tallies into the stored ones, in one transaction."""
         with self._lock, self._db:
             self._db.execute("BEGIN")
             for (key_id, function, day), tally in tallies.items():

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fnserve.manifest import TrainingJob
-from fnserve.state import JobRecord, Revision
+from fnserve.records import JobRecord, Revision
 
 
 @dataclass(frozen=True)

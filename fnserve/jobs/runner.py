@@ -31,8 +31,9 @@ from fnserve.backends.base import BackendError, JobFinished, JobNotFound
 from fnserve.backends.local.gpus import GpuInventory
 from fnserve.backends.local.processes import PARENT_PID_ENV
 from fnserve.manifest import TrainingJob
+from fnserve.records import JobRecord
 from fnserve.settings import Settings
-from fnserve.state import JobRecord, StateStore
+from fnserve.state import StateStore
 from fnserve.storage import new_run_id
 
 log = logging.getLogger("fnserve.jobs")

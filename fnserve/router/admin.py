@@ -17,8 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from fnserve.accounting import Tally
 from fnserve.backends.base import BackendError, FunctionNotFound
 from fnserve.manifest import Problem
+from fnserve.records import Revision
 from fnserve.router.admin_bodies import (
     BadRequest,
     CreateKey,
@@ -33,8 +35,6 @@ from fnserve.router.admin_bodies import (
 from fnserve.router.auth import create_key, hash_secret, new_secret, token_for
 from fnserve.router.errors import error_response
 from fnserve.router.platform import DeployRejected, Platform
-from fnserve.router.usage import Tally
-from fnserve.state import Revision
 from fnserve.storage import ArtifactError
 from fnserve.storage.models import unpack_upload
 

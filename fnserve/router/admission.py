@@ -16,9 +16,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fnserve.accounting import seconds_to_midnight
 from fnserve.router.auth import classify
 from fnserve.router.errors import error_response
-from fnserve.router.quota import Limits, rate_headers, seconds_to_midnight
+from fnserve.router.quota import Limits, rate_headers
 
 
 class AdmissionMiddleware:

@@ -28,8 +28,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from fnserve.records import KeyRecord
 from fnserve.router.errors import error_response
-from fnserve.state import KeyRecord, StateStore
+from fnserve.state import StateStore
 
 _TOKEN_RE = re.compile(r"^fns_([0-9a-f]{12})_([0-9a-f]{40})$")
 _SCOPE_RE = re.compile(r"^(admin|invoke:\*|invoke:[a-z]([-a-z0-9]*[a-z0-9])?)$")

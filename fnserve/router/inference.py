@@ -14,10 +14,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fnserve.backends.base import BackendError
+from fnserve.records import Revision
 from fnserve.router.errors import error_response
 from fnserve.router.platform import Platform
 from fnserve.router.proxy import UpstreamUnreachable
-from fnserve.state import Revision
 
 
 async def _forward(request: Request, *, json_default: bool = False) -> Response:

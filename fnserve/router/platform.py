@@ -28,13 +28,14 @@ from fnserve.manifest import (
     parse_training_job,
     read_yaml,
 )
+from fnserve.records import JobRecord, Revision
 from fnserve.router.auth import KeyVerifier
 from fnserve.router.metrics import Metrics, backend_statuses
 from fnserve.router.proxy import Proxy
 from fnserve.router.quota import DailyCounters, Limits, MemoryStore, Store
 from fnserve.router.usage import UsageLedger
 from fnserve.settings import Settings
-from fnserve.state import JobRecord, Revision, StateStore
+from fnserve.state import StateStore
 from fnserve.storage import ArtifactError, ModelSource, NoCompleteRun, pin_model, resolve_model, snapshot_dir
 
 log = logging.getLogger("fnserve.router")

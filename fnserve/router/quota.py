@@ -17,9 +17,9 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
 from typing import Protocol
 
+from fnserve.accounting import utc_day
 from fnserve.state import StateStore
 
 
@@ -104,22 +104,6 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
-
-
-_last_day: tuple[int, str] = (-1, "")
-
-
-def utc_day(now: float) -> str:
-    """``YYYY-MM-DD`` (UTC) of a timestamp; formatted once per day, since every request asks."""
-    global _last_day
-    number = int(now // 86400)
-    if number != _last_day[0]:
-        _last_day = (number, datetime.fromtimestamp(number * 86400, timezone.utc).strftime("%Y-%m-%d"))
-    return _last_day[1]
-
-
-def seconds_to_midnight(now: float) -> float:
-    return 86400 - now % 86400
 
 
 class DailyCounters:

@@ -16,8 +16,9 @@ import pytest
 from fnserve.backends.base import DeployFailed, FunctionNotFound, NoReadyReplica
 from fnserve.backends.knative.cluster import KnativeBackend
 from fnserve.manifest import load_function, load_training_job
+from fnserve.records import Revision
 from fnserve.settings import Settings
-from fnserve.state import Revision, StateStore
+from fnserve.state import StateStore
 from fnserve.storage import describe_folder, open_store, publish
 from tests.conftest import EXAMPLE, ROOT, Router, function_copy, wait_for
 from tests.kube_standin import KubeApiStandIn

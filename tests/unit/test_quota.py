@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fnserve.router.quota import DailyCounters, Limits, MemoryStore, gcra, rate_headers, seconds_to_midnight, utc_day
-from fnserve.router.usage import Tally
+from fnserve.accounting import Tally, seconds_to_midnight, utc_day
+from fnserve.router.quota import DailyCounters, Limits, MemoryStore, gcra, rate_headers
 from fnserve.state import StateStore
 
 

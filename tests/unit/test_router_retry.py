@@ -11,9 +11,9 @@ from aiohttp import web
 
 from fnserve.backends.base import Endpoint, FunctionStatus
 from fnserve.manifest import parse_function
+from fnserve.records import Revision
 from fnserve.router.app import create_app
 from fnserve.settings import Settings
-from fnserve.state import Revision
 from tests.conftest import free_port
 from tests.unit.test_manifest import with_change
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from fnserve.records import KeyRecord
 from fnserve.router.body import parse_json
 from fnserve.settings import Settings
-from fnserve.state import KeyRecord, StateStore
+from fnserve.state import StateStore
 
 
 def test_non_finite_values_are_refused_before_they_reach_the_database(tmp_path: Path) -> None:

@@ -54,8 +54,9 @@ from fnserve.backends.knative.render import (
     run_job_name,
 )
 from fnserve.manifest import TrainingJob
+from fnserve.records import JobRecord, Revision
 from fnserve.settings import Settings
-from fnserve.state import JobRecord, Revision, StateStore
+from fnserve.state import StateStore
 from fnserve.storage import ArtifactError, new_run_id, open_store, read_manifest
 
 log = logging.getLogger("fnserve.knative")

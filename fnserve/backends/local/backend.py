@@ -39,8 +39,9 @@ from fnserve.backends.local.processes import ForkServerClient, ProcessHandle, fo
 from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed, tail_lines
 from fnserve.jobs.runner import LocalJobRunner
 from fnserve.manifest import TrainingJob
+from fnserve.records import JobRecord, Revision
 from fnserve.settings import Settings
-from fnserve.state import JobRecord, Revision, StateStore
+from fnserve.state import StateStore
 
 log = logging.getLogger("fnserve.local")
 

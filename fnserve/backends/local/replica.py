@@ -21,8 +21,8 @@ from pathlib import Path
 import aiohttp
 
 from fnserve.backends.local.processes import ProcessHandle
+from fnserve.records import Revision
 from fnserve.settings import Settings
-from fnserve.state import Revision
 
 # (server arguments, extra environment, working folder, log file) → a started process
 Launch = Callable[[list[str], dict[str, str], Path, Path], Awaitable[ProcessHandle]]
