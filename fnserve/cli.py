@@ -127,8 +127,8 @@ def cmd_up(args: argparse.Namespace) -> None:
     import uvicorn
 
     from fnserve.router.app import StartupDeploy, create_app
-    from fnserve.router.auth import bootstrap_admin_key, load_pepper
     from fnserve.router.http_server import protocol_with
+    from fnserve.router.services.keys import bootstrap_admin_key, load_pepper
     from fnserve.state import StateStore
 
     deploys = []
@@ -161,7 +161,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         from fnserve.backends.local import LocalBackend
 
         backend = LocalBackend(settings, state)
-    app = create_app(settings, backend, state, deploys=deploys)
+    app = create_app(settings, backend, backend, state=state, deploys=deploys)
     config = uvicorn.Config(app, loop="uvloop", http=protocol_with(settings.header_timeout), lifespan="on",
                             access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=10,
                             timeout_keep_alive=settings.keepalive_timeout)

@@ -153,3 +153,7 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Stop everything; called when the router shuts down."""
+
+
+Serving = Backend  # TEMP until the backends split lands
+Training = Backend

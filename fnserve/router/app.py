@@ -1,4 +1,11 @@
-"""create_app(): the router as a Starlette application, and the lifespan that owns its resources."""
+"""create_app(): the router as a Starlette application — its services built once and handed to the
+routes and middlewares that use them — and the lifespan that owns their resources.
+
+The middlewares, outermost first, are the request path (docs/architecture.md draws it):
+request id → body guard → resolve (an inference request becomes an Invocation) → auth → admission
+(limits; the invocation's cost recorded once when it ends) → dispatch (an invocation goes to its
+handler; anything else to the route table).
+"""
 
 from __future__ import annotations
 
@@ -15,14 +22,24 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fnserve.backends.base import Backend, BackendError
-from fnserve.router import admin, inference, metrics, openapi
+from fnserve.backends.base import BackendError, Serving, Training
+from fnserve.router import metrics, openapi
+from fnserve.router.admin.functions import FunctionRoutes
+from fnserve.router.admin.jobs import JobRoutes
+from fnserve.router.admin.keys import KeyRoutes
+from fnserve.router.admin.usage import UsageRoutes
 from fnserve.router.admission import AdmissionMiddleware
-from fnserve.router.auth import AuthMiddleware, KeyVerifier, load_pepper
+from fnserve.router.auth import AuthMiddleware
 from fnserve.router.body import BodyGuardMiddleware
-from fnserve.router.errors import RequestIdMiddleware, error_response
-from fnserve.router.platform import DeployRejected, Platform
+from fnserve.router.errors import RequestIdMiddleware, error_response, exception_handlers
+from fnserve.router.inference import DispatchMiddleware, Inference, ResolveMiddleware
 from fnserve.router.proxy import Proxy
+from fnserve.router.quota import DailyCounters, Limits, MemoryStore, Store
+from fnserve.router.services.accounting import AccountingService
+from fnserve.router.services.admission import AdmissionService
+from fnserve.router.services.functions import DeployRejected, FunctionService
+from fnserve.router.services.keys import KeyService, load_pepper
+from fnserve.router.services.training import TrainingService
 from fnserve.settings import Settings
 from fnserve.state import StateStore
 
@@ -50,62 +67,107 @@ class StartupDeploy:
     source: str
 
 
-async def _startup(platform: Platform, restoring: asyncio.Future[None], deploys: list[StartupDeploy]) -> None:
+@dataclass(frozen=True)
+class Services:
+    """Everything the router decides with, built once per app (tests reach them as ``app.state.services``)."""
+
+    functions: FunctionService
+    training: TrainingService
+    keys: KeyService
+    admission: AdmissionService
+    accounting: AccountingService
+
+    def flush(self) -> None:
+        """Persist daily counters and usage (blocking: a worker thread, or at shutdown)."""
+        self.admission.flush()
+        self.accounting.flush()
+
+
+def build_services(settings: Settings, state: StateStore, serving: Serving, training: Training) -> Services:
+    functions = FunctionService(settings, state, serving)
+    keys = KeyService(state, load_pepper(settings.state_dir))
+    store: Store = MemoryStore()
+    if settings.redis_url:
+        from fnserve.router.redis_quota import RedisStore
+
+        store = RedisStore(settings.redis_url)
+    defaults = Limits(settings.default_rps, settings.default_burst, settings.default_concurrency,
+                      settings.default_daily)
+    return Services(functions=functions, training=TrainingService(state, training, functions), keys=keys,
+                    admission=AdmissionService(keys, store, DailyCounters(state), defaults),
+                    accounting=AccountingService(state, metrics.Metrics(functions.statuses)))
+
+
+async def _startup(functions: FunctionService, restoring: asyncio.Future[None],
+                   deploys: list[StartupDeploy]) -> None:
     await restoring
     for item in deploys:
         try:
-            revision, _ = await platform.deploy(item.manifest, item.source_dir, item.source)
+            revision, _ = await functions.deploy(item.manifest, item.source_dir, item.source)
         except (DeployRejected, BackendError) as exc:
             log.error("could not deploy %s: %s", item.source, exc)
             continue
         log.info("deployed %s revision %d at /v1/models/%s:predict", revision.name, revision.number, revision.name)
 
 
-async def _flush_forever(platform: Platform) -> None:
-    """Daily counters and usage reach SQLite every second: a crash loses at most a second of counts."""
+async def _flush_forever(services: Services) -> None:
+    """Daily counters and usage reach the store every second: a crash loses at most a second of counts."""
     while True:
         await asyncio.sleep(1.0)
         try:
-            await asyncio.to_thread(platform.flush)
+            await asyncio.to_thread(services.flush)
         except Exception:
             log.exception("could not persist usage and daily counters; will retry")
 
 
-def create_app(settings: Settings, backend: Backend, state: StateStore | None = None,
+def create_app(settings: Settings, serving: Serving, training: Training, *, state: StateStore | None = None,
                deploys: list[StartupDeploy] | None = None) -> Starlette:
     state = state or StateStore(settings.state_dir / "fnserve.db")
-    keys = KeyVerifier(state, load_pepper(settings.state_dir))
-    platform = Platform(settings, state, backend, Proxy(settings.connect_timeout), keys)
+    services = build_services(settings, state, serving, training)
+    proxy = Proxy(settings.connect_timeout)
+    inference = Inference(services.functions, serving, proxy)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await platform.proxy.start()
-        await backend.start()
-        restoring = platform.restore()
+        await serving.start()
+        if training is not serving:
+            await training.start()
+        restoring = services.functions.restore()
         await asyncio.sleep(0)  # the scheduled applies register their functions before any request
-        starting = asyncio.ensure_future(_startup(platform, restoring, deploys or []))
-        flushing = asyncio.ensure_future(_flush_forever(platform))
+        starting = asyncio.ensure_future(_startup(services.functions, restoring, deploys or []))
+        flushing = asyncio.ensure_future(_flush_forever(services))
         try:
             yield
         finally:
             starting.cancel()
             flushing.cancel()
-            await platform.close()
-            platform.flush()
-            await platform.quota_store.close()
-            await backend.close()
-            await platform.proxy.close()
+            await services.training.close()
+            services.flush()
+            await services.admission.close()
+            if training is not serving:
+                await training.close()
+            await serving.close()
+            proxy.close()
             state.close()
 
+    routes = [*inference.routes,
+              *UsageRoutes(services.accounting).routes(),
+              *KeyRoutes(services.keys).routes(),
+              *FunctionRoutes(services.functions, settings).routes(),
+              *JobRoutes(services.training, settings).routes(),
+              *metrics.routes(services.accounting.metrics),
+              *openapi.routes(lambda: sorted(services.functions.table))]
     app = Starlette(
-        routes=[*inference.routes, *admin.routes, *metrics.routes, *openapi.routes],
+        routes=routes,
         middleware=[Middleware(RequestIdMiddleware),
                     Middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes,
                                idle_timeout=settings.body_timeout),
-                    Middleware(AuthMiddleware, platform=platform),
-                    Middleware(AdmissionMiddleware, platform=platform)],
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+                    Middleware(ResolveMiddleware, inference=inference),
+                    Middleware(AuthMiddleware, keys=services.keys, functions=services.functions),
+                    Middleware(AdmissionMiddleware, admission=services.admission, accounting=services.accounting),
+                    Middleware(DispatchMiddleware, inference=inference)],
+        exception_handlers={**exception_handlers(), HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )
-    app.state.platform = platform
+    app.state.services = services
     return app

@@ -1,29 +1,75 @@
-"""Request ids and the one JSON error shape every router answer uses.
+"""Request ids and the one JSON error shape every router answer uses, and the one table that maps the
+errors services raise to HTTP answers.
 
 KServe's and Triton's clients read a top-level ``"error"`` string, so every error body has one, plus
-the request id that also appears in the logs and the ``X-Request-ID`` header.
+the request id that also appears in the logs and the ``X-Request-ID`` header. Services raise typed
+errors (a BackendError carries its status and Retry-After; a rejected deploy its problems); the app
+registers ``EXCEPTION_HANDLERS`` once, so no handler catches and translates them itself.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fnserve.backends.base import BackendError
+from fnserve.manifest import Problem
+from fnserve.router.services.functions import DeployRejected
+
 REQUEST_ID_HEADER = b"x-request-id"
+
+
+class BadRequest(Exception):
+    """A request the client must change: a 400 naming every problem found."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 def request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id", "")
 
 
+def error_body(message: str, rid: str, **extra: Any) -> bytes:
+    """The error shape as bytes, exactly as ``error_response`` renders it."""
+    return json.dumps({"error": message, "requestId": rid, **extra}, ensure_ascii=False, allow_nan=False,
+                      indent=None, separators=(",", ":")).encode("utf-8")
+
+
 def error_response(request: Request, status: int, message: str, *, retry_after: int | None = None,
                    headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     headers = {**(headers or {}), **({"Retry-After": str(retry_after)} if retry_after is not None else {})}
     return JSONResponse({"error": message, "requestId": request_id(request), **extra}, status, headers or None)
+
+
+def problems(items: list[Problem]) -> list[dict[str, str]]:
+    return [{"path": p.path, "message": p.message} for p in items]
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BadRequest)
+    return error_response(request, 400, str(exc), **({"problems": problems(exc.problems)} if exc.problems else {}))
+
+
+async def _backend_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BackendError)
+    return error_response(request, exc.status, str(exc), retry_after=exc.retry_after)
+
+
+def exception_handlers() -> dict[Any, Any]:
+    """Every typed error a service raises, mapped to its answer (registered once by create_app)."""
+    async def rejected(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DeployRejected)
+        extra = {"reason": exc.reason} if exc.reason else {}
+        return error_response(request, 400, str(exc), problems=problems(exc.problems), **extra)
+
+    return {BadRequest: _bad_request, BackendError: _backend_error, DeployRejected: rejected}
 
 
 class RequestIdMiddleware:

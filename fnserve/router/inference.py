@@ -1,76 +1,140 @@
-"""The inference routes (KServe V1 and Open Inference V2): resolve → acquire → forward → release.
+"""The inference routes (KServe V1 and Open Inference V2): resolve → (auth, admission) → acquire →
+forward → release.
 
 The router holds no protocol logic of its own: the replica (a KServe ModelServer) parses bodies and
 produces protocol errors, and the router passes them through, so the answer is exactly what KServe
-would give, plus routing, request ids and (later) keys and quotas.
+would give, plus routing, request ids, keys and limits.
+
+An inference request is recognised once, when it arrives (``ResolveMiddleware``): the route it
+matches, its function and serving revision, the version it names, go into its :class:`Invocation`.
+After auth and admission, ``DispatchMiddleware`` hands it straight to :meth:`Inference.handle`; the
+same routes stand in the app's route table, so the OpenAPI document lists them and a wrong method on
+their paths gets Starlette's 405.
 """
 
 from __future__ import annotations
 
-import time
-
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fnserve.backends.base import BackendError
-from fnserve.records import Revision
+from fnserve.backends.base import BackendError, Serving
+from fnserve.router import invocation as invocations
 from fnserve.router.errors import error_response
-from fnserve.router.platform import Platform
-from fnserve.router.proxy import UpstreamUnreachable
+from fnserve.router.invocation import SCOPE_KEY, Invocation
+from fnserve.router.proxy import Proxy, respond_error
+from fnserve.router.services.functions import FunctionService
+from fnserve.router.upstream import Unreachable
+
+PREFIXES = ("/v1/models/", "/v2/models/")
 
 
-async def _forward(request: Request, *, json_default: bool = False) -> Response:
-    platform: Platform = request.app.state.platform
-    name = request.path_params["name"]
-    revision = platform.functions.get(name)
-    if revision is None:
-        return error_response(request, 404, f"function {name!r} not found")
-    path = None
-    version = request.path_params.get("version")
-    if version is not None:  # a function's versions are its revisions; only the serving one answers
-        if version != str(revision.number):
-            return error_response(request, 404, f"function {name!r} has no version {version!r} serving "
-                                                f"(version {revision.number} is current)")
-        path = request.scope["path"].replace(f"/versions/{version}", "", 1)
-    started = time.perf_counter()
-    response, cold_start_ms = await _attempt(request, platform, revision, json_default, path)
-    platform.metrics.observe(name, response.status_code, time.perf_counter() - started, cold_start_ms)
-    return response
+class _Action:
+    """A route's endpoint: the ASGI app Starlette would call, were the request not dispatched first."""
+
+    def __init__(self, inference: Inference, action: str, doc: str) -> None:
+        self.inference = inference
+        self.action = action
+        self.__doc__ = doc
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        invocation = invocations.of(scope)
+        assert invocation is not None, "inference routes are reached through ResolveMiddleware"
+        await self.inference.handle(invocation, scope, receive, send)
 
 
-async def _attempt(request: Request, platform: Platform, revision: Revision,
-                   json_default: bool, path: str | None) -> tuple[Response, float | None]:
-    name = revision.name
-    for attempt in (1, 2):  # a connection refused before any byte was sent is retried once elsewhere
+async def _body(receive: Receive) -> bytes | None:
+    """The whole request body (None: the client went away first)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class Inference:
+    def __init__(self, functions: FunctionService, serving: Serving, proxy: Proxy) -> None:
+        self.functions = functions
+        self.serving = serving
+        self.proxy = proxy
+        model = _Action(self, "model", "Model metadata and readiness, answered by the function's own predictor.")
+        predict = _Action(self, "predict", "Run an inference request on the function's predictor.")
+        self.routes = [
+            Route("/v1/models/{name}", model, methods=["GET"], name="v1_model"),
+            Route("/v1/models/{name}:predict", predict, methods=["POST"], name="v1_predict"),
+            Route("/v2/health/live", live, methods=["GET"], name="v2_live"),
+            Route("/v2/health/ready", self.ready, methods=["GET"], name="v2_ready"),
+            Route("/v2/models/{name}", model, methods=["GET"], name="v2_model"),
+            Route("/v2/models/{name}/ready", model, methods=["GET"], name="v2_model_ready"),
+            Route("/v2/models/{name}/infer", predict, methods=["POST"], name="v2_infer"),
+            Route("/v2/models/{name}/versions/{version}", model, methods=["GET"], name="v2_model_version"),
+            Route("/v2/models/{name}/versions/{version}/ready", model, methods=["GET"],
+                  name="v2_model_version_ready"),
+            Route("/v2/models/{name}/versions/{version}/infer", predict, methods=["POST"], name="v2_infer_version"),
+        ]
+        self._actions = [(r.path_regex, r.methods or set(), r.endpoint) for r in self.routes
+                         if isinstance(r.endpoint, _Action)]
+
+    def resolve(self, scope: Scope) -> Invocation | None:
+        """The invocation an inference request is (None: not one of the inference routes)."""
+        path, method = scope["path"], scope["method"]
+        for pattern, methods, action in self._actions:
+            match = pattern.match(path)
+            if match is not None and method in methods:
+                name, version = match["name"], match.groupdict().get("version")
+                upstream = path if version is None else path.replace(f"/versions/{version}", "", 1)
+                return Invocation(name, self.functions.get(name), action.action, version, upstream,
+                                  scope.get("state", {}).get("request_id", ""))
+        return None
+
+    async def handle(self, invocation: Invocation, scope: Scope, receive: Receive, send: Send) -> None:
+        revision, name = invocation.revision, invocation.function
+        if revision is None:
+            await respond_error(invocation, send, 404, f"function {name!r} not found")
+            return
+        version = invocation.version
+        if version is not None and version != str(revision.number):  # a function's versions are its revisions
+            await respond_error(invocation, send, 404, f"function {name!r} has no version {version!r} serving "
+                                                       f"(version {revision.number} is current)")
+            return
         try:
-            endpoint = await platform.backend.acquire(name)
-        except BackendError as exc:
-            return error_response(request, exc.status, str(exc), retry_after=exc.retry_after), None
-        try:
-            response = await platform.proxy.forward(request, endpoint, revision.function.spec.timeout,
-                                                    json_default=json_default, path=path)
-        except UpstreamUnreachable as exc:
-            platform.backend.unreachable(endpoint)
-            if attempt == 2:
-                return error_response(request, 503, str(exc), retry_after=1), None
-            continue
-        finally:
-            platform.backend.release(endpoint)
-        if endpoint.cold_start_ms is not None:
-            response.headers["X-Fnserve-Cold-Start"] = f"{endpoint.cold_start_ms:.0f}"
-        return response, endpoint.cold_start_ms
-    raise AssertionError("unreachable")
+            body = await _body(receive)
+        except HTTPException as exc:  # the body guard's 408 / 413
+            await respond_error(invocation, send, exc.status_code, exc.detail, headers=exc.headers)
+            return
+        if body is None:
+            invocation.status = 499  # nginx's word for a client that left before its answer
+            return
+        for attempt in (1, 2):  # a connection refused before any byte was sent is retried once elsewhere
+            try:
+                endpoint = await self.serving.acquire(name)
+            except BackendError as exc:
+                await respond_error(invocation, send, exc.status, str(exc), retry_after=exc.retry_after)
+                return
+            invocation.cold_start_ms = endpoint.cold_start_ms
+            try:
+                await self.proxy.forward(invocation, scope["method"], scope["query_string"], scope["headers"], body,
+                                         endpoint.url, endpoint.replica, revision.function.spec.timeout, send)
+                return
+            except Unreachable as exc:
+                self.serving.unreachable(endpoint)
+                invocation.cold_start_ms = None
+                if attempt == 2:
+                    await respond_error(invocation, send, 503, str(exc), retry_after=1)
+                    return
+            finally:
+                self.serving.release(endpoint)
 
-
-async def model_request(request: Request) -> Response:
-    """Model metadata and readiness, answered by the function's own predictor."""
-    return await _forward(request)
-
-
-async def predict(request: Request) -> Response:
-    """Run an inference request on the function's predictor."""
-    return await _forward(request, json_default=True)
+    async def ready(self, request: Request) -> Response:
+        """The router is up and has restored its deployed functions."""
+        if not self.functions.restored:
+            return error_response(request, 503, "restoring deployed functions", retry_after=1)
+        return JSONResponse({"ready": True})
 
 
 async def live(request: Request) -> Response:
@@ -78,23 +142,31 @@ async def live(request: Request) -> Response:
     return JSONResponse({"live": True})
 
 
-async def ready(request: Request) -> Response:
-    """The router is up and has restored its deployed functions."""
-    platform: Platform = request.app.state.platform
-    if not platform.restored:
-        return error_response(request, 503, "restoring deployed functions", retry_after=1)
-    return JSONResponse({"ready": True})
+class ResolveMiddleware:
+    """Recognises an inference request once, as it arrives, and puts its Invocation in the scope."""
+
+    def __init__(self, app: ASGIApp, inference: Inference) -> None:
+        self.app = app
+        self.inference = inference
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIXES):
+            invocation = self.inference.resolve(scope)
+            if invocation is not None:
+                scope[SCOPE_KEY] = invocation
+        await self.app(scope, receive, send)
 
 
-routes = [
-    Route("/v1/models/{name}", model_request, methods=["GET"], name="v1_model"),
-    Route("/v1/models/{name}:predict", predict, methods=["POST"], name="v1_predict"),
-    Route("/v2/health/live", live, methods=["GET"], name="v2_live"),
-    Route("/v2/health/ready", ready, methods=["GET"], name="v2_ready"),
-    Route("/v2/models/{name}", model_request, methods=["GET"], name="v2_model"),
-    Route("/v2/models/{name}/ready", model_request, methods=["GET"], name="v2_model_ready"),
-    Route("/v2/models/{name}/infer", predict, methods=["POST"], name="v2_infer"),
-    Route("/v2/models/{name}/versions/{version}", model_request, methods=["GET"], name="v2_model_version"),
-    Route("/v2/models/{name}/versions/{version}/ready", model_request, methods=["GET"], name="v2_model_version_ready"),
-    Route("/v2/models/{name}/versions/{version}/infer", predict, methods=["POST"], name="v2_infer_version"),
-]
+class DispatchMiddleware:
+    """The last step before the route table: an invocation goes straight to its handler."""
+
+    def __init__(self, app: ASGIApp, inference: Inference) -> None:
+        self.app = app
+        self.inference = inference
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        invocation = scope.get(SCOPE_KEY)
+        if invocation is not None:
+            await self.inference.handle(invocation, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

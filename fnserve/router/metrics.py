@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fnserve.backends.base import FunctionNotFound, FunctionStatus
+from fnserve.backends.base import FunctionStatus
 
 REPLICA_STATES = ("starting", "ready", "draining", "failed")
 
@@ -72,22 +72,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def backend_statuses(platform: object) -> Callable[[], list[FunctionStatus]]:
-    def statuses() -> list[FunctionStatus]:
-        out = []
-        for name in list(platform.functions):  # type: ignore[attr-defined]
-            try:
-                out.append(platform.backend.status(name))  # type: ignore[attr-defined]
-            except FunctionNotFound:
-                continue
-        return out
+def routes(metrics: Metrics) -> list[Route]:
+    async def scrape(request: Request) -> Response:
+        """Prometheus metrics: requests, latencies, cold starts, replicas, queues."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    return statuses
-
-
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics: requests, latencies, cold starts, replicas, queues."""
-    return Response(request.app.state.platform.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-
-routes = [Route("/metrics", metrics, methods=["GET"], name="metrics")]
+    return [Route("/metrics", scrape, methods=["GET"], name="metrics")]

@@ -1,95 +1,77 @@
-"""Forwarding one request to a replica through a pooled aiohttp session.
+"""Forwarding one invocation to a replica and writing its answer back, as raw ASGI messages.
 
-Bodies pass through untouched (binary tensor bodies and compressed bodies too: auto-decompression is
-off). Hop-by-hop headers are dropped both ways. An error answer that is not the platform's shape (JSON
-with a string ``"error"``) — from a replica of another make, or a server layer below one — is rewritten
-into it, keeping its status; FastAPI's 422 for an unreadable body becomes the 400 it is.
+Bodies pass through untouched (binary tensor bodies and compressed bodies too: nothing is decoded).
+Hop-by-hop headers are dropped both ways. An error answer that is not the platform's shape (JSON with a
+string ``"error"``) — from a replica of another make, or a server layer below one — is rewritten into
+it, keeping its status; FastAPI's 422 for an unreadable body becomes the 400 it is.
 
-The retry rule (RFC 9112 §9.3.1: a request may be sent again only when it is known not to have been
-processed):
-- A pooled connection the replica has closed is never written to. aiohttp notices a closed connection
-  only once its event loop has read the replica's FIN, which can be after the connection went back to
-  the pool and was taken again; so before a pooled connection is reused its socket is polled, and one
-  with anything to read (an idle HTTP/1.1 connection never has: it is the FIN, a reset or garbage) is
-  dropped for a fresh one. The request itself is sent once.
-- A connection that could not be made raises UpstreamUnreachable; nothing was sent, so the caller
-  retries once on another replica.
-- Anything that fails after the request was written — the replica died mid-request, or closed without
-  answering — is not retried, since the replica may have acted on it: 503 with Retry-After; no answer in
-  time is 504.
+The retry rule is the upstream client's (router/upstream.py): :class:`Unreachable` means nothing was
+sent, so the caller may try another replica; anything that fails after the request was written is
+never re-sent — 503 with Retry-After, or 504 when no answer came in time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import select
-import time
+from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp.client_proto import ResponseHandler
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Send
 
-from fnserve.backends.base import Endpoint
-from fnserve.router.errors import error_response, request_id
+from fnserve.router.errors import error_body
+from fnserve.router.invocation import Headers, Invocation
+from fnserve.router.upstream import Dropped, Unreachable, UpstreamPool
 
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
-# Set again by aiohttp (request) or Starlette/uvicorn (response) for the new hop.
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
-_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "date", "server"}
-_JSON_BY_DEFAULT = ("", "application/x-www-form-urlencoded")
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+                        b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
+# Set again for the new hop: by the proxy (request) or by uvicorn (response). ``expect``: the body is
+# sent at once, so a replica must not be asked to confirm it first.
+_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-request-id"}
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"date", b"server"}
+_JSON_BY_DEFAULT = (b"", b"application/x-www-form-urlencoded")
+_JSON = (b"content-type", b"application/json")
 
-
-def _connection_named(headers: list[tuple[str, str]]) -> set[str]:
+def _connection_named(headers: Headers) -> frozenset[bytes]:
     """Headers a Connection header declares hop-by-hop for this hop."""
-    named: set[str] = set()
+    named: set[bytes] = set()
     for key, value in headers:
-        if key.lower() == "connection":
-            named.update(token.strip().lower() for token in value.split(","))
-    return named
+        if key == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(named)
 
 
-def upstream_headers(request: Request, *, json_default: bool) -> list[tuple[str, str]]:
-    items = request.headers.items()
-    drop = _REQUEST_DROP | _connection_named(items)
-    headers = [(k, v) for k, v in items if k not in drop and k != "x-request-id"]
-    headers.append(("x-request-id", request_id(request)))
-    keys = {k for k, _ in headers}
-    if "accept-encoding" not in keys:
-        headers.append(("accept-encoding", "identity"))  # never compress what the client can't read
-    if json_default and request.headers.get("content-type", "") in _JSON_BY_DEFAULT \
-            and "inference-header-content-length" not in keys:
-        # `curl -d '{...}'` labels JSON as a form; KServe would then read it as binary tensors.
-        headers = [(k, v) for k, v in headers if k != "content-type"] + [("content-type", "application/json")]
-    return headers
+def upstream_head(method: str, target: str, host: bytes, headers: Headers, request_id: str, body_length: int,
+                  *, json_default: bool) -> bytes:
+    """The request line and headers for the replica: the client's, less the hop's own, plus ours."""
+    drop = _REQUEST_DROP | _connection_named(headers) if any(k == b"connection" for k, _ in headers) \
+        else _REQUEST_DROP
+    lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode("latin-1"), target.encode("latin-1"), host)]
+    content_type, at, encoding, binary = b"", -1, False, False
+    for key, value in headers:
+        if key in drop:
+            continue
+        if key == b"content-type":
+            content_type, at = value, len(lines)
+        elif key == b"accept-encoding":
+            encoding = True
+        elif key == b"inference-header-content-length":
+            binary = True
+        lines.append(b"%s: %s\r\n" % (key, value))
+    if json_default and content_type in _JSON_BY_DEFAULT and not binary:
+        # `curl -d '{...}'` labels JSON as a form; KServe would then read it as binary tensors
+        if at < 0:
+            lines.append(b"content-type: application/json\r\n")
+        else:
+            lines[at] = b"content-type: application/json\r\n"
+    if not encoding:
+        lines.append(b"accept-encoding: identity\r\n")  # never compress what the client can't read
+    lines.append(b"x-request-id: %s\r\ncontent-length: %d\r\n\r\n" % (request_id.encode("latin-1"), body_length))
+    return b"".join(lines)
 
 
-class _PolledResponseHandler(ResponseHandler):
-    """aiohttp's connection protocol, reporting a pooled connection as gone as soon as its socket is."""
-
-    def is_connected(self) -> bool:  # aiohttp asks this only of idle connections it may reuse or expire
-        if not super().is_connected():
-            return False
-        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
-        if sock is None:
-            return True
-        poller = select.poll()  # not select(): a busy router's descriptors run past FD_SETSIZE (1024)
-        poller.register(sock.fileno(), select.POLLIN)
-        return not poller.poll(0)
-
-
-def _polling_connector() -> aiohttp.TCPConnector:
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=30)
-    loop = asyncio.get_running_loop()
-    connector._factory = lambda: _PolledResponseHandler(loop=loop)  # the one protocol factory aiohttp uses
-    return connector
-
-
-def _error_message(status: int, content: bytes, content_type: str) -> str | None:
+def _error_message(status: int, content: bytes, content_type: bytes) -> str | None:
     """The replacement message for an upstream error body not in the platform's shape (None: it is)."""
-    if "json" in content_type:
+    if b"json" in content_type:
         try:
             data = json.loads(content)
         except ValueError:
@@ -106,60 +88,72 @@ def _error_message(status: int, content: bytes, content_type: str) -> str | None
     return content.decode("utf-8", errors="replace").strip()[:500] or f"HTTP {status} with an empty body"
 
 
-class UpstreamUnreachable(Exception):
-    """The replica refused or never accepted the connection: nothing was sent, so a retry is safe."""
+async def respond(invocation: Invocation, send: Send, status: int, headers: Headers, body: bytes) -> None:
+    """Write the answer, with the invocation's own headers added, and note its status."""
+    invocation.status = status
+    headers += invocation.headers
+    if invocation.cold_start_ms is not None:
+        headers.append((b"x-fnserve-cold-start", b"%.0f" % invocation.cold_start_ms))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        super().__init__(f"function {endpoint.function!r}: replica {endpoint.replica} is not reachable")
-        self.endpoint = endpoint
+
+async def respond_error(invocation: Invocation, send: Send, status: int, message: str, *,
+                        retry_after: int | None = None, headers: dict[str, str] | None = None,
+                        **extra: object) -> None:
+    """The platform's error shape as the invocation's answer."""
+    raw = [_JSON]
+    if retry_after is not None:
+        raw.append((b"retry-after", str(retry_after).encode()))
+    raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items())
+    await respond(invocation, send, status, raw, error_body(message, invocation.request_id, **extra))
 
 
 class Proxy:
     def __init__(self, connect_timeout: float) -> None:
-        self.connect_timeout = connect_timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self.pool = UpstreamPool(connect_timeout)
+        self._addresses: dict[str, tuple[str, int, bytes]] = {}
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(connector=_polling_connector(), auto_decompress=False,
-                                              skip_auto_headers=("User-Agent",))
+    def close(self) -> None:
+        self.pool.close()
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+    def _address(self, url: str) -> tuple[str, int, bytes]:
+        address = self._addresses.get(url)
+        if address is None:
+            parts = urlsplit(url)
+            host, port = parts.hostname or "127.0.0.1", parts.port or 80
+            address = self._addresses[url] = (host, port, parts.netloc.encode("latin-1"))
+        return address
 
-    async def forward(self, request: Request, endpoint: Endpoint, timeout: float, *,
-                      json_default: bool = False, path: str | None = None) -> Response:
-        """Send the request to ``endpoint`` (at ``path``, default the request's own) and return its answer."""
-        assert self._session is not None, "Proxy.start() was not called"
-        query = request.scope["query_string"]
-        url = endpoint.url + (path or request.scope["path"]) + (f"?{query.decode('latin-1')}" if query else "")
-        body = await request.body()
-        limits = self._timeouts.get(timeout)
-        if limits is None:
-            limits = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout, sock_connect=self.connect_timeout)
-        sent = time.perf_counter()
+    async def forward(self, invocation: Invocation, method: str, query: bytes, headers: Headers, body: bytes,
+                      url: str, replica: str, timeout: float, send: Send) -> None:
+        """Send the request to the replica at ``url`` and write its answer to ``send``; raises
+        Unreachable when no connection could be made (nothing was sent, nothing written)."""
+        host, port, netloc = self._address(url)
+        target = invocation.upstream_path + (f"?{query.decode('latin-1')}" if query else "")
+        head = upstream_head(method, target, netloc, headers, invocation.request_id, len(body),
+                             json_default=invocation.action == "predict")
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
         try:
-            async with self._session.request(request.method, url, data=body or None, timeout=limits,
-                                             headers=upstream_headers(request, json_default=json_default),
-                                             allow_redirects=False) as upstream:
-                content = await upstream.read()
-                request.scope.setdefault("state", {})["upstream_ms"] = (time.perf_counter() - sent) * 1000
-                if upstream.status >= 400:
-                    message = _error_message(upstream.status, content, upstream.headers.get("content-type", ""))
-                    if message is not None:
-                        return error_response(request, 400 if upstream.status == 422 else upstream.status,
-                                              message)
-                response = Response(content, status_code=upstream.status)
-                drop = _RESPONSE_DROP | _connection_named(list(upstream.headers.items()))
-                response.raw_headers.extend((k.lower().encode("latin-1"), v.encode("latin-1"))
-                                            for k, v in upstream.headers.items() if k.lower() not in drop)
-                return response
-        except asyncio.TimeoutError:
-            return error_response(request, 504, f"function {endpoint.function!r} did not answer within "
-                                                f"{timeout:g} s")
-        except aiohttp.ClientConnectorError:
-            raise UpstreamUnreachable(endpoint) from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError):
-            return error_response(request, 503, f"function {endpoint.function!r}: replica closed the "
-                                                f"connection before answering", retry_after=1)
+            answer = await self.pool.request((host, port), head, body, timeout, head_request=method == "HEAD")
+        except (TimeoutError, asyncio.TimeoutError):
+            await respond_error(invocation, send, 504, f"function {invocation.function!r} did not answer within "
+                                                       f"{timeout:g} s")
+            return
+        except Dropped:
+            await respond_error(invocation, send, 503, f"function {invocation.function!r}: replica closed the "
+                                                       f"connection before answering", retry_after=1)
+            return
+        except Unreachable:
+            raise Unreachable(f"function {invocation.function!r}: replica {replica} is not reachable") from None
+        invocation.upstream_ms = (loop.time() - sent) * 1000
+        status = answer.status
+        if status >= 400:
+            content_type = next((v for k, v in answer.headers if k == b"content-type"), b"")
+            message = _error_message(status, answer.body, content_type)
+            if message is not None:
+                await respond_error(invocation, send, 400 if status == 422 else status, message)
+                return
+        drop = _RESPONSE_DROP | _connection_named(answer.headers)
+        await respond(invocation, send, status, [(k, v) for k, v in answer.headers if k not in drop], answer.body)

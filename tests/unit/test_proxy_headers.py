@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from fnserve.router.proxy import upstream_head
 
-from fnserve.router.proxy import upstream_headers
+Request = tuple[list[tuple[bytes, bytes]], str]
 
 
 def make_request(headers: list[tuple[str, str]], rid: str = "rid-1") -> Request:
-    scope = {"type": "http", "method": "POST", "path": "/v2/models/m/infer", "query_string": b"",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers], "state": {"request_id": rid}}
-    return Request(scope)
+    """Headers as the ASGI scope holds them (names lower-cased), and the request id."""
+    return [(k.lower().encode(), v.encode()) for k, v in headers], rid
+
+
+def upstream_headers(request: Request, *, json_default: bool) -> list[tuple[str, str]]:
+    """The headers the replica is sent, parsed back from the request head the proxy writes."""
+    headers, rid = request
+    head = upstream_head("POST", "/v2/models/m/infer", b"replica", headers, rid, 10, json_default=json_default)
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines if line)
+            if k not in ("host", "content-length")]  # the new hop's own
 
 
 def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:

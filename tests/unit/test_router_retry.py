@@ -46,9 +46,9 @@ class ScriptedBackend:
 
 async def call(tmp_path: Path, urls: list[str]) -> tuple[httpx.Response, ScriptedBackend]:
     backend = ScriptedBackend(urls)
-    app = create_app(Settings(state_dir=tmp_path), backend)  # type: ignore[arg-type]
+    app = create_app(Settings(state_dir=tmp_path), backend, backend)  # type: ignore[arg-type]
     function = parse_function(with_change("spec.auth", {"public": True}))  # auth is tested elsewhere
-    app.state.platform.functions["sentiment"] = Revision(function, 1, tmp_path, tmp_path, time.time())
+    app.state.services.functions.table["sentiment"] = Revision(function, 1, tmp_path, tmp_path, time.time())
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
             response = await client.post("/v1/models/sentiment:predict", json={"instances": ["x"]})
@@ -126,9 +126,9 @@ class ClosingUpstream:
 
 async def calls(tmp_path: Path, url: str, bodies: list[dict]) -> list[httpx.Response]:
     backend = ScriptedBackend([url] * len(bodies))
-    app = create_app(Settings(state_dir=tmp_path), backend)  # type: ignore[arg-type]
+    app = create_app(Settings(state_dir=tmp_path), backend, backend)  # type: ignore[arg-type]
     function = parse_function(with_change("spec.auth", {"public": True}))
-    app.state.platform.functions["sentiment"] = Revision(function, 1, tmp_path, tmp_path, time.time())
+    app.state.services.functions.table["sentiment"] = Revision(function, 1, tmp_path, tmp_path, time.time())
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
             return [await client.post("/v1/models/sentiment:predict", json=body) for body in bodies]

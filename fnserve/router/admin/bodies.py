@@ -1,39 +1,31 @@
 """The admin API's request bodies as typed models: checked whole before anything is stored.
 
-Each route names its model with :func:`takes`; :func:`read_body` parses the request strictly (router/
-body.py: finite numbers, bounded nesting) and validates it, answering 400 with every problem at once,
+A route names its model once, with :func:`with_body`, and is handed the validated body; :func:`read_body`
+parses the request strictly (router/body.py: finite numbers, bounded nesting) and validates it, answering 400 with every problem at once,
 in the manifest's own ``field: what was expected (got …)`` form. The same models are the request
 schemas /openapi.json publishes, so the document and the checks cannot drift apart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import wraps
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 from starlette.requests import Request
+from starlette.responses import Response
 
-from fnserve.backends.base import BackendError
-from fnserve.manifest import Duration, LimitsSpec, Problem, problems_from
-from fnserve.router.auth import valid_scope
+from fnserve.manifest import Duration, LimitsSpec, problems_from
 from fnserve.router.body import parse_json
+from fnserve.router.errors import BadRequest
+from fnserve.router.services.keys import valid_scope
 
 #: Longest key lifetime or rotation grace period: a century, far past any real one and still a date.
 MAX_LIFETIME = 100 * 365 * 86400.0
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-
-
-class BadRequest(BackendError):
-    """A request the admin API refuses as given; nothing was changed."""
-
-    status = 400
-
-    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or []
 
 
 class AdminBody(BaseModel):
@@ -89,16 +81,23 @@ class TenantLimits(LimitsSpec):
 
 
 Body = TypeVar("Body", bound=BaseModel)
-Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+Routes = TypeVar("Routes")
 
 
-def takes(model: type[BaseModel]) -> Callable[[Endpoint], Endpoint]:
-    """Mark a route's request body model (read by openapi.py)."""
-    def mark(endpoint: Endpoint) -> Endpoint:
+def with_body(model: type[Body]) -> Callable[[Callable[[Routes, Request, Body], Awaitable[Response]]],
+                                             Callable[[Routes, Request], Awaitable[Response]]]:
+    """A route method taking its request body as ``model``, validated before it runs (and published as
+    the route's request schema by openapi.py)."""
+    def wrap(handler: Callable[[Routes, Request, Body], Awaitable[Response]]) \
+            -> Callable[[Routes, Request], Awaitable[Response]]:
+        @wraps(handler)
+        async def endpoint(routes: Routes, request: Request) -> Response:
+            return await handler(routes, request, await read_body(request, model))
+
         endpoint.body_model = model  # type: ignore[attr-defined]
         return endpoint
 
-    return mark
+    return wrap
 
 
 async def read_body(request: Request, model: type[Body]) -> Body:

@@ -1,0 +1,20 @@
+"""The admin API (/api/*), one module per resource: functions, jobs, keys and tenants, usage.
+
+Every route here needs a key with the ``admin`` scope (enforced by AuthMiddleware before any of this
+runs). Handlers translate: they read the request, call a service, and render its answer; the errors a
+service raises are mapped to HTTP once, by the app's exception handlers (router/errors.py).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from fnserve.router.errors import BadRequest
+
+
+def bounded_int(request: Request, name: str, default: int, low: int, high: int, what: str) -> int:
+    """A whole-number query parameter, clamped to [low, high]; raises BadRequest when it is not one."""
+    try:
+        return max(low, min(int(request.query_params.get(name, str(default))), high))
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number{what}") from None

@@ -1,0 +1,96 @@
+"""/api/functions: deploy, list, inspect, revisions, rollback, delete, logs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from fnserve.records import Revision
+from fnserve.router.admin import bounded_int
+from fnserve.router.admin.bodies import FunctionSource, Rollback, with_body
+from fnserve.router.errors import BadRequest
+from fnserve.router.services.functions import FunctionService
+from fnserve.settings import Settings
+from fnserve.storage import ArtifactError
+from fnserve.storage.models import unpack_upload
+
+
+async def source_dir(settings: Settings, body: FunctionSource) -> str:
+    """The folder a manifest's code is in: ``sourceDir`` as given, or ``files`` unpacked here."""
+    if body.files is None:
+        return body.source_dir or ""
+    try:
+        folder = await asyncio.to_thread(unpack_upload, body.files, settings.state_dir / "uploads")
+    except ArtifactError as exc:
+        raise BadRequest(str(exc)) from None
+    return str(folder)
+
+
+class FunctionRoutes:
+    def __init__(self, functions: FunctionService, settings: Settings) -> None:
+        self.functions = functions
+        self.settings = settings
+
+    def _summary(self, revision: Revision) -> dict[str, Any]:
+        status = self.functions.status(revision.name)
+        shown = status.to_dict() if status is not None else {"ready": False, "replicas": [], "message": "not running"}
+        spec = revision.function.spec
+        return {"name": revision.name, "revision": revision.number, "runtime": spec.runtime,
+                "url": f"/v1/models/{revision.name}:predict", "createdAt": revision.created_at,
+                **{k: v for k, v in shown.items() if k not in ("name", "revision")}}
+
+    async def list(self, request: Request) -> Response:
+        """All deployed functions with their current revision and replicas."""
+        return JSONResponse({"functions": [self._summary(r) for _, r in sorted(self.functions.table.items())]})
+
+    @with_body(FunctionSource)
+    async def deploy(self, request: Request, body: FunctionSource) -> Response:
+        """Deploy a manifest as a new revision; answers once the revision serves (201 new, 200 updated)."""
+        revision, created = await self.functions.deploy(body.manifest, await source_dir(self.settings, body),
+                                                        body.source or "manifest")
+        return JSONResponse({**revision.to_dict(), **self._summary(revision)}, 201 if created else 200)
+
+    async def get(self, request: Request) -> Response:
+        """One function: its current revision, manifest and replicas."""
+        revision = self.functions.current(request.path_params["name"])
+        return JSONResponse({**revision.to_dict(), **self._summary(revision)})
+
+    async def delete(self, request: Request) -> Response:
+        """Stop a function's replicas and forget it."""
+        await self.functions.remove(request.path_params["name"])
+        return JSONResponse({"deleted": request.path_params["name"]})
+
+    async def logs(self, request: Request) -> Response:
+        """The end of the function's replica logs (?tail=N lines per replica, default 100)."""
+        revision = self.functions.current(request.path_params["name"])
+        tail = bounded_int(request, "tail", 100, 1, 10_000, " of lines")
+        return PlainTextResponse(await self.functions.logs(revision.name, tail) + "\n")
+
+    async def revisions(self, request: Request) -> Response:
+        """Every revision of a function, oldest first, with the one serving marked."""
+        current = self.functions.current(request.path_params["name"])
+        revisions = await self.functions.revisions(current.name)
+        return JSONResponse({"name": current.name, "current": current.number,
+                             "revisions": [{**r.to_dict(), "modelUri": r.function.spec.model.uri,
+                                            "current": r.number == current.number} for r in revisions]})
+
+    @with_body(Rollback)
+    async def rollback(self, request: Request, body: Rollback) -> Response:
+        """Serve an earlier revision again: {"to": N} (default: the one before the current)."""
+        revision = await self.functions.rollback(request.path_params["name"], body.to)
+        return JSONResponse({**revision.to_dict(), **self._summary(revision)})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/functions", self.list, methods=["GET"], name="list_functions"),
+            Route("/api/functions", self.deploy, methods=["POST"], name="deploy_function"),
+            Route("/api/functions/{name}", self.get, methods=["GET"], name="get_function"),
+            Route("/api/functions/{name}", self.delete, methods=["DELETE"], name="delete_function"),
+            Route("/api/functions/{name}/logs", self.logs, methods=["GET"], name="function_logs"),
+            Route("/api/functions/{name}/revisions", self.revisions, methods=["GET"], name="list_revisions"),
+            Route("/api/functions/{name}/rollback", self.rollback, methods=["POST"], name="rollback_function"),
+        ]

@@ -1,0 +1,55 @@
+"""/api/jobs: submit, list, inspect, follow the log of, and cancel training jobs."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from fnserve.router.admin import bounded_int
+from fnserve.router.admin.bodies import SubmitJob, with_body
+from fnserve.router.admin.functions import source_dir
+from fnserve.router.services.training import TrainingService
+from fnserve.settings import Settings
+
+
+class JobRoutes:
+    def __init__(self, training: TrainingService, settings: Settings) -> None:
+        self.training = training
+        self.settings = settings
+
+    @with_body(SubmitJob)
+    async def submit(self, request: Request, body: SubmitJob) -> Response:
+        """Queue a training job: {"manifest": {...TrainingJob}, "sourceDir": "...", "params": {...}} → 202."""
+        record = await self.training.submit(body.manifest, await source_dir(self.settings, body),
+                                            body.source or "manifest", body.params)
+        return JSONResponse(record.to_dict(), 202, headers={"Location": f"/api/jobs/{record.id}"})
+
+    async def list(self, request: Request) -> Response:
+        """The newest training jobs (?limit=N, default 50)."""
+        limit = bounded_int(request, "limit", 50, 1, 1000, "")
+        return JSONResponse({"jobs": [j.to_dict() for j in await self.training.jobs(limit)]})
+
+    async def get(self, request: Request) -> Response:
+        """One job: state, times, exit code, metrics, artifact, and what deployOnSuccess did."""
+        return JSONResponse((await self.training.job(request.path_params["job_id"])).to_dict())
+
+    async def logs(self, request: Request) -> Response:
+        """The job's log (?follow=1 streams it until the job ends)."""
+        job_id = request.path_params["job_id"]
+        await self.training.job(job_id)  # 404 before the stream starts
+        follow = request.query_params.get("follow", "") in ("1", "true", "yes")
+        return StreamingResponse(self.training.logs(job_id, follow), media_type="text/plain; charset=utf-8")
+
+    async def cancel(self, request: Request) -> Response:
+        """Stop a queued or running job; it publishes nothing. Answers once it has stopped."""
+        return JSONResponse((await self.training.cancel(request.path_params["job_id"])).to_dict())
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/jobs", self.list, methods=["GET"], name="list_jobs"),
+            Route("/api/jobs", self.submit, methods=["POST"], name="submit_job"),
+            Route("/api/jobs/{job_id}", self.get, methods=["GET"], name="get_job"),
+            Route("/api/jobs/{job_id}/logs", self.logs, methods=["GET"], name="job_logs"),
+            Route("/api/jobs/{job_id}/cancel", self.cancel, methods=["POST"], name="cancel_job"),
+        ]

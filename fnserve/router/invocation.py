@@ -1,0 +1,66 @@
+"""One inference request as the router's steps see it: built once when it arrives, then read and filled
+in by auth (the principal), admission (limits, the slot it holds, rate headers), the proxy (status,
+upstream time, cold start) and accounting, which records it once when it ends.
+
+Carried in the ASGI scope under one key, so pure ASGI middlewares pass it along without knowing each
+other; ``of(scope)`` is the typed way to read it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from starlette.types import Scope
+
+from fnserve.records import Revision
+
+if TYPE_CHECKING:
+    from fnserve.router.quota import Limits
+    from fnserve.router.services.keys import Principal
+
+SCOPE_KEY = "fnserve.invocation"
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True, eq=False)
+class Invocation:
+    function: str
+    """The function named in the path."""
+    revision: Revision | None
+    """Its serving revision; None for an unknown function (the route answers 404)."""
+    action: str
+    """"predict" (a body to run) or "model" (metadata and readiness)."""
+    version: str | None
+    """The version the path names (``/versions/{version}``), if any."""
+    upstream_path: str
+    """The path the replica is asked at (a version's path without its ``/versions/{version}``)."""
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    now: float = field(default_factory=time.time)
+    principal: Principal | None = None
+    limits: Limits | None = None
+    subject: str = ""
+    """Who the limits are counted for: the key id, or ``ip:<address>`` for a public function."""
+    slot: tuple[str, str] | None = None
+    """The concurrency slot admission took, (subject, token), given back when the request ends."""
+    headers: Headers = field(default_factory=list)
+    """Added to the answer, whatever it is (the RateLimit headers)."""
+    status: int = 500
+    """What the client was answered; 499 when it went away before an answer."""
+    upstream_ms: float = 0.0
+    cold_start_ms: float | None = None
+
+    @property
+    def key_id(self) -> str:
+        """The ledger's name for the caller."""
+        return self.principal.key_id if self.principal is not None else "public"
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+def of(scope: Scope) -> Invocation | None:
+    """The invocation of an inference request (None for any other request)."""
+    return scope.get(SCOPE_KEY)

@@ -1,0 +1,62 @@
+"""Accounting: what each invocation cost, recorded once when it ends — in the usage ledger (per key ×
+function × UTC day, merged into the state store every second and at shutdown) and in the Prometheus
+metrics. The arithmetic of a tally is in fnserve/accounting.py; this keeps the running totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from fnserve.accounting import Tally, utc_day
+from fnserve.router.invocation import Invocation
+from fnserve.router.metrics import Metrics
+from fnserve.state import StateStore
+
+
+class UsageLedger:
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+        self._pending: dict[tuple[str, str, str], Tally] = {}
+        self._lock = threading.Lock()
+
+    def record(self, key_id: str, function: str, status: int, ms: float, predictor_ms: float, now: float) -> None:
+        row = (key_id, function, utc_day(now))
+        with self._lock:
+            tally = self._pending.get(row)
+            if tally is None:
+                tally = self._pending[row] = Tally()
+            tally.add(status, ms, predictor_ms)
+
+    def flush(self) -> None:
+        """Merge what was recorded since the last flush into SQLite (blocking: a worker thread)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if pending:
+            self.state.merge_usage(pending)
+
+
+class AccountingService:
+    def __init__(self, state: StateStore, metrics: Metrics) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.ledger = UsageLedger(state)
+
+    def record(self, invocation: Invocation) -> None:
+        """The one place an invocation is counted: metrics and the ledger alike."""
+        elapsed_ms = invocation.elapsed_ms()
+        self.metrics.observe(invocation.function, invocation.status, elapsed_ms / 1000, invocation.cold_start_ms)
+        self.ledger.record(invocation.key_id, invocation.function, invocation.status, elapsed_ms,
+                           invocation.upstream_ms, invocation.now)
+
+    def flush(self) -> None:
+        """Persist the ledger (blocking: a worker thread, or at shutdown)."""
+        self.ledger.flush()
+
+    async def usage(self, key_id: str | None, function: str | None, since: str | None) -> list[dict[str, Any]]:
+        """The ledger's rows, this router's latest counts included."""
+        await asyncio.to_thread(self.ledger.flush)
+        rows = await asyncio.to_thread(self.state.usage, key_id, function, since)
+        return [{"keyId": key, "function": name, "day": day, **Tally.from_json(tally).summary()}
+                for key, name, day, tally in rows]

@@ -1,0 +1,226 @@
+"""API keys and tenants: who may call, and the default limits of the tenant a key belongs to.
+
+A key reads ``fns_<id>_<secret>``: a 12-hex-digit id to look it up by and a 160-bit secret of which
+only an HMAC-SHA256 (keyed with a per-installation pepper kept in the state dir, mode 0600) is stored,
+compared with hmac.compare_digest. Key records and verified tokens are cached for a few seconds so the
+request path does not touch the database on every call; every change made here drops what it made
+stale at once (another router's changes are seen within the cache's seconds). Errors name the key id,
+never the secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import math
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fnserve.backends.base import BackendError
+from fnserve.records import KeyRecord
+from fnserve.router.quota import Limits
+from fnserve.state import StateStore
+
+_TOKEN_RE = re.compile(r"^fns_([0-9a-f]{12})_([0-9a-f]{40})$")
+_SCOPE_RE = re.compile(r"^(admin|invoke:\*|invoke:[a-z]([-a-z0-9]*[a-z0-9])?)$")
+CACHE_SECONDS = 5.0
+TENANT_CACHE_SECONDS = 5.0
+
+
+def valid_scope(scope: str) -> bool:
+    return bool(_SCOPE_RE.match(scope))
+
+
+def _private_file(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read, created that way (no window with wider permissions)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def load_pepper(state_dir: Path) -> bytes:
+    """The installation's HMAC key for secrets, created on first use."""
+    path = state_dir / "pepper"
+    if not path.exists():
+        _private_file(path, secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def hash_secret(pepper: bytes, secret: str) -> str:
+    return hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
+
+
+def new_secret() -> str:
+    return secrets.token_hex(20)
+
+
+def token_for(key_id: str, secret: str) -> str:
+    return f"fns_{key_id}_{secret}"
+
+
+def create_key(state: StateStore, pepper: bytes, name: str, tenant: str, scopes: list[str],
+               expires_at: float | None = None, limits: dict[str, Any] | None = None) -> tuple[KeyRecord, str]:
+    """Store a new key; returns the record and the token, which is never stored or shown again."""
+    key_id, secret = secrets.token_hex(6), new_secret()
+    record = KeyRecord(key_id, name, tenant, tuple(scopes), hash_secret(pepper, secret),
+                       created_at=time.time(), expires_at=expires_at, limits=limits or {})
+    state.add_key(record)
+    return record, token_for(key_id, secret)
+
+
+def bootstrap_admin_key(state: StateStore, pepper: bytes, state_dir: Path) -> str | None:
+    """On the first start (no keys yet): an admin key, written to <state>/admin.key (0600); returns it."""
+    if state.keys():
+        return None
+    _, token = create_key(state, pepper, "admin", "default", ["admin", "invoke:*"])
+    _private_file(state_dir / "admin.key", (token + "\n").encode())
+    return token
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller a verified key stands for."""
+
+    key_id: str
+    name: str
+    tenant: str
+    scopes: tuple[str, ...]
+    limits: dict[str, Any] = field(default_factory=dict)
+
+    def may_invoke(self, function: str) -> bool:
+        return "invoke:*" in self.scopes or f"invoke:{function}" in self.scopes
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+
+class AuthError(Exception):
+    """A key that does not let its bearer in: 401 (no, bad or dead key) or 403 (lacks the scope)."""
+
+    def __init__(self, status: int, message: str, key_id: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.key_id = key_id
+
+
+class KeyNotFound(BackendError):
+    status = 404
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class KeyService:
+    """Verifies tokens on the request path and changes keys and tenants for the admin API."""
+
+    def __init__(self, state: StateStore, pepper: bytes) -> None:
+        self.state = state
+        self.pepper = pepper
+        self._records: dict[str, tuple[float, KeyRecord | None]] = {}
+        # token → (cached at, principal, valid until): skips the HMAC for a token seen in the last seconds
+        self._verified: dict[str, tuple[float, Principal, float]] = {}
+        self._tenants: tuple[float, dict[str, Limits]] = (-math.inf, {})
+        self.tenant_generation = 0
+        """Bumped whenever the tenants' limits are re-read, so limits resolved from older ones are redone."""
+
+    # -- the request path ---------------------------------------------------------------------------
+    async def verify(self, token: str) -> Principal:
+        """The principal of a valid token; raises AuthError (401) saying what is wrong with it."""
+        seen = self._verified.get(token)
+        if seen is not None and time.monotonic() - seen[0] < CACHE_SECONDS and time.time() < seen[2]:
+            return seen[1]
+        principal, valid_until = await self._verify(token)
+        if len(self._verified) > 10_000:
+            self._verified.clear()
+        self._verified[token] = (time.monotonic(), principal, valid_until)
+        return principal
+
+    async def _record(self, key_id: str) -> KeyRecord | None:
+        cached = self._records.get(key_id)
+        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        record = await asyncio.to_thread(self.state.key, key_id)
+        if len(self._records) > 10_000:  # unknown ids must not grow the cache without bound
+            self._records.clear()
+        self._records[key_id] = (time.monotonic(), record)
+        return record
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
+        match = _TOKEN_RE.match(token)
+        if not match:
+            raise AuthError(401, "malformed API key: expected fns_<key-id>_<secret>")
+        key_id, secret = match.groups()
+        record = await self._record(key_id)
+        if record is None:
+            raise AuthError(401, f"unknown API key {key_id}", key_id)
+        now = time.time()
+        digest = hash_secret(self.pepper, secret)
+        current = hmac.compare_digest(digest, record.secret_hash)
+        previous = (record.previous_hash is not None and record.previous_until is not None
+                    and now < record.previous_until and hmac.compare_digest(digest, record.previous_hash))
+        if not (current or previous):
+            raise AuthError(401, f"invalid secret for API key {key_id}", key_id)
+        if record.revoked_at is not None:
+            raise AuthError(401, f"API key {key_id} was revoked at {_when(record.revoked_at)}", key_id)
+        if record.expires_at is not None and now >= record.expires_at:
+            raise AuthError(401, f"API key {key_id} expired at {_when(record.expires_at)}", key_id)
+        valid_until = min(record.expires_at or math.inf,
+                          math.inf if current else record.previous_until or math.inf)
+        return Principal(record.id, record.name, record.tenant, record.scopes, record.limits), valid_until
+
+    async def tenant_limits(self) -> dict[str, Limits]:
+        """Tenants' default limits, re-read at most every few seconds (other routers may change them)."""
+        fetched, limits = self._tenants
+        if time.monotonic() - fetched > TENANT_CACHE_SECONDS:
+            stored = await asyncio.to_thread(self.state.tenant_limits)
+            limits = {tenant: Limits(**values) for tenant, values in stored.items()}
+            self._tenants = (time.monotonic(), limits)
+            self.tenant_generation += 1
+        return limits
+
+    def _forget(self, key_id: str) -> None:
+        self._records.pop(key_id, None)
+        self._verified.clear()  # revocations and rotations are rare; start over
+
+    # -- the admin API ------------------------------------------------------------------------------
+    async def keys(self) -> list[KeyRecord]:
+        return await asyncio.to_thread(self.state.keys)
+
+    async def create(self, name: str, tenant: str, scopes: list[str], expires_in: float | None,
+                     limits: dict[str, Any]) -> tuple[KeyRecord, str]:
+        """A new key and its token (shown once: only its hash is stored)."""
+        expires_at = time.time() + expires_in if expires_in else None
+        return await asyncio.to_thread(create_key, self.state, self.pepper, name, tenant, scopes, expires_at, limits)
+
+    async def revoke(self, key_id: str) -> None:
+        if not await asyncio.to_thread(self.state.revoke_key, key_id, time.time()):
+            raise KeyNotFound(f"no active API key {key_id!r}")
+        self._forget(key_id)
+
+    async def rotate(self, key_id: str, grace: float) -> str:
+        """A new secret for a key (its token returned); the old one keeps working for ``grace`` seconds."""
+        secret = new_secret()
+        changed = await asyncio.to_thread(self.state.rotate_key, key_id, hash_secret(self.pepper, secret),
+                                          time.time() + grace)
+        if not changed:
+            raise KeyNotFound(f"no active API key {key_id!r}")
+        self._forget(key_id)
+        return token_for(key_id, secret)
+
+    async def tenants(self) -> dict[str, dict[str, Any]]:
+        return await asyncio.to_thread(self.state.tenant_limits)
+
+    async def set_tenant(self, tenant: str, limits: dict[str, Any]) -> None:
+        """Replace a tenant's default limits; this router applies them from its next request."""
+        await asyncio.to_thread(self.state.set_tenant_limits, tenant, limits)
+        self._tenants = (-math.inf, {})
