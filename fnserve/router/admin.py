@@ -155,31 +155,31 @@ async def list_jobs(request: Request) -> Response:
         limit = max(1, min(int(request.query_params.get("limit", "50")), 1000))
     except ValueError:
         raise BadRequest("limit must be a whole number") from None
-    backend = request.app.state.platform.backend
-    return JSONResponse({"jobs": [j.to_dict() for j in await asyncio.to_thread(backend.jobs, limit)]})
+    training = request.app.state.platform.training
+    return JSONResponse({"jobs": [j.to_dict() for j in await asyncio.to_thread(training.jobs, limit)]})
 
 
 @_admin
 async def get_job(request: Request) -> Response:
     """One job: state, times, exit code, metrics, artifact, and what deployOnSuccess did."""
-    backend = request.app.state.platform.backend
-    return JSONResponse((await asyncio.to_thread(backend.job_status, request.path_params["job_id"])).to_dict())
+    training = request.app.state.platform.training
+    return JSONResponse((await asyncio.to_thread(training.job_status, request.path_params["job_id"])).to_dict())
 
 
 @_admin
 async def job_logs(request: Request) -> Response:
     """The job's log (?follow=1 streams it until the job ends)."""
-    backend = request.app.state.platform.backend
+    training = request.app.state.platform.training
     job_id = request.path_params["job_id"]
-    await asyncio.to_thread(backend.job_status, job_id)  # 404 before the stream starts
+    await asyncio.to_thread(training.job_status, job_id)  # 404 before the stream starts
     follow = request.query_params.get("follow", "") in ("1", "true", "yes")
-    return StreamingResponse(backend.job_logs(job_id, follow), media_type="text/plain; charset=utf-8")
+    return StreamingResponse(training.job_logs(job_id, follow), media_type="text/plain; charset=utf-8")
 
 
 @_admin
 async def cancel_job(request: Request) -> Response:
     """Stop a queued or running job; it publishes nothing. Answers once it has stopped."""
-    record = await request.app.state.platform.backend.cancel_job(request.path_params["job_id"])
+    record = await request.app.state.platform.training.cancel_job(request.path_params["job_id"])
     return JSONResponse(record.to_dict())
 
 

@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fnserve.backends.base import Backend, BackendError
+from fnserve.backends.base import BackendError, Serving, Training
 from fnserve.router import admin, inference, metrics, openapi
 from fnserve.router.admission import AdmissionMiddleware
 from fnserve.router.auth import AuthMiddleware, KeyVerifier, load_pepper
@@ -71,16 +71,17 @@ async def _flush_forever(platform: Platform) -> None:
             log.exception("could not persist usage and daily counters; will retry")
 
 
-def create_app(settings: Settings, backend: Backend, state: StateStore | None = None,
+def create_app(settings: Settings, serving: Serving, training: Training, state: StateStore | None = None,
                deploys: list[StartupDeploy] | None = None) -> Starlette:
     state = state or StateStore(settings.state_dir / "fnserve.db")
     keys = KeyVerifier(state, load_pepper(settings.state_dir))
-    platform = Platform(settings, state, backend, Proxy(settings.connect_timeout), keys)
+    platform = Platform(settings, state, serving, training, Proxy(settings.connect_timeout), keys)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await platform.proxy.start()
-        await backend.start()
+        await serving.start()
+        await training.start()
         restoring = platform.restore()
         await asyncio.sleep(0)  # the scheduled applies register their functions before any request
         starting = asyncio.ensure_future(_startup(platform, restoring, deploys or []))
@@ -93,7 +94,8 @@ def create_app(settings: Settings, backend: Backend, state: StateStore | None = 
             await platform.close()
             platform.flush()
             await platform.quota_store.close()
-            await backend.close()
+            await training.close()
+            await serving.close()
             await platform.proxy.close()
             state.close()
 

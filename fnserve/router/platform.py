@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fnserve.backends.base import Backend, BackendError, DeployFailed, FunctionNotFound
+from fnserve.backends.base import BackendError, DeployFailed, FunctionNotFound, Serving, Training
 from fnserve.manifest import (
     Function,
     ManifestError,
@@ -57,7 +57,8 @@ class DeployRejected(Exception):
 class Platform:
     settings: Settings
     state: StateStore
-    backend: Backend
+    backend: Serving
+    training: Training
     proxy: Proxy
     keys: KeyVerifier
     functions: dict[str, Revision] = field(default_factory=dict)
@@ -198,7 +199,7 @@ class Platform:
         folder = _source_folder(source_dir)
         if job.spec.deploy_on_success and job.spec.function not in self.functions:
             await asyncio.to_thread(self._function_beside, job, folder, source)
-        record = await self.backend.submit_job(job, folder, {**job.spec.params, **(params or {})})
+        record = await self.training.submit_job(job, folder, {**job.spec.params, **(params or {})})
         if job.spec.deploy_on_success:
             record.deploy = "pending"
             await asyncio.to_thread(self.state.save_job, record)
@@ -223,7 +224,7 @@ class Platform:
         return data, folder
 
     async def _deploy_when_done(self, job_id: str, job: TrainingJob, folder: Path, source: str) -> None:
-        record = await self.backend.wait_job(job_id)
+        record = await self.training.wait_job(job_id)
         if record.state != "succeeded" or not record.artifact_uri:
             record.deploy = ""  # nothing was published, so there is nothing to roll forward to
             await asyncio.to_thread(self.state.save_job, record)
