@@ -126,6 +126,7 @@ def cmd_up(args: argparse.Namespace) -> None:
 
     import uvicorn
 
+    from fnserve.backends.base import Serving, Training
     from fnserve.router.app import StartupDeploy, create_app
     from fnserve.router.http_server import protocol_with
     from fnserve.router.services.keys import bootstrap_admin_key, load_pepper
@@ -153,15 +154,17 @@ def cmd_up(args: argparse.Namespace) -> None:
     if admin:
         print(f"fnserve: created the admin API key (shown once; also in {settings.state_dir / 'admin.key'}, "
               f"mode 0600):\n  {admin}", flush=True)
+    serving: Serving
+    training: Training
     if args.backend == "knative":
-        from fnserve.backends.knative.cluster import KnativeBackend
+        from fnserve.backends import knative
 
-        backend: Any = KnativeBackend(settings, state)
+        serving, training = knative.create(settings, state)
     else:
-        from fnserve.backends.local import LocalBackend
+        from fnserve.backends import local
 
-        backend = LocalBackend(settings, state)
-    app = create_app(settings, backend, backend, state=state, deploys=deploys)
+        serving, training = local.create(settings, state)
+    app = create_app(settings, serving, training, state=state, deploys=deploys)
     config = uvicorn.Config(app, loop="uvloop", http=protocol_with(settings.header_timeout), lifespan="on",
                             access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=10,
                             timeout_keep_alive=settings.keepalive_timeout)

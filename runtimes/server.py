@@ -2,36 +2,23 @@
 
 Used by the embedded backend (one process per replica, bound to 127.0.0.1) and as the container entry
 point in a cluster (``--host 0.0.0.0``, model under /mnt/models). The model is loaded before the server
-opens its port, so "port accepts connections" already means "model ready".
+opens its port, so "port accepts connections" already means "model ready". Its arguments, the parent
+it dies with and its process name are the replica contract (fnserve/replica_contract.py), which the
+launchers build from too.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import logging
-import os
-import signal
 import sys
-from pathlib import Path
 from typing import Any
+
+from fnserve.replica_contract import PROCESS_NAME, ReplicaArgs, die_with_parent
 
 # Imported only when used: a replica of an ONNX function never pays for importing torch.
 RUNTIME_CLASSES = {"onnx": "runtimes.onnx:OnnxModel", "torch": "runtimes.torch:TorchModel",
                    "transformers": "runtimes.transformers:TransformersModel"}
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m runtimes.server",
-                                     description="Serve one fnserve function as a KServe ModelServer.")
-    parser.add_argument("--function-dir", type=Path, required=True,
-                        help="folder with the function's code (handler) and, by default, function.yaml")
-    parser.add_argument("--manifest", type=Path, help="function manifest (default: FUNCTION_DIR/function.yaml)")
-    parser.add_argument("--model-dir", type=Path, required=True, help="folder holding the model artifact")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 inside a container")
-    parser.add_argument("--threads", type=int, default=1, help="worker threads running the model")
-    return parser.parse_args(argv)
 
 
 def _fail(message: str) -> None:
@@ -39,7 +26,7 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def build_model(args: argparse.Namespace) -> Any:
+def build_model(args: ReplicaArgs) -> Any:
     """Read the manifest and construct (not yet load) the runtime's model."""
     from fnserve.manifest import ManifestError, load_function  # noqa: PLC0415 (after argv is cleaned)
     from runtimes.handler import HandlerError, load_handler
@@ -99,25 +86,11 @@ def serve(model: Any, host: str, port: int) -> None:
     server.start([model])
 
 
-PROCESS_NAME = b"fnserve-replica"  # what ps and top show, however the replica was started
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when the one that started it dies, even by SIGKILL."""
-    parent = os.environ.get("FNSERVE_PARENT_PID")
-    if not parent or not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != int(parent):  # the router died before prctl took effect
-        raise SystemExit(0)
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = ReplicaArgs.parse(argv)
     die_with_parent()
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(PROCESS_NAME))  # PR_SET_NAME
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(PROCESS_NAME.encode()))  # PR_SET_NAME
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     sys.argv = sys.argv[:1]  # kserve parses sys.argv when imported; keep ours away from it
     from runtimes.base import ModelLoadError

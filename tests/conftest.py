@@ -173,7 +173,7 @@ def function_copy(source: Path, target: Path, *, name: str | None = None, skip: 
 
 
 def run_job(manifest: Path, output: str, *extra: str, timeout: float = 300) -> tuple[int, dict[str, Any], str]:
-    """The job wrapper as a process, as the runner starts it: exit status, outcome, log."""
+    """The job wrapper as a process, as LocalJobs starts it: exit status, outcome, log."""
     result_file = manifest.parent / f".result-{free_port()}.json"
     done = subprocess.run([sys.executable, "-m", "fnserve.jobs.run", "--manifest", str(manifest), "--output", output,
                            "--result", str(result_file), *extra], capture_output=True, text=True, timeout=timeout)

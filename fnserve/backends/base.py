@@ -1,8 +1,11 @@
-"""The Backend protocol: everything the router needs from wherever replicas run.
+"""What the router needs from a backend, as two protocols: Serving (replicas) and Training (jobs).
 
-The router knows functions, revisions and HTTP; a backend knows processes or pods. Errors a backend
-raises are typed and carry the HTTP status and Retry-After the router should answer with, so the router
-maps them without knowing why they happened.
+The router knows functions, revisions and HTTP; a backend knows processes or pods. Serving and training
+are separate protocols because they share nothing but the machine: each backend implements them as two
+objects built by one factory (``fnserve.backends.local.create``, ``fnserve.backends.knative.create``),
+which hands both what they share (the GPU inventory, the cluster API client). Errors a backend raises
+are typed and carry the HTTP status and Retry-After the router should answer with, so the router maps
+them without knowing why they happened.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from fnserve.records import JobRecord, Revision
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A ready replica chosen for one request; handed back through Backend.release()."""
+    """A ready replica chosen for one request; handed back through Serving.release()."""
 
     function: str
     replica: str
@@ -103,7 +106,9 @@ class JobFinished(BackendError):
     status = 409
 
 
-class Backend(Protocol):
+class Serving(Protocol):
+    """Functions' replicas: deploy a revision, hand out a ready replica per request, report status."""
+
     fetches_models: bool
     """True when replicas load the model from this machine's cache (the router fetches and verifies it
     at deploy); False when they download it themselves (a cluster's storage initializer)."""
@@ -133,6 +138,18 @@ class Backend(Protocol):
     async def logs(self, name: str, tail: int) -> str:
         """The last ``tail`` lines of the function's replica logs."""
 
+    async def close(self) -> None:
+        """Stop everything; called when the router shuts down, after Training.close()."""
+
+
+class Training(Protocol):
+    """Training jobs: run a TrainingJob through the job wrapper, follow it, keep its record.
+
+    What a finished job deploys is the router's decision (Platform), written once for every backend."""
+
+    async def start(self) -> None:
+        """Called once the router's event loop runs (a cluster follows runs that outlived a restart)."""
+
     async def submit_job(self, job: TrainingJob, source_dir: Path, params: dict[str, Any]) -> JobRecord:
         """Queue a training job (its command runs in ``source_dir``); returns its record at once."""
 
@@ -152,8 +169,5 @@ class Backend(Protocol):
         """Stop a queued or running job; it publishes nothing."""
 
     async def close(self) -> None:
-        """Stop everything; called when the router shuts down."""
-
-
-Serving = Backend  # TEMP until the backends split lands
-Training = Backend
+        """Cancel queued jobs and stop running ones; called when the router shuts down, before
+        Serving.close() (which may own what the two share)."""

@@ -8,15 +8,15 @@ everything it started. Only a command that exits 0 within its timeout is publish
 
 The command's output goes straight to this process's stdout/stderr (the job log); the wrapper's own
 lines start with ``fnserve-job:``. With ``--result FILE`` the outcome is also written there as JSON for
-the local runner. Exit status: 0 published, the command's own status if it failed, 124 timed out,
-143 cancelled, 2 bad manifest, 1 when publishing failed.
+LocalJobs (backends/local/jobs.py), which starts the wrapper but is not imported by it: the wrapper
+needs nothing of the backends. Exit status: 0 published, the command's own status if it failed, 124
+timed out, 143 cancelled, 2 bad manifest, 1 when publishing failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -31,6 +31,7 @@ from typing import Any
 
 from fnserve.finite import as_strings
 from fnserve.manifest import ManifestError, TrainingJob, load_training_job
+from fnserve.replica_contract import die_with_parent, set_parent_death_signal
 from fnserve.settings import Settings
 from fnserve.storage import ArtifactError, describe_folder, new_run_id, open_store, publish
 from fnserve.storage.runs import PublishAborted
@@ -76,18 +77,8 @@ def _git(folder: Path) -> dict[str, Any]:
     return {"gitCommit": commit, "gitDirty": bool(git("status", "--porcelain", "--", "."))}
 
 
-def _die_with_parent() -> None:
-    """In the embedded backend the job must not outlive the platform that started it."""
-    parent = os.environ.get("FNSERVE_PARENT_PID")
-    if parent and sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != int(parent):
-            raise SystemExit(CANCELLED)
-
-
 def _child_dies_with_us() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    set_parent_death_signal(signal.SIGKILL)
 
 
 class Command:
@@ -221,7 +212,7 @@ def read_event(folder: str | None) -> tuple[str | None, dict[str, Any] | None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _die_with_parent()
+    die_with_parent(CANCELLED)  # in the embedded backend the job must not outlive the platform
     settings = Settings.from_env()
     event_run, event_params = read_event(os.environ.get("K_EVENT_PATH")) if args.event else (None, None)
     run_id = args.run_id or event_run or new_run_id()

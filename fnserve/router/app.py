@@ -130,8 +130,7 @@ def create_app(settings: Settings, serving: Serving, training: Training, *, stat
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await serving.start()
-        if training is not serving:
-            await training.start()
+        await training.start()
         restoring = services.functions.restore()
         await asyncio.sleep(0)  # the scheduled applies register their functions before any request
         starting = asyncio.ensure_future(_startup(services.functions, restoring, deploys or []))
@@ -144,8 +143,7 @@ def create_app(settings: Settings, serving: Serving, training: Training, *, stat
             await services.training.close()
             services.flush()
             await services.admission.close()
-            if training is not serving:
-                await training.close()
+            await training.close()  # before serving: a cluster's serving side closes the client both share
             await serving.close()
             proxy.close()
             state.close()

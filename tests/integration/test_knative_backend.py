@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from fnserve.backends import knative
 from fnserve.backends.base import DeployFailed, FunctionNotFound, NoReadyReplica
-from fnserve.backends.knative.cluster import KnativeBackend
 from fnserve.manifest import load_function, load_training_job
 from fnserve.records import Revision
 from fnserve.settings import Settings
@@ -56,7 +56,7 @@ def run(coroutine: Any) -> Any:
 def test_apply_waits_for_ready_then_serves_its_address_and_delete_removes_it(tmp_path: Path,
                                                                           kube: KubeApiStandIn) -> None:
     async def scenario() -> None:
-        backend = KnativeBackend(settings(tmp_path, kube), StateStore(tmp_path / "db"), kube.api_client())
+        backend, _ = knative.create(settings(tmp_path, kube), StateStore(tmp_path / "db"), kube.api_client())
         await backend.apply(revision(EXAMPLE))
         endpoint = await backend.acquire("sentiment")
         assert endpoint.url == f"http://sentiment-predictor.{NS}.svc.cluster.local"
@@ -88,8 +88,8 @@ def test_apply_waits_for_ready_then_serves_its_address_and_delete_removes_it(tmp
 
 def test_failing_and_stuck_revisions_become_readable_deploy_errors(tmp_path: Path, kube: KubeApiStandIn) -> None:
     async def scenario() -> None:
-        backend = KnativeBackend(settings(tmp_path, kube, cluster_ready_timeout=1.5), StateStore(tmp_path / "db"),
-                                 kube.api_client())
+        backend, _ = knative.create(settings(tmp_path, kube, cluster_ready_timeout=1.5),
+                                    StateStore(tmp_path / "db"), kube.api_client())
         kube.fail_next("inferenceservices", "sentiment", reason="RevisionFailed",
                        message="Container failed with: ModuleNotFoundError: No module named 'handler'")
         with pytest.raises(DeployFailed, match="sentiment: the InferenceService is not Ready: PredictorReady: "
@@ -109,7 +109,7 @@ def test_failing_and_stuck_revisions_become_readable_deploy_errors(tmp_path: Pat
 
 def test_what_cannot_run_in_a_cluster_fails_before_anything_is_applied(tmp_path: Path, kube: KubeApiStandIn) -> None:
     async def scenario() -> None:
-        backend = KnativeBackend(settings(tmp_path, kube), StateStore(tmp_path / "db"), kube.api_client())
+        backend, _ = knative.create(settings(tmp_path, kube), StateStore(tmp_path / "db"), kube.api_client())
         local = revision(EXAMPLE)
         data = local.function.to_dict()
         data["spec"]["model"]["uri"] = "./model"
@@ -142,32 +142,34 @@ def test_training_runs_in_the_cluster(tmp_path: Path, kube: KubeApiStandIn, buck
         publish(store, out, describe_folder(out), {"runId": run_id, "metrics": {"scale": 2}})
 
     async def scenario() -> None:
-        backend = KnativeBackend(config, StateStore(tmp_path / "db"), kube.api_client())
+        backend, training = knative.create(config, StateStore(tmp_path / "db"), kube.api_client())
         await backend.start()
+        await training.start()
         kube.hold_job("scale-train", logs="fnserve-job: training...\n")
-        record = await backend.submit_job(job, SCALE, {"scale": 2})
+        record = await training.submit_job(job, SCALE, {"scale": 2})
         assert record.state == "queued" and record.output == f"s3://{bucket}/artifacts/scale"
-        await asyncio.to_thread(wait_for, lambda: backend.job_status(record.id).state == "running", 10,
+        await asyncio.to_thread(wait_for, lambda: training.job_status(record.id).state == "running", 10,
                                 "the Job to start")
         publish_run(record.id)
         kube.release_job("scale-train", succeed=True)
-        done = await asyncio.wait_for(backend.wait_job(record.id), 20)
+        done = await asyncio.wait_for(training.wait_job(record.id), 20)
         assert done.state == "succeeded" and done.metrics == {"scale": 2}
         assert done.artifact_uri == f"artifacts://scale/{record.id}"
-        logs = b"".join([chunk async for chunk in backend.job_logs(record.id, follow=False)]).decode()
+        logs = b"".join([chunk async for chunk in training.job_logs(record.id, follow=False)]).decode()
         assert "training..." in logs
 
         kube.job_outcome("scale-train", succeed=False, seconds=0.2)
-        failed = await backend.submit_job(job, SCALE, {})
-        failed = await asyncio.wait_for(backend.wait_job(failed.id), 20)
+        failed = await training.submit_job(job, SCALE, {})
+        failed = await asyncio.wait_for(training.wait_job(failed.id), 20)
         assert failed.state == "failed" and "BackoffLimitExceeded" in failed.message and failed.artifact_uri is None
 
         kube.hold_job("scale-train")
-        running = await backend.submit_job(job, SCALE, {})
-        await asyncio.to_thread(wait_for, lambda: backend.job_status(running.id).state == "running", 10,
+        running = await training.submit_job(job, SCALE, {})
+        await asyncio.to_thread(wait_for, lambda: training.job_status(running.id).state == "running", 10,
                                 "the Job to start")
-        cancelled = await backend.cancel_job(running.id)
+        cancelled = await training.cancel_job(running.id)
         assert cancelled.state == "cancelled"
+        await training.close()
         await backend.close()
 
     run(scenario())
@@ -223,10 +225,11 @@ def test_without_knative_eventing_runs_become_plain_jobs(tmp_path: Path, bucket:
         config = settings(tmp_path, kube, artifact_root=f"s3://{bucket}/artifacts", s3_endpoint_url=s3_endpoint)
 
         async def scenario() -> str:
-            backend = KnativeBackend(config, StateStore(tmp_path / "db"), kube.api_client())
+            backend, training = knative.create(config, StateStore(tmp_path / "db"), kube.api_client())
             kube.job_outcome("scale-train", succeed=False, seconds=0.1)
-            record = await backend.submit_job(load_training_job(SCALE), SCALE, {})
-            done = await asyncio.wait_for(backend.wait_job(record.id), 20)
+            record = await training.submit_job(load_training_job(SCALE), SCALE, {})
+            done = await asyncio.wait_for(training.wait_job(record.id), 20)
+            await training.close()
             await backend.close()
             return done.state
 

@@ -44,9 +44,16 @@ class ScriptedBackend:
     async def close(self) -> None: ...
 
 
+class NoTraining:
+    """The Training side of the backend double: these tests submit no jobs."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
 async def call(tmp_path: Path, urls: list[str]) -> tuple[httpx.Response, ScriptedBackend]:
     backend = ScriptedBackend(urls)
-    app = create_app(Settings(state_dir=tmp_path), backend, backend)  # type: ignore[arg-type]
+    app = create_app(Settings(state_dir=tmp_path), backend, NoTraining())  # type: ignore[arg-type]
     function = parse_function(with_change("spec.auth", {"public": True}))  # auth is tested elsewhere
     app.state.services.functions.table["sentiment"] = Revision(function, 1, tmp_path, tmp_path, time.time())
     async with app.router.lifespan_context(app):
@@ -126,7 +133,7 @@ class ClosingUpstream:
 
 async def calls(tmp_path: Path, url: str, bodies: list[dict]) -> list[httpx.Response]:
     backend = ScriptedBackend([url] * len(bodies))
-    app = create_app(Settings(state_dir=tmp_path), backend, backend)  # type: ignore[arg-type]
+    app = create_app(Settings(state_dir=tmp_path), backend, NoTraining())  # type: ignore[arg-type]
     function = parse_function(with_change("spec.auth", {"public": True}))
     app.state.services.functions.table["sentiment"] = Revision(function, 1, tmp_path, tmp_path, time.time())
     async with app.router.lifespan_context(app):

@@ -22,9 +22,11 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fnserve.manifest import Function, TrainingJob
+from fnserve.replica_contract import ReplicaArgs
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fnserve"}
 FUNCTION_LABEL = "fnserve.dev/function"
@@ -191,8 +193,8 @@ def render_function(function: Function, files: Mapping[str, bytes], config: Clus
     container: dict[str, Any] = {
         "name": "kserve-container",
         "image": config.gpu_runtime_image if gpu else config.runtime_image,
-        "args": ["--function-dir", CODE_DIR, "--manifest", f"{CODE_DIR}/function.yaml", "--model-dir", MODEL_DIR,
-                 "--host", "0.0.0.0", "--port", "8080"],
+        "args": ReplicaArgs(Path(CODE_DIR), Path(MODEL_DIR), Path(CODE_DIR, "function.yaml"), 8080,
+                            "0.0.0.0").to_argv(),
         "env": [{"name": "STORAGE_URI", "value": storage_uri(spec.model.uri, config)}],
         "ports": [{"containerPort": 8080, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": f"/v1/models/{name}", "port": 8080}},

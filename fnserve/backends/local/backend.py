@@ -1,4 +1,4 @@
-"""LocalBackend: functions as replica processes on this machine, scaled like Knative scales pods.
+"""LocalBackend: the Serving protocol on this machine — replica processes, scaled like Knative scales pods.
 
 Per function: an Activator (queue + least-outstanding dispatch) and a ConcurrencyRecorder feed the pure
 KPA decider every ``autoscale_tick`` seconds, and at once when a request finds no replica (Knative's
@@ -6,6 +6,7 @@ KPA decider every ``autoscale_tick`` seconds, and at once when a request finds n
 revision starts (one replica must become ready) before it takes traffic and the old revision drains;
 with ``initialScale`` 0 that proving replica is stopped right away. A replica that exits on its own
 leaves the rotation at once and the next reconcile replaces it; failed starts back off exponentially.
+Training jobs are LocalJobs' (jobs.py); the two share only the GPU inventory.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
@@ -34,14 +33,12 @@ from fnserve.backends.base import (
 )
 from fnserve.backends.local.activator import Activator
 from fnserve.backends.local.autoscaler import ConcurrencyRecorder, Params, State, decide
-from fnserve.backends.local.gpus import GpuInventory, discover
+from fnserve.backends.local.gpus import GpuInventory
 from fnserve.backends.local.processes import ForkServerClient, ProcessHandle, forking_supported, spawn
 from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed, tail_lines
-from fnserve.jobs.runner import LocalJobRunner
-from fnserve.manifest import TrainingJob
-from fnserve.records import JobRecord, Revision
+from fnserve.records import Revision
+from fnserve.replica_contract import MODULE
 from fnserve.settings import Settings
-from fnserve.state import StateStore
 
 log = logging.getLogger("fnserve.local")
 
@@ -75,7 +72,7 @@ class _Function:
 class LocalBackend:
     fetches_models = True
 
-    def __init__(self, settings: Settings, state: StateStore) -> None:
+    def __init__(self, settings: Settings, gpus: GpuInventory) -> None:
         self.settings = settings
         self._functions: dict[str, _Function] = {}
         self._replicas: dict[str, tuple[_Function, Replica]] = {}
@@ -85,9 +82,8 @@ class LocalBackend:
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
         self._forkservers: dict[str, ForkServerClient] = {}
-        self.gpus = GpuInventory(discover(settings.gpus))
-        log.info("GPUs to hand out: %s", ", ".join(self.gpus.ids) or "none")
-        self.runner = LocalJobRunner(settings, state, self.gpus, self._gpus_freed)
+        self.gpus = gpus
+        gpus.on_freed(self._gpus_freed)
         usable, why = forking_supported()
         self._fork = settings.forkserver and usable
         log.info("replicas start by %s", "fork from a warm fork server" if self._fork else
@@ -96,7 +92,7 @@ class LocalBackend:
     def _launcher(self, runtime: str) -> Launch:
         """Fork from the runtime's fork server; a plain spawn where forking is off or fails."""
         async def plain(args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> ProcessHandle:
-            return await spawn([self.settings.python, "-m", "runtimes.server", *args], env, cwd, log_path)
+            return await spawn([self.settings.python, "-m", MODULE, *args], env, cwd, log_path)
 
         if not self._fork:
             return plain
@@ -243,10 +239,8 @@ class LocalBackend:
         if replica.outstanding == 0:
             self._replicas.pop(replica.id, None)
         if replica.gpus:
-            self.gpus.give_back(replica.id)
             replica.gpus = []
-            self._gpus_freed()
-            self.runner.schedule()
+            self.gpus.give_back(replica.id)  # waiting replicas, then queued jobs, are told
 
     def _gpus_freed(self) -> None:
         """Replicas waiting for GPUs start as soon as a replica or a job gives some back."""
@@ -377,27 +371,7 @@ class LocalBackend:
         files = sorted(self._log_dir(name).glob("*.log"), key=lambda p: p.stat().st_mtime)[-3:]
         return "\n".join(f"==> {path.stem} <==\n" + "\n".join(tail_lines(path, tail)) for path in files)
 
-    # -- training jobs -------------------------------------------------------------------------------
-    async def submit_job(self, job: TrainingJob, source_dir: Path, params: dict[str, Any]) -> JobRecord:
-        return await self.runner.submit(job, source_dir, params)
-
-    def job_status(self, job_id: str) -> JobRecord:
-        return self.runner.get(job_id)
-
-    def jobs(self, limit: int) -> list[JobRecord]:
-        return self.runner.list(limit)
-
-    def job_logs(self, job_id: str, follow: bool) -> AsyncIterator[bytes]:
-        return self.runner.follow(job_id, follow)
-
-    async def wait_job(self, job_id: str) -> JobRecord:
-        return await self.runner.wait(job_id)
-
-    async def cancel_job(self, job_id: str) -> JobRecord:
-        return await self.runner.cancel(job_id)
-
     async def close(self) -> None:
-        await self.runner.close()
         self._closing = True
         for task in [self._ticker, *self._tasks]:
             if task is not None:

@@ -22,6 +22,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from fnserve.replica_contract import die_with_parent, parent_env
+
 
 def _child(request: dict, listener: socket.socket, connection: socket.socket) -> None:
     """Runs in the forked child: become a replica; never returns."""
@@ -40,7 +42,7 @@ def _child(request: dict, listener: socket.socket, connection: socket.socket) ->
         os.close(null)
         os.chdir(request["cwd"])
         os.environ.update(request["env"])
-        os.environ["FNSERVE_PARENT_PID"] = str(os.getppid())
+        os.environ.update(parent_env(os.getppid()))  # the replica dies with the fork server
         print(f"replica forked from the warm fork server (pid {os.getppid()})", flush=True)
         from runtimes.server import main
 
@@ -57,7 +59,7 @@ def _child(request: dict, listener: socket.socket, connection: socket.socket) ->
 
 
 def serve(runtime: str, path: Path) -> None:
-    from runtimes.server import RUNTIME_CLASSES, die_with_parent
+    from runtimes.server import RUNTIME_CLASSES
 
     die_with_parent()
     target = RUNTIME_CLASSES.get(runtime)

@@ -4,6 +4,8 @@ The list comes from FNSERVE_GPUS ("0,1"; "none" for no GPUs; tests use it to sim
 unset, from ``nvidia-smi``. A replica of a function with ``resources.gpu: N`` holds N whole GPUs, sees
 exactly those through CUDA_VISIBLE_DEVICES, and gives them back when it stops, so scaling to zero frees
 them. Replicas without GPUs get an empty CUDA_VISIBLE_DEVICES and cannot touch one by accident.
+Training jobs take GPUs from the same inventory; whoever waits for GPUs (replicas that could not start,
+queued jobs) subscribes with on_freed() and is told whenever some are given back.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+from collections.abc import Callable
 
 log = logging.getLogger("fnserve.local")
 
@@ -40,6 +43,11 @@ class GpuInventory:
     def __init__(self, ids: list[str]) -> None:
         self.ids = list(ids)
         self._holder: dict[str, str] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_freed(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every give_back() that freed a GPU, in subscription order."""
+        self._listeners.append(listener)
 
     @property
     def free(self) -> list[str]:
@@ -56,8 +64,12 @@ class GpuInventory:
         return chosen
 
     def give_back(self, holder: str) -> None:
-        for gpu in [g for g, h in self._holder.items() if h == holder]:
+        freed = [g for g, h in self._holder.items() if h == holder]
+        for gpu in freed:
             del self._holder[gpu]
+        if freed:
+            for listener in list(self._listeners):
+                listener()
 
     def held(self) -> dict[str, str]:
         return dict(self._holder)

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-log = logging.getLogger("fnserve.local")
+from fnserve.replica_contract import parent_env
 
-PARENT_PID_ENV = "FNSERVE_PARENT_PID"
+log = logging.getLogger("fnserve.local")
 
 
 class ProcessHandle(Protocol):
@@ -72,7 +72,7 @@ async def spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path)
     with log_path.open("ab") as log_file:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **env, PARENT_PID_ENV: str(os.getpid())}, start_new_session=True, cwd=str(cwd))
+            env={**os.environ, **env, **parent_env()}, start_new_session=True, cwd=str(cwd))
     return SpawnedProcess(process)
 
 
@@ -98,7 +98,7 @@ class ForkServerClient:
                     self.python, "-m", "fnserve.backends.local.forkserver", "--runtime", self.runtime,
                     "--socket", str(self.socket_path), stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
                     stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                    env={**os.environ, PARENT_PID_ENV: str(os.getpid()), "OPENBLAS_NUM_THREADS": "1"})
+                    env={**os.environ, **parent_env(), "OPENBLAS_NUM_THREADS": "1"})
             deadline = time.monotonic() + timeout
             while not self.socket_path.exists():
                 if self._process.returncode is not None or time.monotonic() > deadline:

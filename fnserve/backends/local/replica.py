@@ -2,8 +2,8 @@
 
 Replicas run in their own process session, so a Ctrl-C in the terminal reaches only the router, which
 then stops them in order; each asks the kernel to SIGTERM it when its parent (the router, or the fork
-server, which itself dies with the router) goes away (PR_SET_PDEATHSIG, see runtimes/server.py), so not
-even a SIGKILL of the router leaves orphans. How the process is started is the launcher's business.
+server, which itself dies with the router) goes away (PR_SET_PDEATHSIG, see fnserve/replica_contract.py),
+so not even a SIGKILL of the router leaves orphans. How the process is started is the launcher's business.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import aiohttp
 
 from fnserve.backends.local.processes import ProcessHandle
 from fnserve.records import Revision
+from fnserve.replica_contract import ReplicaArgs
 from fnserve.settings import Settings
 
 # (server arguments, extra environment, working folder, log file) → a started process
@@ -69,16 +70,15 @@ class Replica:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def server_args(self, settings: Settings) -> list[str]:
-        """Arguments of ``python -m runtimes.server`` for this replica."""
-        return ["--function-dir", str(self.revision.source_dir), "--manifest", str(self.manifest_path),
-                "--model-dir", str(self.revision.model_dir), "--port", str(self.port),
-                "--host", "127.0.0.1", "--threads", str(settings.replica_threads)]
+    def server_args(self, settings: Settings) -> ReplicaArgs:
+        """The arguments of ``python -m runtimes.server`` for this replica."""
+        return ReplicaArgs(self.revision.source_dir, self.revision.model_dir, self.manifest_path, self.port,
+                           "127.0.0.1", settings.replica_threads)
 
     async def start(self, settings: Settings, launch: Launch) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(self.gpus)}
-        self.process = await launch(self.server_args(settings), env, self.revision.source_dir, self.log_path)
+        self.process = await launch(self.server_args(settings).to_argv(), env, self.revision.source_dir, self.log_path)
 
     async def wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
         """Poll the model's own readiness route until it answers 200, the process dies, or time runs out."""

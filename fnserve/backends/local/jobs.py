@@ -1,4 +1,4 @@
-"""LocalJobRunner: training jobs as subprocesses of the platform, through the job wrapper.
+"""LocalJobs: the Training protocol on this machine — jobs as subprocesses, through the job wrapper.
 
 Jobs wait in a FIFO queue and run ``FNSERVE_MAX_JOBS`` at a time (default 1: training on a laptop
 should not starve the replicas). A job asking for GPUs takes them from the same inventory replicas use
@@ -7,7 +7,7 @@ and waits while they are held; a CPU job behind it does not wait for it. Each jo
 when the job ends, however it ends. Records persist in SQLite; a job that was queued or running when
 the platform stopped is marked failed on the next start (the wrapper dies with the platform).
 
-The wrapper enforces the timeout and stops the command's process group; the runner holds a second,
+The wrapper enforces the timeout and stops the command's process group; LocalJobs holds a second,
 later deadline in case the wrapper itself hangs.
 """
 
@@ -21,7 +21,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,9 @@ import yaml
 
 from fnserve.backends.base import BackendError, JobFinished, JobNotFound
 from fnserve.backends.local.gpus import GpuInventory
-from fnserve.backends.local.processes import PARENT_PID_ENV
 from fnserve.manifest import TrainingJob
 from fnserve.records import JobRecord
+from fnserve.replica_contract import parent_env
 from fnserve.settings import Settings
 from fnserve.state import StateStore
 from fnserve.storage import new_run_id
@@ -39,16 +39,15 @@ from fnserve.storage import new_run_id
 log = logging.getLogger("fnserve.jobs")
 
 _WRAPPER_SLACK = 30.0
-"""Seconds past the job's own timeout (and stop grace) before the runner kills a stuck wrapper."""
+"""Seconds past the job's own timeout (and stop grace) before LocalJobs kills a stuck wrapper."""
 
 
-class LocalJobRunner:
-    def __init__(self, settings: Settings, state: StateStore, gpus: GpuInventory,
-                 gpus_freed: Callable[[], None]) -> None:
+class LocalJobs:
+    def __init__(self, settings: Settings, state: StateStore, gpus: GpuInventory) -> None:
         self.settings = settings
         self.state = state
         self.gpus = gpus
-        self._gpus_freed = gpus_freed
+        gpus.on_freed(self.schedule)  # a job waiting for GPUs starts once a replica or job gives them back
         self._queue: list[JobRecord] = []
         self._running: set[str] = set()
         self._processes: dict[str, asyncio.subprocess.Process] = {}
@@ -74,8 +73,11 @@ class LocalJobRunner:
         record.finished_at = time.time()
         self.state.save_job(record)
 
+    async def start(self) -> None:
+        """Nothing to start: jobs interrupted by the last shutdown were marked failed on construction."""
+
     # -- submitting and scheduling -------------------------------------------------------------
-    async def submit(self, job: TrainingJob, source_dir: Path, params: dict[str, Any]) -> JobRecord:
+    async def submit_job(self, job: TrainingJob, source_dir: Path, params: dict[str, Any]) -> JobRecord:
         spec = job.spec
         output = spec.output or f"{self.settings.artifacts_uri()}/{spec.function}"
         wanted = spec.resources.gpu
@@ -119,7 +121,7 @@ class LocalJobRunner:
         argv = [self.settings.python, "-m", "fnserve.jobs.run", "--manifest", str(folder / "train.yaml"),
                 "--function-dir", record.source_dir, "--output", record.output, "--run-id", record.id,
                 "--params", json.dumps(record.params), "--scratch", str(folder / "scratch"), "--result", str(result)]
-        env = {**os.environ, **self.settings.s3_env(), PARENT_PID_ENV: str(os.getpid()),
+        env = {**os.environ, **self.settings.s3_env(), **parent_env(),
                "FNSERVE_JOB_STOP_TIMEOUT": str(self.settings.job_stop_timeout),
                "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
         try:
@@ -147,8 +149,7 @@ class LocalJobRunner:
             self._running.discard(record.id)
             shutil.rmtree(folder / "scratch", ignore_errors=True)
             if gpus:
-                self.gpus.give_back(f"job:{record.id}")
-                self._gpus_freed()
+                self.gpus.give_back(f"job:{record.id}")  # waiting replicas and jobs are told
             self._finished.setdefault(record.id, asyncio.Event()).set()
             log.info("job %s %s: %s", record.id, record.state, record.message)
             self.schedule()
@@ -168,7 +169,7 @@ class LocalJobRunner:
         self._end(record, outcome["state"], outcome.get("message", ""), outcome.get("exitCode", code))
 
     # -- inspecting and stopping -------------------------------------------------------------------
-    def get(self, job_id: str) -> JobRecord:
+    def job_status(self, job_id: str) -> JobRecord:
         for record in self._queue:
             if record.id == job_id:
                 return record
@@ -177,18 +178,18 @@ class LocalJobRunner:
             raise JobNotFound(f"no job {job_id!r}")
         return record
 
-    def list(self, limit: int = 100) -> list[JobRecord]:
+    def jobs(self, limit: int = 100) -> list[JobRecord]:
         return self.state.jobs(limit)
 
-    async def wait(self, job_id: str) -> JobRecord:
-        record = await asyncio.to_thread(self.get, job_id)
+    async def wait_job(self, job_id: str) -> JobRecord:
+        record = await asyncio.to_thread(self.job_status, job_id)
         event = self._finished.get(job_id)
         if not record.done and event is not None:
             await event.wait()
-        return await asyncio.to_thread(self.get, job_id)
+        return await asyncio.to_thread(self.job_status, job_id)
 
-    async def cancel(self, job_id: str) -> JobRecord:
-        record = await asyncio.to_thread(self.get, job_id)
+    async def cancel_job(self, job_id: str) -> JobRecord:
+        record = await asyncio.to_thread(self.job_status, job_id)
         if record.done:
             raise JobFinished(f"job {job_id} already finished ({record.state})")
         if record in self._queue:
@@ -200,11 +201,11 @@ class LocalJobRunner:
         if process is not None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)  # the wrapper stops the command's whole group
-        return await self.wait(job_id)
+        return await self.wait_job(job_id)
 
-    async def follow(self, job_id: str, follow: bool) -> AsyncIterator[bytes]:
+    async def job_logs(self, job_id: str, follow: bool) -> AsyncIterator[bytes]:
         """The job's log from the start; with ``follow``, new output as it comes until the job ends."""
-        record = await asyncio.to_thread(self.get, job_id)
+        record = await asyncio.to_thread(self.job_status, job_id)
         path = self.log_path(job_id)
         offset = 0
         while True:
@@ -217,7 +218,7 @@ class LocalJobRunner:
             if finished or not follow:
                 return
             await asyncio.sleep(0.2)
-            record = await asyncio.to_thread(self.get, job_id)
+            record = await asyncio.to_thread(self.job_status, job_id)
 
     async def close(self) -> None:
         """Cancel what is queued and stop what runs (the wrappers publish nothing when stopped)."""

@@ -1,0 +1,97 @@
+"""The contract between whoever starts a replica and the replica itself, written once for both sides.
+
+The embedded backend (replica.py, processes.py, the fork server), the cluster renderer and the job
+wrapper start processes; ``runtimes.server`` and ``fnserve.jobs.run`` are those processes. What passes
+between them — the replica's command line, the environment variable that names the parent to die with,
+and the way a child dies with it — lives here, so the two sides cannot drift apart.
+
+Standard library only, on purpose: replicas import this before kserve (which parses ``sys.argv`` at
+import), and the fork server imports it before it forks; neither may pay for anything heavier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+MODULE = "runtimes.server"
+"""The replica program: ``python -m runtimes.server`` (also the containers' entry point)."""
+
+PROCESS_NAME = "fnserve-replica"
+"""What ps and top show for a replica, however it was started (PR_SET_NAME)."""
+
+PARENT_PID_ENV = "FNSERVE_PARENT_PID"
+"""The pid a child (replica, fork server, job wrapper) must not outlive; unset in a container."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ReplicaArgs:
+    """The replica's command-line arguments; ``parse(args.to_argv()) == args``."""
+
+    function_dir: Path
+    """The function's code (handler) and, by default, its function.yaml."""
+    model_dir: Path
+    """The folder holding the model artifact."""
+    manifest: Path | None = None
+    """The function manifest as deployed (default: FUNCTION_DIR/function.yaml)."""
+    port: int = 8080
+    host: str = "127.0.0.1"
+    """0.0.0.0 inside a container; replicas on a shared machine stay on loopback."""
+    threads: int = 1
+    """Worker threads running the model."""
+
+    def to_argv(self) -> list[str]:
+        """The arguments after ``python -m runtimes.server``. ``--threads`` is left out at its default,
+        so the cluster's rendered container args stay as they were."""
+        argv = ["--function-dir", str(self.function_dir)]
+        if self.manifest is not None:
+            argv += ["--manifest", str(self.manifest)]
+        argv += ["--model-dir", str(self.model_dir), "--host", self.host, "--port", str(self.port)]
+        if self.threads != 1:
+            argv += ["--threads", str(self.threads)]
+        return argv
+
+    @classmethod
+    def parse(cls, argv: list[str] | None = None) -> ReplicaArgs:
+        """Parse the replica's arguments (``sys.argv[1:]`` by default); exits 2 with usage on a mistake."""
+        parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
+                                         description="Serve one fnserve function as a KServe ModelServer.")
+        parser.add_argument("--function-dir", type=Path, required=True,
+                            help="folder with the function's code (handler) and, by default, function.yaml")
+        parser.add_argument("--manifest", type=Path, help="function manifest (default: FUNCTION_DIR/function.yaml)")
+        parser.add_argument("--model-dir", type=Path, required=True, help="folder holding the model artifact")
+        parser.add_argument("--port", type=int, default=8080)
+        parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 inside a container")
+        parser.add_argument("--threads", type=int, default=1, help="worker threads running the model")
+        args = parser.parse_args(argv)
+        return cls(args.function_dir, args.model_dir, args.manifest, args.port, args.host, args.threads)
+
+
+def parent_env(pid: int | None = None) -> dict[str, str]:
+    """The environment that tells a child which process to die with (default: this one)."""
+    return {PARENT_PID_ENV: str(os.getpid() if pid is None else pid)}
+
+
+def set_parent_death_signal(sig: signal.Signals) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies, even by SIGKILL (elsewhere:
+    nothing). Safe between fork and exec."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def die_with_parent(exit_code: int = 0) -> None:
+    """SIGTERM this process when the parent named in FNSERVE_PARENT_PID dies; if it already has (it died
+    before the request took effect), exit with ``exit_code`` now. Without the variable: nothing."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != int(parent):
+        raise SystemExit(exit_code)
