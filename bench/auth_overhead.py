@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
-import urllib.request
 from typing import Any
 
 import aiohttp
@@ -22,9 +20,8 @@ from bench.common import (
     BODY,
     HEADERS,
     ROUTER_PIDS,
-    admin_key,
+    admin,
     cpu_seconds,
-    function_status,
     machine_line,
     prepare_function,
     running_platform,
@@ -34,13 +31,9 @@ from bench.common import (
 
 
 def create_key(url: str) -> str:
-    body = json.dumps({"name": "bench", "scopes": ["invoke:*"],
-                       "limits": {"rps": 1e6, "burst": 1_000_000, "concurrency": 1000, "daily": 1_000_000_000}})
-    request = urllib.request.Request(f"{url}/api/keys", data=body.encode(), method="POST",
-                                     headers={"Authorization": f"Bearer {admin_key(url)}",
-                                              "Content-Type": "application/json"})
-    with urllib.request.urlopen(request) as response:
-        return json.loads(response.read())["token"]
+    """A key whose limits are all active but never reached."""
+    limits = {"rps": 1e6, "burst": 1_000_000, "concurrency": 1000, "daily": 1_000_000_000}
+    return admin(url).create_key("bench", limits=limits)["token"]
 
 
 async def round_trip(session: aiohttp.ClientSession, url: str, headers: dict[str, str], requests: int,
@@ -93,7 +86,7 @@ def main() -> None:
         open_fn = prepare_function(work, "open", public=True, minReplicas=1, maxReplicas=1)
         guarded = prepare_function(work, "guarded", public=False, minReplicas=1, maxReplicas=1)
         with running_platform(work, "auth", [open_fn, guarded]) as router:
-            replica = function_status(router, "guarded")["replicas"][0]["url"]
+            replica = admin(router).function("guarded")["replicas"][0]["url"]
             results = asyncio.run(measure(router, replica, create_key(router), args.rounds, args.requests,
                                           args.concurrency))
     on, off, direct = results["on"], results["off"], results["direct"]

@@ -25,7 +25,7 @@ import yaml
 
 from bench.common import (
     ROOT,
-    function_status,
+    admin,
     machine_line,
     percentile,
     running_platform,
@@ -104,7 +104,7 @@ def main() -> None:
         functions = [prepare(work, "emb-batched", run, True), prepare(work, "emb-plain", run, False)]
         batching = yaml.safe_load((EMBEDDINGS / "function.yaml").read_text())["spec"]["batching"]
         with running_platform(work, "batching", functions) as router:
-            urls = {mode: function_status(router, f"emb-{mode}")["replicas"][0]["url"]
+            urls = {mode: admin(router).function(f"emb-{mode}")["replicas"][0]["url"]
                     + f"/v1/models/emb-{mode}:predict" for mode in ("batched", "plain")}
             rounds: dict[str, dict[str, list[dict[str, Any]]]] = {}
             for clients in args.clients:

@@ -21,7 +21,7 @@ import aiohttp
 from bench.common import (
     BODY,
     HEADERS,
-    function_status,
+    admin,
     machine_line,
     percentile,
     prepare_function,
@@ -40,12 +40,12 @@ async def wait_until(predicate: Any, timeout: float, what: str) -> None:
 
 
 async def at_zero(url: str, name: str) -> bool:
-    status = await asyncio.to_thread(function_status, url, name)
+    status = await asyncio.to_thread(admin(url).function, name)
     return not status["replicas"] and status["desired"] == 0
 
 
 async def ready_replicas(url: str, name: str) -> int:
-    status = await asyncio.to_thread(function_status, url, name)
+    status = await asyncio.to_thread(admin(url).function, name)
     return sum(r["state"] == "ready" for r in status["replicas"])
 
 

@@ -12,11 +12,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from fnserve.cli.client import AdminClient, AdminError
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -40,11 +41,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-_ADMIN: dict[str, str] = {}
+_ADMIN: dict[str, AdminClient] = {}
 ROUTER_PIDS: dict[str, int] = {}
 
 
-def admin_key(url: str) -> str:
+def admin(url: str) -> AdminClient:
+    """The admin API of the router at ``url`` (one running_platform() started), as its admin key."""
     return _ADMIN[url]
 
 
@@ -52,14 +54,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process (not its children), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def get_json(url: str) -> Any:
-    """GET an admin route, as the admin key of the router at that address."""
-    base = url.split("/api/")[0]
-    headers = {"Authorization": f"Bearer {_ADMIN[base]}"} if base in _ADMIN else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
-        return json.loads(response.read())
 
 
 def prepare_function(work: Path, name: str, public: bool = True, **scaling: Any) -> Path:
@@ -90,10 +84,6 @@ def trained_run(work: Path, example: Path = EXAMPLE) -> str:
     return runs[-1].parent.as_uri()
 
 
-def function_status(url: str, name: str) -> dict[str, Any]:
-    return get_json(f"{url}/api/functions/{name}")
-
-
 @contextmanager
 def running_platform(work: Path, label: str, functions: list[Path],
                      env: dict[str, str] | None = None) -> Iterator[str]:
@@ -109,12 +99,12 @@ def running_platform(work: Path, label: str, functions: list[Path],
         deadline = time.monotonic() + 180
         while True:
             try:
-                _ADMIN[url] = (work / f"state-{label}" / "admin.key").read_text().strip()
+                _ADMIN[url] = AdminClient(url, (work / f"state-{label}" / "admin.key").read_text().strip(), timeout=10)
                 ROUTER_PIDS[url] = router.pid
-                deployed = get_json(f"{url}/api/functions")["functions"]
+                deployed = _ADMIN[url].functions()["functions"]
                 if len(deployed) == len(functions) and all(f["ready"] for f in deployed):
                     break
-            except OSError:
+            except (OSError, AdminError):
                 pass
             if time.monotonic() > deadline or router.poll() is not None:
                 raise SystemExit(f"platform did not start:\n{log_path.read_text()}")
@@ -158,18 +148,6 @@ def write_results(name: str, parameters: dict[str, Any], results: dict[str, Any]
 
 
 # -- helpers for the open-loop benchmarks (load_curve, quota_accuracy) ---------------------------
-def create_api_key(url: str, limits: dict[str, Any], name: str = "bench",
-                   scopes: list[str] | None = None) -> str:
-    """A new API key with ``limits`` (rps, burst, concurrency, daily) through the admin API, as
-    `fnserve keys create` sends it; returns its token."""
-    body = json.dumps({"name": name, "scopes": scopes or ["invoke:*"], "limits": limits}).encode()
-    request = urllib.request.Request(f"{url}/api/keys", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {admin_key(url)}",
-                                              "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())["token"]
-
-
 def run_async(coroutine: Any) -> Any:
     """asyncio.run on uvloop when it is installed (the router's loop too): a load generator in Python
     should spend as little of the shared CPU as it can."""

@@ -27,9 +27,9 @@ import aiohttp
 from bench.common import (
     RESULTS,
     ROUTER_PIDS,
+    admin,
     arrival_times,
     cpu_seconds,
-    function_status,
     machine_line,
     open_loop,
     percentile,
@@ -188,7 +188,7 @@ def main() -> None:
     with workdir() as work:
         function = prepare_function(work, "sentiment", minReplicas=1, maxReplicas=1)
         with running_platform(work, "load", [function]) as router:
-            replica = function_status(router, "sentiment")["replicas"][0]
+            replica = admin(router).function("sentiment")["replicas"][0]
             path = "/v1/models/sentiment:predict"
             meter = CpuMeter({"router": ROUTER_PIDS[router], "replica": replica["pid"]})
             results = run_async(measure({"router": router + path, "direct": replica["url"] + path}, meter, args))

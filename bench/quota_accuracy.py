@@ -31,9 +31,8 @@ import aiohttp
 from bench.common import (
     BODY,
     HEADERS,
-    admin_key,
+    admin,
     arrival_times,
-    create_api_key,
     machine_line,
     open_loop,
     prepare_function,
@@ -120,9 +119,9 @@ async def concurrency_round(session: aiohttp.ClientSession, url: str, token: str
 
     async def poll() -> None:
         status_url = url.split("/v1/")[0] + "/api/functions/sentiment"
-        admin = {"Authorization": f"Bearer {admin_key(url.split('/v1/')[0])}"}
+        admin_headers = admin(url.split("/v1/")[0]).headers
         while time.perf_counter() < stop:
-            async with session.get(status_url, headers=admin) as response:
+            async with session.get(status_url, headers=admin_headers) as response:
                 replicas = (await response.json())["replicas"]
             samples.append(sum(r["outstanding"] for r in replicas))
             await asyncio.sleep(args.poll_ms / 1000)
@@ -179,16 +178,16 @@ async def measure(router: str, args: argparse.Namespace) -> dict[str, list[dict[
     url = router + PREDICT
     out: dict[str, list[dict[str, Any]]] = {"rate": [], "concurrency": [], "daily": []}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.connections)) as session:
-        warm = create_api_key(router, {}, name="bench-warm")
+        warm = admin(router).create_key("bench-warm")["token"]
         await open_loop(session, url, arrival_times(200, 1.0), headers={**HEADERS, "Authorization": f"Bearer {warm}"})
         for r in range(args.rounds):
-            token = create_api_key(router, {"rps": args.rps, "burst": args.burst}, name=f"bench-rate-{r}")
+            token = admin(router).create_key(f"bench-rate-{r}", limits={"rps": args.rps, "burst": args.burst})["token"]
             out["rate"].append(await rate_round(session, url, token, args))
             await asyncio.sleep(0.5)
-            token = create_api_key(router, {"concurrency": args.concurrency}, name=f"bench-concurrency-{r}")
+            token = admin(router).create_key(f"bench-concurrency-{r}", limits={"concurrency": args.concurrency})["token"]
             out["concurrency"].append(await concurrency_round(session, url, token, args))
             await asyncio.sleep(0.5)
-            token = create_api_key(router, {"daily": args.daily}, name=f"bench-daily-{r}")
+            token = admin(router).create_key(f"bench-daily-{r}", limits={"daily": args.daily})["token"]
             out["daily"].append(await daily_round(session, url, token, args))
             for name in out:
                 print(f"round {r} {name}: {out[name][-1]}", flush=True)

@@ -18,7 +18,7 @@ import aiohttp
 from bench.common import (
     BODY,
     HEADERS,
-    function_status,
+    admin,
     machine_line,
     percentile,
     prepare_function,
@@ -82,7 +82,7 @@ def main() -> None:
     with workdir() as work:
         function = prepare_function(work, "sentiment", minReplicas=1, maxReplicas=1)
         with running_platform(work, "overhead", [function]) as router:
-            replica = function_status(router, "sentiment")["replicas"][0]["url"]
+            replica = admin(router).function("sentiment")["replicas"][0]["url"]
             path = "/v1/models/sentiment:predict"
             results = asyncio.run(measure({"direct": replica + path, "router": router + path},
                                           args.rounds, args.requests, args.concurrency, args.seconds))

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from fnserve.cli.client import AdminClient
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "functions" / "sentiment"
 FNSERVE = [sys.executable, "-m", "fnserve.cli"]
@@ -111,6 +113,12 @@ class Router:
     def admin(self) -> dict[str, str]:
         """Headers that authenticate as the admin key `fnserve up` created."""
         return {"Authorization": f"Bearer {self.admin_key}"}
+
+    @property
+    def api(self) -> AdminClient:
+        """The admin API as the admin key, for setup and reads (the CLI's own client); tests that assert
+        on statuses and raw bodies use http() instead."""
+        return AdminClient(self.url, self.admin_key, timeout=60)
 
     def _ready(self) -> bool:
         assert self.process is not None

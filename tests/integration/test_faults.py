@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Router, alive, http, running_router, wait_for
+from tests.conftest import Router, alive, running_router, wait_for
 from tests.integration.test_limits import invoke, key, private_function
 from tests.integration.test_redis import RedisServer, redis_server  # noqa: F401 (a fixture)
 
@@ -108,7 +108,7 @@ def test_a_replica_killed_under_load_fails_only_the_requests_in_flight(tmp_path:
 
 
 def usage_of(router: Router, key_id: str) -> int:
-    rows = http("GET", f"{router.url}/api/usage?key={key_id}", headers=router.admin)[2]["usage"]
+    rows = router.api.usage(key=key_id)["usage"]
     return sum(row["requests"] for row in rows)
 
 
@@ -135,9 +135,8 @@ def test_the_router_restarted_on_its_state_keeps_keys_usage_and_functions(tmp_pa
         sent = after_crash + len(probes) + len(more)
     with running_router(state) as third:  # a clean stop flushes everything: usage is exact
         assert usage_of(third, key_id) == sent
-        assert [k["id"] for k in http("GET", f"{third.url}/api/keys", headers=third.admin)[2]["keys"]
-                if k["id"] == key_id] == [key_id]
-        functions = http("GET", f"{third.url}/api/functions", headers=third.admin)[2]["functions"]
+        assert [k["id"] for k in third.api.keys()["keys"] if k["id"] == key_id] == [key_id]
+        functions = third.api.functions()["functions"]
         assert [f["name"] for f in functions] == ["private"]
         assert invoke(third, headers)[0] == 200
 

@@ -1,0 +1,183 @@
+"""AdminClient: the one HTTP client for a router's admin API (and single inference calls), shared by the
+``fnserve`` command, the benchmarks and the tests.
+
+Stdlib urllib only, so that talking to a router costs no dependency and no import time. Every answer
+of 400 or more becomes one AdminError carrying the status and the router's JSON error body (a
+top-level ``"error"`` string, sometimes ``reason`` or ``problems``), so a caller that must tell one
+refusal from another reads fields instead of parsing messages. A router that cannot be reached is a
+RouterUnreachable — a ConnectionError, so code that waits for a router to come up keeps catching
+OSError. Paths and request bodies of the admin API are written here once; how an answer is shown
+is the caller's business.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class AdminError(Exception):
+    """The router answered with an error status; ``body`` is its decoded answer (a dict when JSON)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        """The router's ``error`` line (the whole body when it sent no JSON object)."""
+        return str(self.body.get("error", self.body) if isinstance(self.body, dict) else self.body)
+
+    @property
+    def reason(self) -> str | None:
+        """The machine-readable ``reason`` some refusals carry (e.g. ``NoCompleteRun``)."""
+        return self.body.get("reason") if isinstance(self.body, dict) else None
+
+
+class RouterUnreachable(ConnectionError):
+    """No answer at all: refused, timed out, or the connection dropped mid-answer."""
+
+    def __init__(self, url: str, reason: Any) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"{url}: {reason}")
+
+
+def find_api_key() -> str | None:
+    """FNSERVE_API_KEY, else the admin key `fnserve up` wrote: $FNSERVE_STATE_DIR, ./.fnserve, ~/.fnserve."""
+    if os.environ.get("FNSERVE_API_KEY"):
+        return os.environ["FNSERVE_API_KEY"].strip()
+    folders = [os.environ.get("FNSERVE_STATE_DIR"), ".fnserve", str(Path.home() / ".fnserve")]
+    for folder in filter(None, folders):
+        try:
+            return (Path(folder).expanduser() / "admin.key").read_text().strip()
+        except OSError:
+            continue
+    return None
+
+
+def _decode(raw: bytes, content_type: str) -> Any:
+    return json.loads(raw) if "json" in content_type and raw else raw.decode("utf-8", errors="replace")
+
+
+class AdminClient:
+    """A router at ``url`` (no trailing slash needed), as the holder of ``key`` (None: no credentials)."""
+
+    def __init__(self, url: str, key: str | None = None, timeout: float = 300.0) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+        self.timeout = timeout
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The credentials header, for callers that speak HTTP through another client (aiohttp, Locust)."""
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+    # -- the two ways of talking -----------------------------------------------------------------
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One request with an optional JSON body; the decoded answer (JSON, else text)."""
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data else {}
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers={**headers, **self.headers})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status, raw, kind = response.status, response.read(), response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            status, raw, kind = exc.code, exc.read(), exc.headers.get("Content-Type", "")
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+            raise RouterUnreachable(self.url, getattr(exc, "reason", exc)) from None
+        payload = _decode(raw, kind)
+        if status >= 400:
+            raise AdminError(status, payload)
+        return payload
+
+    def stream(self, path: str, timeout: float = 3600.0) -> Iterator[str]:
+        """A streamed text answer (a job's log), chunk by chunk as it arrives."""
+        request = urllib.request.Request(self.url + path, headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                while chunk := response.read1(65536):
+                    yield chunk.decode("utf-8", errors="replace")
+        except urllib.error.HTTPError as exc:
+            raise AdminError(exc.code, _decode(exc.read(), exc.headers.get("Content-Type", ""))) from None
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+            raise RouterUnreachable(self.url, getattr(exc, "reason", exc)) from None
+
+    # -- functions -------------------------------------------------------------------------------
+    def functions(self) -> dict[str, Any]:
+        return self.call("GET", "/api/functions")
+
+    def function(self, name: str) -> dict[str, Any]:
+        return self.call("GET", f"/api/functions/{name}")
+
+    def deploy(self, manifest: Any, location: dict[str, Any], source: str) -> dict[str, Any]:
+        """Deploy ``manifest``; ``location`` is ``{"sourceDir": ...}`` or ``{"files": {...}}``."""
+        return self.call("POST", "/api/functions", {"manifest": manifest, "source": source, **location})
+
+    def remove(self, name: str) -> Any:
+        return self.call("DELETE", f"/api/functions/{name}")
+
+    def function_logs(self, name: str, tail: int = 100) -> str:
+        return self.call("GET", f"/api/functions/{name}/logs?tail={tail}")
+
+    def revisions(self, name: str) -> dict[str, Any]:
+        return self.call("GET", f"/api/functions/{name}/revisions")
+
+    def rollback(self, name: str, to: int | None = None) -> dict[str, Any]:
+        return self.call("POST", f"/api/functions/{name}/rollback", {"to": to} if to else {})
+
+    def invoke(self, name: str, body: Any, v2: bool = False) -> Any:
+        """One inference request, KServe V1 or Open Inference (V2)."""
+        return self.call("POST", f"/v2/models/{name}/infer" if v2 else f"/v1/models/{name}:predict", body)
+
+    # -- training jobs ---------------------------------------------------------------------------
+    def submit_job(self, manifest: Any, location: dict[str, Any], source: str,
+                   params: dict[str, Any]) -> dict[str, Any]:
+        return self.call("POST", "/api/jobs", {"manifest": manifest, "source": source, "params": params, **location})
+
+    def jobs(self, limit: int = 50) -> dict[str, Any]:
+        return self.call("GET", f"/api/jobs?limit={limit}")
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.call("GET", f"/api/jobs/{job_id}")
+
+    def job_logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
+        return self.stream(f"/api/jobs/{job_id}/logs" + ("?follow=1" if follow else ""))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self.call("POST", f"/api/jobs/{job_id}/cancel")
+
+    # -- keys, tenants, usage --------------------------------------------------------------------
+    def keys(self) -> dict[str, Any]:
+        return self.call("GET", "/api/keys")
+
+    def create_key(self, name: str, *, tenant: str | None = None, scopes: list[str] | None = None,
+                   limits: dict[str, Any] | None = None, expires_in: str | None = None) -> dict[str, Any]:
+        """A new key (default scope ``invoke:*``); the answer holds its ``token``, shown this once."""
+        body: dict[str, Any] = {"name": name, **({"tenant": tenant} if tenant is not None else {}),
+                                "scopes": scopes or ["invoke:*"], "limits": limits or {}}
+        if expires_in:
+            body["expiresIn"] = expires_in
+        return self.call("POST", "/api/keys", body)
+
+    def revoke_key(self, key_id: str) -> Any:
+        return self.call("DELETE", f"/api/keys/{key_id}")
+
+    def rotate_key(self, key_id: str, grace: str) -> dict[str, Any]:
+        return self.call("POST", f"/api/keys/{key_id}/rotate", {"grace": grace})
+
+    def tenants(self) -> dict[str, Any]:
+        return self.call("GET", "/api/tenants")
+
+    def set_tenant(self, tenant: str, limits: dict[str, Any]) -> dict[str, Any]:
+        return self.call("PUT", f"/api/tenants/{tenant}", limits)
+
+    def usage(self, key: str | None = None, function: str | None = None, since: str | None = None) -> dict[str, Any]:
+        query = "&".join(f"{k}={v}" for k, v in (("key", key), ("function", function), ("since", since)) if v)
+        return self.call("GET", "/api/usage" + (f"?{query}" if query else ""))

@@ -1,0 +1,81 @@
+"""The composition root of ``fnserve up``: everything a running router is made of, put together once.
+
+In order: the state folder, the listening socket (bound before anything slow, so a taken port fails
+at once and the port is known before the first line is printed), logging, the state store, the admin
+key on a first start, the backend and the Starlette app, and uvicorn on the bound socket. The command
+line lives in ``fnserve.cli``; this module takes a Settings object and knows nothing of flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import uvicorn
+from starlette.applications import Starlette
+
+from fnserve import __version__
+from fnserve.backends.base import Serving, Training
+from fnserve.router.app import StartupDeploy, create_app
+from fnserve.router.http_server import protocol_with
+from fnserve.router.services.keys import bootstrap_admin_key, load_pepper
+from fnserve.settings import Settings
+from fnserve.state import StateStore
+
+
+class CannotListen(Exception):
+    """The router's address is taken or not ours to bind; the message says which and what to check."""
+
+
+def bind(settings: Settings) -> socket.socket:
+    """A listening socket on the configured host and port (port 0: any free one)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+                           + (" (is another fnserve up running?)" if exc.errno == 98 else "")) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_app(settings: Settings, backend_kind: str, state: StateStore,
+              deploys: list[StartupDeploy]) -> Starlette:
+    """The backend of ``backend_kind`` ("local" or "knative") and the router app over it. Backends are imported
+    here, on demand: the cluster one pulls in the kubernetes client, which a local router never needs."""
+    serving: Serving
+    training: Training
+    if backend_kind == "knative":
+        from fnserve.backends import knative
+
+        serving, training = knative.create(settings, state)
+    else:
+        from fnserve.backends import local
+
+        serving, training = local.create(settings, state)
+    return create_app(settings, serving, training, state=state, deploys=deploys)
+
+
+def serve(settings: Settings, backend_kind: str = "local", deploys: list[StartupDeploy] | None = None) -> None:
+    """Run the router in the foreground until SIGTERM / SIGINT (uvicorn re-raises the signal afterwards,
+    so the process ends with the conventional status). Raises CannotListen before anything started."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    sock = bind(settings)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = StateStore(settings.state_dir / "fnserve.db")
+    admin = bootstrap_admin_key(state, load_pepper(settings.state_dir), settings.state_dir)
+    if admin:
+        print(f"fnserve: created the admin API key (shown once; also in {settings.state_dir / 'admin.key'}, "
+              f"mode 0600):\n  {admin}", flush=True)
+    app = build_app(settings, backend_kind, state, deploys or [])
+    config = uvicorn.Config(app, loop="uvloop", http=protocol_with(settings.header_timeout), lifespan="on",
+                            access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=10,
+                            timeout_keep_alive=settings.keepalive_timeout)
+    port = sock.getsockname()[1]
+    print(f"fnserve {__version__} listening on http://{settings.host}:{port} (state: {settings.state_dir})",
+          flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
