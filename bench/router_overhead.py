@@ -3,15 +3,18 @@
 Both targets are measured in the same run, alternating round by round, so machine noise hits both; the
 figures reported are medians over rounds, and the headline is the ratio. The client runs in this
 process, the router and the replica in their own, all on one machine (2 cores here: the three compete,
-so absolute throughput is a floor, not a ceiling).
+so absolute throughput is a floor, not a ceiling). With ``--baseline DIR`` (a checkout of another
+commit) a router running that code is measured in the same rounds, before/after in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
+from contextlib import ExitStack
 
 import aiohttp
 
@@ -77,31 +80,47 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="sequential requests per latency round")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput round")
+    parser.add_argument("--baseline", default=os.environ.get("FNSERVE_BENCH_BASELINE", ""),
+                        help="a checkout of another fnserve commit to measure beside this one")
     args = parser.parse_args()
 
-    with workdir() as work:
+    with workdir() as work, ExitStack() as running:
         function = prepare_function(work, "sentiment", minReplicas=1, maxReplicas=1)
-        with running_platform(work, "overhead", [function]) as router:
-            replica = admin(router).function("sentiment")["replicas"][0]["url"]
-            path = "/v1/models/sentiment:predict"
-            results = asyncio.run(measure({"direct": replica + path, "router": router + path},
-                                          args.rounds, args.requests, args.concurrency, args.seconds))
+        router = running.enter_context(running_platform(work, "overhead", [function]))
+        replica = admin(router).function("sentiment")["replicas"][0]["url"]
+        path = "/v1/models/sentiment:predict"
+        targets = {"direct": replica + path, "router": router + path}
+        if args.baseline:
+            base = running.enter_context(running_platform(work, "baseline", [function],
+                                                          env={"PYTHONPATH": os.path.abspath(args.baseline)}))
+            targets["baseline"] = base + path
+        results = asyncio.run(measure(targets, args.rounds, args.requests, args.concurrency, args.seconds))
     direct, routed = results["direct"], results["router"]
     summary = {
         "added_p50_ms": round(routed["p50"] - direct["p50"], 3),
         "p50_ratio": round(routed["p50"] / direct["p50"], 3),
         "throughput_ratio": round(routed["rps"] / direct["rps"], 3),
     }
+    rows = [("direct to replica", direct), ("through the router", routed)]
+    before = ""
+    if "baseline" in results:
+        base = results["baseline"]
+        summary["baseline_added_p50_ms"] = round(base["p50"] - direct["p50"], 3)
+        summary["baseline_throughput_ratio"] = round(base["rps"] / direct["rps"], 3)
+        rows.append((f"through the baseline checkout's router ({os.path.basename(os.path.abspath(args.baseline))})",
+                     base))
+        before = (f" The baseline checkout's router added {summary['baseline_added_p50_ms']:.2f} ms at p50, with "
+                  f"throughput ×{summary['baseline_throughput_ratio']:.2f} of direct (its own replica: the same "
+                  "model, measured in the same rounds).")
+    table = "".join(f"| {label} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} |\n" for label, r in rows)
     markdown = (
         "## Router overhead (KServe V1 predict, sentiment example)\n\n"
         f"{machine_line()}; client, router and replica on the same machine. "
         f"Medians of {args.rounds} alternating rounds: {args.requests} sequential requests for latency, "
         f"{args.concurrency} concurrent clients for {args.seconds:g} s for throughput.\n\n"
-        "| path | p50 latency (ms) | p99 latency (ms) | requests/s |\n|---|---|---|---|\n"
-        f"| direct to replica | {direct['p50']:.2f} | {direct['p99']:.2f} | {direct['rps']:.0f} |\n"
-        f"| through the router | {routed['p50']:.2f} | {routed['p99']:.2f} | {routed['rps']:.0f} |\n\n"
+        "| path | p50 latency (ms) | p99 latency (ms) | requests/s |\n|---|---|---|---|\n" + table + "\n"
         f"The router adds {summary['added_p50_ms']:.2f} ms at p50 (×{summary['p50_ratio']:.2f}); throughput "
-        f"through it is ×{summary['throughput_ratio']:.2f} of direct.\n")
+        f"through it is ×{summary['throughput_ratio']:.2f} of direct.{before}\n")
     write_results("router_overhead", vars(args), results, summary, markdown)
 
 

@@ -26,13 +26,23 @@ def load(name: str) -> dict[str, Any] | None:
 def _router_overhead(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
     return [("Router overhead: throughput through the router / direct (closed loop, 16 clients)",
              f"×{s['throughput_ratio']:.2f}"),
-            ("Router overhead: added p50 latency (sequential requests)", f"+{s['added_p50_ms']:.2f} ms")]
+            ("Router overhead: added p50 latency (sequential requests)", f"+{s['added_p50_ms']:.2f} ms"
+             + (f" (baseline checkout: +{s['baseline_added_p50_ms']:.2f} ms)" if "baseline_added_p50_ms" in s
+                else ""))]
 
 
 def _auth_overhead(s: dict[str, Any], r: dict[str, Any]) -> list[tuple[str, str]]:
-    return [("Router CPU per proxied request, auth + limits off → on",
+    rows = [("Router CPU per proxied request, auth + limits off → on",
              f"{r['off']['cpu_us_median']:.0f} → {r['on']['cpu_us_median']:.0f} µs "
              f"({(s['cpu_ratio_on_off'] - 1) * 100:+.1f}%)")]
+    if "bare_cpu_us" in s:
+        rows.append(("Router CPU per request with auth + limits / a bare aiohttp proxy hop",
+                     f"{s['router_cpu_us_on']:.0f} / {s['bare_cpu_us']:.0f} µs (×{s['cpu_ratio_on_bare']:.2f})"))
+    if "baseline_cpu_us_on" in s:
+        rows.append(("Router CPU per request with auth + limits, baseline checkout → this one",
+                     f"{s['baseline_cpu_us_on']:.0f} → {s['router_cpu_us_on']:.0f} µs "
+                     f"(×{s['cpu_ratio_on_baseline']:.3f})"))
+    return rows
 
 
 def _cold_start(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:

@@ -130,7 +130,8 @@ class Serving(Protocol):
         """The request acquire() was for has finished."""
 
     def unreachable(self, endpoint: Endpoint) -> None:
-        """The replica behind ``endpoint`` refused a connection: take it out of rotation."""
+        """The replica behind ``endpoint`` failed a request at the connection (refused it, or closed the
+        connection without answering): take it out of rotation."""
 
     def status(self, name: str) -> FunctionStatus:
         """Replicas and readiness of one function; raises FunctionNotFound."""

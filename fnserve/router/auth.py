@@ -18,7 +18,7 @@ from fnserve.router.errors import error_response
 from fnserve.router.services.functions import FunctionService
 from fnserve.router.services.keys import AuthError, KeyService
 
-# A path under a function that matched no inference route still needs that function's key: its answer
+# A path under a function that is no inference request of it still needs that function's key: its answer
 # (404, 405) is the caller's business only.
 _UNDER_FUNCTION = re.compile(r"^/v[12]/models/([^/:]+)")
 
@@ -47,9 +47,8 @@ class AuthMiddleware:
     def _guarded_function(self, scope: Scope) -> str | None:
         """The function whose key this request needs (None: no function's)."""
         invocation = invocations.of(scope)
-        if invocation is not None:
-            revision = invocation.revision
-        else:
+        revision = invocation.revision if invocation is not None else None
+        if revision is None:  # no inference route, or a name no function has (`GET /v1/models/f:predict`)
             match = _UNDER_FUNCTION.match(scope["path"])
             revision = self.functions.get(match.group(1)) if match else None
         if revision is None or revision.function.spec.auth.public:

@@ -26,7 +26,7 @@ from fnserve.router.errors import error_response
 from fnserve.router.invocation import SCOPE_KEY, Invocation
 from fnserve.router.proxy import Proxy, respond_error
 from fnserve.router.services.functions import FunctionService
-from fnserve.router.upstream import Unreachable
+from fnserve.router.upstream import Dropped, Unreachable
 
 PREFIXES = ("/v1/models/", "/v2/models/")
 
@@ -127,6 +127,14 @@ class Inference:
                 if attempt == 2:
                     await respond_error(invocation, send, 503, str(exc), retry_after=1)
                     return
+            except Dropped:
+                # A healthy replica never closes a connection it was sent a request on (the pool retires idle
+                # connections before the replica would): it died, or this request broke it. Out of rotation
+                # at once, so the requests behind this one do not follow it; this one is not sent again.
+                self.serving.unreachable(endpoint)
+                await respond_error(invocation, send, 503, f"function {name!r}: replica closed the connection "
+                                                           f"before answering", retry_after=1)
+                return
             finally:
                 self.serving.release(endpoint)
 

@@ -6,8 +6,9 @@ string ``"error"``) — from a replica of another make, or a server layer below 
 it, keeping its status; FastAPI's 422 for an unreadable body becomes the 400 it is.
 
 The retry rule is the upstream client's (router/upstream.py): :class:`Unreachable` means nothing was
-sent, so the caller may try another replica; anything that fails after the request was written is
-never re-sent — 503 with Retry-After, or 504 when no answer came in time.
+sent, so the caller may try another replica; :class:`Dropped` (the replica closed the connection, or
+answered with something that is not HTTP, after the request was written) is never re-sent — the caller
+answers 503 with Retry-After; no answer in time is a 504, answered here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.types import Send
 
 from fnserve.router.errors import error_body
 from fnserve.router.invocation import Headers, Invocation
-from fnserve.router.upstream import Dropped, Unreachable, UpstreamPool
+from fnserve.router.upstream import Unreachable, UpstreamPool
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
                         b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
@@ -127,8 +128,9 @@ class Proxy:
 
     async def forward(self, invocation: Invocation, method: str, query: bytes, headers: Headers, body: bytes,
                       url: str, replica: str, timeout: float, send: Send) -> None:
-        """Send the request to the replica at ``url`` and write its answer to ``send``; raises
-        Unreachable when no connection could be made (nothing was sent, nothing written)."""
+        """Send the request to the replica at ``url`` and write its answer to ``send``; raises Unreachable
+        when no connection could be made, Dropped when the replica failed the request after it was sent
+        (in both cases nothing was written to ``send``)."""
         host, port, netloc = self._address(url)
         target = invocation.upstream_path + (f"?{query.decode('latin-1')}" if query else "")
         head = upstream_head(method, target, netloc, headers, invocation.request_id, len(body),
@@ -140,10 +142,6 @@ class Proxy:
         except (TimeoutError, asyncio.TimeoutError):
             await respond_error(invocation, send, 504, f"function {invocation.function!r} did not answer within "
                                                        f"{timeout:g} s")
-            return
-        except Dropped:
-            await respond_error(invocation, send, 503, f"function {invocation.function!r}: replica closed the "
-                                                       f"connection before answering", retry_after=1)
             return
         except Unreachable:
             raise Unreachable(f"function {invocation.function!r}: replica {replica} is not reachable") from None

@@ -16,7 +16,8 @@ processed) is what the caller builds on:
 A pooled connection the replica has closed is never written to: the event loop may not have read the
 replica's FIN yet when the connection is taken again, so before reuse its socket is polled, and one with
 anything to read (an idle HTTP/1.1 connection never has: it is the FIN, a reset or garbage) is dropped
-for a fresh one. Idle connections are closed after ``keepalive_timeout`` seconds.
+for a fresh one. Idle connections are closed after ``keepalive_timeout`` seconds, which is shorter than
+a replica's own (uvicorn's 5 s), so a replica never closes a connection the router is about to reuse.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class _Connection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._head_request = False
         self._headed = False
+        self._unasked = False
         self._poller: select.poll | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
@@ -99,17 +101,26 @@ class _Connection(asyncio.Protocol):
                 self._fail(Dropped("the replica closed the connection before answering"))
 
     # -- httptools callbacks ------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.answer is None or self.answer.done():  # a second answer to one request: the stream is off
+            self.reusable = False
+            self._unasked = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        if not self._unasked:
+            self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if self._unasked:
+            return
         self._headed = True
         if self._head_request:  # no body follows, whatever its headers announce; never reused
             self.reusable = False
             self._complete()
 
     def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
+        if not self._unasked:
+            self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         if self.answer is not None and not self.answer.done():
@@ -123,6 +134,7 @@ class _Connection(asyncio.Protocol):
     def _complete(self) -> None:
         assert self.answer is not None
         self.answer.set_result(Answer(self.parser.get_status_code(), self._headers, b"".join(self._chunks)))
+        self._headers, self._chunks = [], []
 
     def _fail(self, exc: BaseException) -> None:
         self.reusable = False
@@ -133,6 +145,7 @@ class _Connection(asyncio.Protocol):
     def send(self, head: bytes, body: bytes, head_request: bool) -> asyncio.Future[Answer]:
         assert self.transport is not None
         self._headers, self._chunks, self._head_request, self._headed = [], [], head_request, False
+        self._unasked = False
         self.reusable = False
         self.answer = asyncio.get_running_loop().create_future()
         if body:
@@ -158,7 +171,7 @@ class _Connection(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections per replica address, reused last-in first-out (the warmest first)."""
 
-    def __init__(self, connect_timeout: float, keepalive_timeout: float = 30.0) -> None:
+    def __init__(self, connect_timeout: float, keepalive_timeout: float = 4.0) -> None:
         self.connect_timeout = connect_timeout
         self.keepalive_timeout = keepalive_timeout
         self._idle: dict[tuple[str, int], list[_Connection]] = {}

@@ -279,7 +279,7 @@ class LocalBackend:
     def unreachable(self, endpoint: Endpoint) -> None:
         found = self._replicas.get(endpoint.replica)
         if found is not None:
-            self._fail(found[0], found[1], "refused a connection")
+            self._fail(found[0], found[1], "failed a connection")
 
     async def _probe(self, fn: _Function, replica: Replica) -> None:
         replica.probing = True
