@@ -13,8 +13,9 @@ MODEL  := $(STATE)/.example-trained
 
 help:
 	@echo "make run      install, train the example, start fnserve on :$(PORT) with functions/sentiment"
-	@echo "make test     install if needed, run the test suite"
-	@echo "make lint     ruff over the code base"
+	@echo "make test     install if needed, make lint, then the whole test suite (what CI runs)"
+	@echo "make test-fast the tests not marked slow, without lint (the inner loop)"
+	@echo "make lint     ruff, the import contracts (lint-imports) and the type checker (mypy)"
 	@echo "make bench    benchmarks; results in bench/results/ (summary.md is committed)"
 	@echo "make loadtest Locust against a function (USERS, DURATION, SHAPE, FUNCTION, SLO_P95); reports in loadtests/reports/"
 	@echo "make render   regenerate manifests/examples/ (the cluster objects of every example function)"
@@ -40,9 +41,11 @@ run: $(STAMP) $(MODEL)
 	@echo "fnserve: try   curl -s localhost:$(PORT)/v1/models/sentiment:predict -d '{\"instances\": [\"what a wonderful film\"]}'"
 	$(VENV)/bin/fnserve up --port $(PORT) --state-dir $(STATE) --deploy $(EXAMPLE)
 
-test: $(STAMP)
+# lint first, so CI (.ci/run → make test) enforces the layer rules and the types as well as the tests
+test: lint
 	$(PY) -m pytest
 
+# no lint here: the inner loop should show test results even while a type is still wrong
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
@@ -72,8 +75,14 @@ render: $(STAMP)
 	  $(VENV)/bin/fnserve render --defaults $$f $$(test -f $$f/train.yaml && echo $$f/train.yaml) \
 	    -o manifests/examples/$$(basename $$f) 2>/dev/null || exit 1; done
 
+# the contracts and mypy's settings are in pyproject.toml; docs/architecture.md ("Layer rules") says them in
+# words. All three run, so one pass shows every problem; any failure fails the target.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fnserve runtimes functions tests bench loadtests
+	@status=0; \
+	$(VENV)/bin/ruff check fnserve runtimes functions tests bench loadtests || status=1; \
+	$(VENV)/bin/lint-imports --no-logo || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
 
 clean:
 	rm -rf $(STATE) $(EXAMPLE)/model .pytest_cache

@@ -12,6 +12,7 @@ that stays usable. A client's mistake is logged as one line, never a traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -41,7 +42,7 @@ def describe_validation(errors: list[Any], limit: int = 5) -> str:
     return "; ".join(parts) + more
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status, headers)
 
 
@@ -58,7 +59,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    detail = str(exc.detail)  # FastAPI's subclass allows any JSON value here
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no such route: {request.method} {request.url.path}"
     elif exc.status_code == 405:

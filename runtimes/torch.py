@@ -73,7 +73,8 @@ def _exported_signature(program: Any) -> tuple[list[TensorSpec], list[TensorSpec
     def spec(name: str, node: Any) -> TensorSpec:
         value = node.meta.get("val")
         shape = tuple(int(d) if isinstance(d, int) else -1 for d in getattr(value, "shape", ()))
-        return TensorSpec(name, _DATATYPES.get(getattr(value, "dtype", None), "FP32"), shape)
+        dtype = getattr(value, "dtype", None)
+        return TensorSpec(name, _DATATYPES.get(dtype, "FP32") if isinstance(dtype, torch.dtype) else "FP32", shape)
 
     nodes = {node.name: node for node in program.graph.nodes}
     inputs = [spec(name, nodes[name]) for name in program.graph_signature.user_inputs]
