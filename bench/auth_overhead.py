@@ -22,6 +22,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -137,7 +138,7 @@ def main() -> None:
         }
         if args.baseline:
             base = running.enter_context(running_platform(work, "baseline", [guarded],
-                                                          env={"PYTHONPATH": os.path.abspath(args.baseline)}))
+                                                          code=Path(args.baseline).resolve()))
             targets["baseline_on"] = (f"{base}/v1/models/guarded:predict",
                                       {**HEADERS, "Authorization": f"Bearer {create_key(base)}"}, ROUTER_PIDS[base])
         bare, bare_pid = running.enter_context(bare_proxy(replica))

@@ -85,15 +85,20 @@ def trained_run(work: Path, example: Path = EXAMPLE) -> str:
 
 
 @contextmanager
-def running_platform(work: Path, label: str, functions: list[Path],
-                     env: dict[str, str] | None = None) -> Iterator[str]:
-    """`fnserve up` with ``functions`` deployed and ready; yields the router URL."""
+def running_platform(work: Path, label: str, functions: list[Path], env: dict[str, str] | None = None,
+                     code: Path | None = None) -> Iterator[str]:
+    """`fnserve up` with ``functions`` deployed and ready; yields the router URL. ``code``: another checkout
+    of fnserve to run instead of this one (``python -m`` puts the working folder first on sys.path, so the
+    router is started there, and PYTHONPATH names it for the processes it starts)."""
+    if code is not None:
+        env = {**(env or {}), "PYTHONPATH": str(code)}
     port = free_port()
     log_path = work / f"router-{label}.log"
     router = subprocess.Popen([sys.executable, "-m", "fnserve.cli", "up", "--port", str(port),
                                "--state-dir", str(work / f"state-{label}"),
                                *[arg for f in functions for arg in ("--deploy", str(f))]],
-                              stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                              stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                              cwd=code)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

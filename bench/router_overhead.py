@@ -15,6 +15,7 @@ import os
 import statistics
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import aiohttp
 
@@ -92,7 +93,7 @@ def main() -> None:
         targets = {"direct": replica + path, "router": router + path}
         if args.baseline:
             base = running.enter_context(running_platform(work, "baseline", [function],
-                                                          env={"PYTHONPATH": os.path.abspath(args.baseline)}))
+                                                          code=Path(args.baseline).resolve()))
             targets["baseline"] = base + path
         results = asyncio.run(measure(targets, args.rounds, args.requests, args.concurrency, args.seconds))
     direct, routed = results["direct"], results["router"]

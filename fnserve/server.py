@@ -9,6 +9,7 @@ line lives in ``fnserve.cli``; this module takes a Settings object and knows not
 from __future__ import annotations
 
 import logging
+import math
 import socket
 
 import uvicorn
@@ -74,7 +75,7 @@ def serve(settings: Settings, backend_kind: str = "local", deploys: list[Startup
     app = build_app(settings, backend_kind, state, deploys or [])
     config = uvicorn.Config(app, loop="uvloop", http=protocol_with(settings.header_timeout), lifespan="on",
                             access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=10,
-                            timeout_keep_alive=settings.keepalive_timeout)
+                            timeout_keep_alive=math.ceil(settings.keepalive_timeout))
     port = sock.getsockname()[1]
     print(f"fnserve {__version__} listening on http://{settings.host}:{port} (state: {settings.state_dir})",
           flush=True)

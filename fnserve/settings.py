@@ -40,7 +40,8 @@ class Settings:
     body_timeout: float = 30.0
     """Seconds a request body may stall between two chunks before 408."""
     keepalive_timeout: float = 5.0
-    """Seconds an idle client connection stays open between requests."""
+    """Seconds an idle client connection stays open between requests (uvicorn counts whole seconds: a
+    fraction is rounded up)."""
     s3_endpoint_url: str | None = None
     """S3 API endpoint for s3:// URIs (MinIO, Ceph…); unset = boto3's default (AWS, or AWS_ENDPOINT_URL)."""
     s3_region: str | None = None

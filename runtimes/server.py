@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from fnserve.replica_contract import PROCESS_NAME, ReplicaArgs, die_with_parent
 
@@ -21,7 +21,7 @@ RUNTIME_CLASSES = {"onnx": "runtimes.onnx:OnnxModel", "torch": "runtimes.torch:T
                    "transformers": "runtimes.transformers:TransformersModel"}
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"fnserve replica: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 

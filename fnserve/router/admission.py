@@ -28,9 +28,11 @@ class AdmissionMiddleware:
         try:
             refusal = await self.admission.admit(invocation, client[0])
             if refusal is not None:
-                extra = {"keyId": invocation.principal.key_id} if invocation.principal is not None else {}
+                fields = {"limit": refusal.limit}
+                if invocation.principal is not None:
+                    fields["keyId"] = invocation.principal.key_id
                 await respond_error(invocation, send, 429, refusal.message, retry_after=refusal.retry_after,
-                                    limit=refusal.limit, **extra)
+                                    fields=fields)
                 return
             await self.app(scope, receive, send)
         finally:

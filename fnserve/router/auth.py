@@ -76,7 +76,7 @@ class AuthMiddleware:
                                      f"(scopes: {', '.join(principal.scopes)})", principal.key_id)
         except AuthError as exc:
             response = error_response(Request(scope), exc.status, str(exc),
-                                      **({"keyId": exc.key_id} if exc.key_id else {}))
+                                      fields={"keyId": exc.key_id} if exc.key_id else None)
             if exc.status == 401:
                 challenge = 'Bearer realm="fnserve"' + ('' if token is None else ', error="invalid_token"')
                 response.headers["WWW-Authenticate"] = challenge

@@ -10,7 +10,8 @@ registers ``EXCEPTION_HANDLERS`` once, so no handler catches and translates them
 from __future__ import annotations
 
 import json
-import uuid
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -36,16 +37,19 @@ def request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id", "")
 
 
-def error_body(message: str, rid: str, **extra: Any) -> bytes:
-    """The error shape as bytes, exactly as ``error_response`` renders it."""
-    return json.dumps({"error": message, "requestId": rid, **extra}, ensure_ascii=False, allow_nan=False,
-                      indent=None, separators=(",", ":")).encode("utf-8")
+def error_body(message: str, rid: str, fields: Mapping[str, Any] | None = None) -> bytes:
+    """The error shape as bytes, exactly as ``error_response`` renders it; ``fields`` are added to it."""
+    return json.dumps({"error": message, "requestId": rid, **(fields or {})}, ensure_ascii=False,
+                      allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
 
 
 def error_response(request: Request, status: int, message: str, *, retry_after: int | None = None,
-                   headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    headers = {**(headers or {}), **({"Retry-After": str(retry_after)} if retry_after is not None else {})}
-    return JSONResponse({"error": message, "requestId": request_id(request), **extra}, status, headers or None)
+                   headers: Mapping[str, str] | None = None,
+                   fields: Mapping[str, Any] | None = None) -> JSONResponse:
+    """The one error shape; ``fields`` are added to it (a key id, the problems, the limit that was hit)."""
+    merged = {**(headers or {}), **({"Retry-After": str(retry_after)} if retry_after is not None else {})}
+    return JSONResponse({"error": message, "requestId": request_id(request), **(fields or {})}, status,
+                        merged or None)
 
 
 def problems(items: list[Problem]) -> list[dict[str, str]]:
@@ -54,7 +58,7 @@ def problems(items: list[Problem]) -> list[dict[str, str]]:
 
 async def _bad_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BadRequest)
-    return error_response(request, 400, str(exc), **({"problems": problems(exc.problems)} if exc.problems else {}))
+    return error_response(request, 400, str(exc), fields={"problems": problems(exc.problems)} if exc.problems else None)
 
 
 async def _backend_error(request: Request, exc: Exception) -> Response:
@@ -66,8 +70,10 @@ def exception_handlers() -> dict[Any, Any]:
     """Every typed error a service raises, mapped to its answer (registered once by create_app)."""
     async def rejected(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, DeployRejected)
-        extra = {"reason": exc.reason} if exc.reason else {}
-        return error_response(request, 400, str(exc), problems=problems(exc.problems), **extra)
+        fields: dict[str, Any] = {"problems": problems(exc.problems)}
+        if exc.reason:
+            fields["reason"] = exc.reason
+        return error_response(request, 400, str(exc), fields=fields)
 
     return {BadRequest: _bad_request, BackendError: _backend_error, DeployRejected: rejected}
 
@@ -84,7 +90,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), b"")
-        rid = given.decode("latin-1")[:128] if given else uuid.uuid4().hex
+        rid = given.decode("latin-1")[:128] if given else os.urandom(16).hex()  # uuid4().hex, less the UUID object
         scope.setdefault("state", {})["request_id"] = rid
         raw = rid.encode("latin-1")
 

@@ -10,18 +10,33 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from starlette.types import Scope
 
 from fnserve.records import Revision
-
-if TYPE_CHECKING:
-    from fnserve.router.quota import Limits
-    from fnserve.router.services.keys import Principal
+from fnserve.router.quota import Limits
 
 SCOPE_KEY = "fnserve.invocation"
 Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller a verified key stands for."""
+
+    key_id: str
+    name: str
+    tenant: str
+    scopes: tuple[str, ...]
+    limits: dict[str, Any] = field(default_factory=dict)
+
+    def may_invoke(self, function: str) -> bool:
+        return "invoke:*" in self.scopes or f"invoke:{function}" in self.scopes
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
 
 
 @dataclass(slots=True, eq=False)

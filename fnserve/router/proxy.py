@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.types import Send
@@ -100,14 +102,14 @@ async def respond(invocation: Invocation, send: Send, status: int, headers: Head
 
 
 async def respond_error(invocation: Invocation, send: Send, status: int, message: str, *,
-                        retry_after: int | None = None, headers: dict[str, str] | None = None,
-                        **extra: object) -> None:
+                        retry_after: int | None = None, headers: Mapping[str, str] | None = None,
+                        fields: Mapping[str, Any] | None = None) -> None:
     """The platform's error shape as the invocation's answer."""
     raw = [_JSON]
     if retry_after is not None:
         raw.append((b"retry-after", str(retry_after).encode()))
     raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items())
-    await respond(invocation, send, status, raw, error_body(message, invocation.request_id, **extra))
+    await respond(invocation, send, status, raw, error_body(message, invocation.request_id, fields))
 
 
 class Proxy:

@@ -20,10 +20,10 @@ import pytest
 from fnserve.accounting import utc_day
 from fnserve.manifest import parse_function
 from fnserve.records import Revision
-from fnserve.router.invocation import Invocation
+from fnserve.router.invocation import Invocation, Principal
 from fnserve.router.quota import DailyCounters, Limits, MemoryStore
 from fnserve.router.services.admission import AdmissionService, Refusal
-from fnserve.router.services.keys import KeyService, Principal
+from fnserve.router.services.keys import KeyService
 from fnserve.state import StateStore
 from tests.unit.test_manifest import with_change
 

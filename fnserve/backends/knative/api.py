@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from fnserve.backends.base import BackendError
 from fnserve.settings import Settings
+
+if TYPE_CHECKING:
+    from urllib3 import BaseHTTPResponse
 
 APPLY = "application/apply-patch+yaml"
 FIELD_MANAGER = "fnserve"
@@ -47,10 +50,12 @@ def api_client(settings: Settings) -> Any:
 def message(exc: Exception) -> str:
     """The API server's message in an ApiException, else the error's reason."""
     body = getattr(exc, "body", None)
-    try:
-        return str(json.loads(body)["message"])
-    except (TypeError, ValueError, KeyError):
-        return str(getattr(exc, "reason", None) or exc)
+    if isinstance(body, (str, bytes, bytearray)):
+        try:
+            return str(json.loads(body)["message"])
+        except (TypeError, ValueError, KeyError):
+            pass
+    return str(getattr(exc, "reason", None) or exc)
 
 
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -93,17 +98,21 @@ class ClusterApi:
     def _apply_sync(self, body: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply one object (field manager fnserve, taking over conflicting fields)."""
         name, kind = body["metadata"]["name"], body["kind"]
-        options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY}
         if kind == "ConfigMap":
-            result = self.core.patch_namespaced_config_map(name, self.namespace, body, **options)
-        elif kind == "Job":
-            result = self.batch.patch_namespaced_job(name, self.namespace, body, **options)
-        else:  # the untyped call returns None for 201 Created: read the raw answer instead
-            group, version, plural = _PLURALS[kind]
-            raw = self.custom.patch_namespaced_custom_object(group, version, self.namespace, plural, name, body,
-                                                             _preload_content=False, **options)
-            return json.loads(raw.data)
-        return self.plain(result)
+            configmap = self.core.patch_namespaced_config_map(name, self.namespace, body, field_manager=FIELD_MANAGER,
+                                                              force=True, _content_type=APPLY)
+            return self.plain(configmap)
+        if kind == "Job":
+            job = self.batch.patch_namespaced_job(name, self.namespace, body, field_manager=FIELD_MANAGER,
+                                                  force=True, _content_type=APPLY)
+            return self.plain(job)
+        # the untyped call returns None for 201 Created: read the raw answer instead
+        group, version, plural = _PLURALS[kind]
+        raw = self.custom.patch_namespaced_custom_object(group, version, self.namespace, plural, name, body,
+                                                         field_manager=FIELD_MANAGER, force=True,
+                                                         _content_type=APPLY, _preload_content=False)
+        # declared ``object``: without preloading, the client hands back urllib3's response itself
+        return json.loads(cast("BaseHTTPResponse", raw).data)
 
     async def apply(self, body: dict[str, Any]) -> dict[str, Any]:
         from kubernetes.client.exceptions import ApiException
@@ -121,10 +130,11 @@ class ClusterApi:
 
         group, version, plural = group_version_plural
         try:
-            return await self.call(self.custom.get_namespaced_custom_object, group, version, self.namespace,
-                                   plural, name)
+            obj = await self.call(self.custom.get_namespaced_custom_object, group, version, self.namespace,
+                                  plural, name)
         except ApiException:
             return None
+        return cast("dict[str, Any]", obj)  # declared ``object``: an untyped call's answer is the JSON object
 
     async def close(self) -> None:
         await asyncio.to_thread(self.client.close)

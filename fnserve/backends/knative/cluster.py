@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, cast
 
 from fnserve.backends.base import (
     DeployFailed,
@@ -75,7 +76,7 @@ class KnativeBackend:
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresher: asyncio.Task[None] | None = None
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -136,9 +137,9 @@ class KnativeBackend:
             listed = await self.api.call(self.api.core.list_namespaced_config_map, self.namespace,
                                          label_selector=f"{FUNCTION_LABEL}={name}")
             for item in listed.items:
-                if item.metadata.name != keep:
-                    await self.api.call(self.api.core.delete_namespaced_config_map, item.metadata.name,
-                                        self.namespace)
+                configmap = item.metadata.name if item.metadata else None
+                if configmap is not None and configmap != keep:
+                    await self.api.call(self.api.core.delete_namespaced_config_map, configmap, self.namespace)
 
     async def delete(self, name: str) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -196,7 +197,8 @@ class KnativeBackend:
                 listed = await self.api.call(self.api.custom.list_namespaced_custom_object, *ISVC[:2],
                                              self.namespace, ISVC[2],
                                              label_selector=",".join(f"{k}={v}" for k, v in MANAGED_BY.items()))
-                for obj in listed.get("items", []):
+                # declared ``object``: an untyped call's answer is the JSON list object
+                for obj in cast("dict[str, Any]", listed).get("items", []):
                     if obj["metadata"]["name"] in self._objects:
                         self._objects[obj["metadata"]["name"]] = obj
                 for name in list(self._objects):
@@ -209,7 +211,7 @@ class KnativeBackend:
         return [{"name": p.metadata.name, "phase": (p.status.phase or "Unknown") if p.status else "Unknown",
                  "ip": (p.status.pod_ip or "") if p.status else "",
                  "started": p.status.start_time.timestamp() if p.status and p.status.start_time else 0.0}
-                for p in pods.items]
+                for p in pods.items if p.metadata is not None]
 
     async def logs(self, name: str, tail: int) -> str:
         if name not in self._objects:

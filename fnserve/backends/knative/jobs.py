@@ -216,6 +216,8 @@ class KnativeJobs:
                                    label_selector=f"job-name={job['metadata']['name']}")
         texts = []
         for pod in pods.items:
+            if pod.metadata is None:
+                continue
             with contextlib.suppress(Exception):
                 texts.append(await self.api.call(self.api.core.read_namespaced_pod_log, pod.metadata.name,
                                                  self.namespace, container="train"))

@@ -21,11 +21,12 @@ import socket
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from fnserve.replica_contract import die_with_parent, parent_env
 
 
-def _child(request: dict, listener: socket.socket, connection: socket.socket) -> None:
+def _child(request: dict[str, Any], listener: socket.socket, connection: socket.socket) -> None:
     """Runs in the forked child: become a replica; never returns."""
     code = 1
     try:

@@ -173,10 +173,10 @@ class LocalJobs:
         for record in self._queue:
             if record.id == job_id:
                 return record
-        record = self.state.job(job_id)
-        if record is None:
+        stored = self.state.job(job_id)
+        if stored is None:
             raise JobNotFound(f"no job {job_id!r}")
-        return record
+        return stored
 
     def jobs(self, limit: int = 100) -> list[JobRecord]:
         return self.state.jobs(limit)

@@ -43,7 +43,7 @@ class FunctionRoutes:
                 "url": f"/v1/models/{revision.name}:predict", "createdAt": revision.created_at,
                 **{k: v for k, v in shown.items() if k not in ("name", "revision")}}
 
-    async def list(self, request: Request) -> Response:
+    async def list_functions(self, request: Request) -> Response:
         """All deployed functions with their current revision and replicas."""
         return JSONResponse({"functions": [self._summary(r) for _, r in sorted(self.functions.table.items())]})
 
@@ -86,7 +86,7 @@ class FunctionRoutes:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/api/functions", self.list, methods=["GET"], name="list_functions"),
+            Route("/api/functions", self.list_functions, methods=["GET"], name="list_functions"),
             Route("/api/functions", self.deploy, methods=["POST"], name="deploy_function"),
             Route("/api/functions/{name}", self.get, methods=["GET"], name="get_function"),
             Route("/api/functions/{name}", self.delete, methods=["DELETE"], name="delete_function"),

@@ -25,7 +25,7 @@ class JobRoutes:
                                             body.source or "manifest", body.params)
         return JSONResponse(record.to_dict(), 202, headers={"Location": f"/api/jobs/{record.id}"})
 
-    async def list(self, request: Request) -> Response:
+    async def list_jobs(self, request: Request) -> Response:
         """The newest training jobs (?limit=N, default 50)."""
         limit = bounded_int(request, "limit", 50, 1, 1000, "")
         return JSONResponse({"jobs": [j.to_dict() for j in await self.training.jobs(limit)]})
@@ -47,7 +47,7 @@ class JobRoutes:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/api/jobs", self.list, methods=["GET"], name="list_jobs"),
+            Route("/api/jobs", self.list_jobs, methods=["GET"], name="list_jobs"),
             Route("/api/jobs", self.submit, methods=["POST"], name="submit_job"),
             Route("/api/jobs/{job_id}", self.get, methods=["GET"], name="get_job"),
             Route("/api/jobs/{job_id}/logs", self.logs, methods=["GET"], name="job_logs"),

@@ -15,7 +15,7 @@ class KeyRoutes:
     def __init__(self, keys: KeyService) -> None:
         self.keys = keys
 
-    async def list(self, request: Request) -> Response:
+    async def list_keys(self, request: Request) -> Response:
         """All API keys (ids and attributes; secrets are never stored)."""
         return JSONResponse({"keys": [k.to_dict() for k in await self.keys.keys()]})
 
@@ -53,7 +53,7 @@ class KeyRoutes:
         return [
             Route("/api/tenants", self.tenants, methods=["GET"], name="list_tenants"),
             Route("/api/tenants/{tenant}", self.set_tenant, methods=["PUT"], name="set_tenant"),
-            Route("/api/keys", self.list, methods=["GET"], name="list_keys"),
+            Route("/api/keys", self.list_keys, methods=["GET"], name="list_keys"),
             Route("/api/keys", self.create, methods=["POST"], name="create_key"),
             Route("/api/keys/{key_id}", self.revoke, methods=["DELETE"], name="revoke_key"),
             Route("/api/keys/{key_id}/rotate", self.rotate, methods=["POST"], name="rotate_key"),

@@ -17,9 +17,9 @@ from dataclasses import dataclass, fields
 
 from fnserve.accounting import seconds_to_midnight
 from fnserve.records import Revision
-from fnserve.router.invocation import Invocation
+from fnserve.router.invocation import Invocation, Principal
 from fnserve.router.quota import DailyCounters, Limits, Store, rate_headers
-from fnserve.router.services.keys import KeyService, Principal
+from fnserve.router.services.keys import KeyService
 
 
 @dataclass(frozen=True, slots=True)

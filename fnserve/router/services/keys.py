@@ -18,13 +18,13 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from fnserve.backends.base import BackendError
 from fnserve.records import KeyRecord
+from fnserve.router.invocation import Principal
 from fnserve.router.quota import Limits
 from fnserve.state import StateStore
 
@@ -83,24 +83,6 @@ def bootstrap_admin_key(state: StateStore, pepper: bytes, state_dir: Path) -> st
     _, token = create_key(state, pepper, "admin", "default", ["admin", "invoke:*"])
     _private_file(state_dir / "admin.key", (token + "\n").encode())
     return token
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The caller a verified key stands for."""
-
-    key_id: str
-    name: str
-    tenant: str
-    scopes: tuple[str, ...]
-    limits: dict[str, Any] = field(default_factory=dict)
-
-    def may_invoke(self, function: str) -> bool:
-        return "invoke:*" in self.scopes or f"invoke:{function}" in self.scopes
-
-    @property
-    def is_admin(self) -> bool:
-        return "admin" in self.scopes
 
 
 class AuthError(Exception):
