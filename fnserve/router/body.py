@@ -38,13 +38,40 @@ class BodyTimeout(HTTPException):
         super().__init__(408, f"request body stalled: no data for {seconds:g} s", {"Connection": "close"})
 
 
-if sys.version_info >= (3, 11):
-    async def _within(seconds: float, waiting: Awaitable[Message]) -> Message:
-        async with asyncio.timeout(seconds):
-            return await waiting
-else:  # pragma: no cover - Python 3.10
-    async def _within(seconds: float, waiting: Awaitable[Message]) -> Message:
-        return await asyncio.wait_for(waiting, seconds)
+class _Deadline:
+    """The stall deadline of one body read: a timer that cancels the reading task if it fires first.
+
+    What asyncio.timeout() does, less its per-read bookkeeping (a context manager and a rescheduled
+    handle per chunk were the router's largest own cost per request): one timer per read, cancelled
+    when the chunk arrives."""
+
+    __slots__ = ("task", "fired")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
+async def _within(seconds: float, waiting: Awaitable[Message]) -> Message:
+    """``await waiting``, or asyncio.TimeoutError once ``seconds`` pass without it."""
+    task = asyncio.current_task()
+    assert task is not None
+    deadline = _Deadline(task)
+    timer = asyncio.get_running_loop().call_later(seconds, deadline.fire)
+    try:
+        return await waiting
+    except asyncio.CancelledError:
+        if not deadline.fired:
+            raise  # cancelled from outside: not ours to turn into a timeout
+        if sys.version_info >= (3, 11) and task.uncancel() > 0:
+            raise  # cancelled from outside as well: that wins
+        raise asyncio.TimeoutError from None
+    finally:
+        timer.cancel()
 
 
 class BodyGuardMiddleware:
