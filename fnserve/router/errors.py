@@ -95,9 +95,8 @@ class RequestIdMiddleware:
         raw = rid.encode("latin-1")
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
-                message["headers"] = headers + [(REQUEST_ID_HEADER, raw)]
+            if message["type"] == "http.response.start":  # nothing else sets it: the proxy drops a replica's
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, raw)]
             await send(message)
 
         await self.app(scope, receive, send_with_id)

@@ -30,7 +30,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"p
 # Set again for the new hop: by the proxy (request) or by uvicorn (response). ``expect``: the body is
 # sent at once, so a replica must not be asked to confirm it first.
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-request-id"}
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"date", b"server"}
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"date", b"server", b"x-request-id"}  # the router's own id
 _JSON_BY_DEFAULT = (b"", b"application/x-www-form-urlencoded")
 _JSON = (b"content-type", b"application/json")
 

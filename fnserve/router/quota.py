@@ -146,13 +146,25 @@ class DailyCounters:
             del self._counts[key]
 
 
+_POLICIES: dict[Limits, tuple[tuple[bytes, bytes], tuple[bytes, bytes]]] = {}
+
+
+def _policy(limits: Limits) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """The headers that depend only on the limits, formatted once per distinct limits."""
+    policy = _POLICIES.get(limits)
+    if policy is None:
+        burst = limits.effective_burst
+        window = max(1, math.ceil(burst / (limits.rps or 1)))
+        if len(_POLICIES) > 10_000:
+            _POLICIES.clear()
+        policy = _POLICIES[limits] = ((b"ratelimit-policy", b'"default";q=%d;w=%d' % (burst, window)),
+                                      (b"x-ratelimit-limit", b"%d" % burst))
+    return policy
+
+
 def rate_headers(limits: Limits, result: RateResult) -> list[tuple[bytes, bytes]]:
     """IETF draft-ietf-httpapi-ratelimit-headers plus the common X-RateLimit-* trio (Reset in seconds)."""
-    burst = limits.effective_burst
-    window = max(1, math.ceil(burst / (limits.rps or 1)))
+    policy, limit = _policy(limits)
     reset = max(0, math.ceil(result.reset))
-    return [(b"ratelimit-policy", f'"default";q={burst};w={window}'.encode()),
-            (b"ratelimit", f'"default";r={result.remaining};t={reset}'.encode()),
-            (b"x-ratelimit-limit", str(burst).encode()),
-            (b"x-ratelimit-remaining", str(result.remaining).encode()),
-            (b"x-ratelimit-reset", str(reset).encode())]
+    return [policy, (b"ratelimit", b'"default";r=%d;t=%d' % (result.remaining, reset)), limit,
+            (b"x-ratelimit-remaining", b"%d" % result.remaining), (b"x-ratelimit-reset", b"%d" % reset)]

@@ -23,12 +23,12 @@ import pytest
 from aiohttp import web
 from starlette.applications import Starlette
 
-from fnserve.backends.base import Endpoint, FunctionStatus
 from fnserve.manifest import parse_function
 from fnserve.records import Revision
 from fnserve.router.app import Services, create_app
 from fnserve.settings import Settings
 from tests.conftest import free_port
+from tests.unit.doubles import NoTraining, ScriptedServing
 from tests.unit.test_manifest import with_change
 
 T = TypeVar("T")
@@ -73,40 +73,6 @@ class Upstream:
         await self.runner.cleanup()
 
 
-class Backend:
-    """The Serving double: every function is served by one replica at ``url`` (after the ``refused``
-    addresses, handed out first, as replicas that refuse connections)."""
-
-    fetches_models = True
-
-    def __init__(self, url: str, refused: list[str] | None = None) -> None:
-        self.url = url
-        self.refused = list(refused or [])
-        self.released = 0
-
-    async def acquire(self, name: str) -> Endpoint:
-        url = self.refused.pop(0) if self.refused else self.url
-        return Endpoint(name, url, url)
-
-    def release(self, endpoint: Endpoint) -> None:
-        self.released += 1
-
-    def unreachable(self, endpoint: Endpoint) -> None: ...
-    async def start(self) -> None: ...
-    async def apply(self, revision: Revision, *, verify: bool = True) -> None: ...
-    async def delete(self, name: str) -> None: ...
-    def status(self, name: str) -> FunctionStatus: return FunctionStatus(name, 1, True)
-    async def logs(self, name: str, tail: int) -> str: return ""
-    async def close(self) -> None: ...
-
-
-class NoTraining:
-    """The Training double: these tests submit no jobs."""
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-
-
 def function(name: str, *, public: bool = False, limits: dict[str, Any] | None = None) -> dict[str, Any]:
     data = with_change("metadata.name", name)
     data["spec"]["auth"] = {"public": public}
@@ -149,7 +115,7 @@ async def router(tmp_path: Path, refused: list[str] | None = None, **settings: A
     upstream = Upstream()
     await upstream.start()
     try:
-        app = create_app(Settings(state_dir=tmp_path, **settings), Backend(upstream.url, refused),  # type: ignore[arg-type]
+        app = create_app(Settings(state_dir=tmp_path, **settings), ScriptedServing([*(refused or []), upstream.url]),  # type: ignore[arg-type]
                          NoTraining())  # type: ignore[arg-type]
         for data in FUNCTIONS:
             revision = Revision(parse_function(data), 1, tmp_path, tmp_path, time.time())

@@ -9,50 +9,17 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
-from fnserve.backends.base import Endpoint, FunctionStatus
 from fnserve.manifest import parse_function
 from fnserve.records import Revision
 from fnserve.router.app import create_app
 from fnserve.settings import Settings
 from tests.conftest import free_port
+from tests.unit.doubles import NoTraining, ScriptedServing
 from tests.unit.test_manifest import with_change
 
 
-class ScriptedBackend:
-    """Hands out the given endpoints in order and records what the router reported."""
-
-    def __init__(self, urls: list[str]) -> None:
-        self.urls = urls
-        self.unreachable_seen: list[str] = []
-        self.released: list[str] = []
-
-    async def acquire(self, name: str) -> Endpoint:
-        url = self.urls.pop(0)
-        return Endpoint(name, url, url)
-
-    def release(self, endpoint: Endpoint) -> None:
-        self.released.append(endpoint.replica)
-
-    def unreachable(self, endpoint: Endpoint) -> None:
-        self.unreachable_seen.append(endpoint.replica)
-
-    async def start(self) -> None: ...
-    async def apply(self, revision: Revision, *, verify: bool = True) -> None: ...
-    async def delete(self, name: str) -> None: ...
-    def status(self, name: str) -> FunctionStatus: return FunctionStatus(name, 1, True)
-    async def logs(self, name: str, tail: int) -> str: return ""
-    async def close(self) -> None: ...
-
-
-class NoTraining:
-    """The Training side of the backend double: these tests submit no jobs."""
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-
-
-async def call(tmp_path: Path, urls: list[str]) -> tuple[httpx.Response, ScriptedBackend]:
-    backend = ScriptedBackend(urls)
+async def call(tmp_path: Path, urls: list[str]) -> tuple[httpx.Response, ScriptedServing]:
+    backend = ScriptedServing(urls)
     app = create_app(Settings(state_dir=tmp_path), backend, NoTraining())  # type: ignore[arg-type]
     function = parse_function(with_change("spec.auth", {"public": True}))  # auth is tested elsewhere
     app.state.services.functions.table["sentiment"] = Revision(function, 1, tmp_path, tmp_path, time.time())
@@ -76,7 +43,7 @@ async def upstream() -> tuple[web.AppRunner, str]:
 
 
 def test_refused_connection_is_retried_once_on_another_replica(tmp_path: Path) -> None:
-    async def scenario() -> tuple[httpx.Response, ScriptedBackend, str, str]:
+    async def scenario() -> tuple[httpx.Response, ScriptedServing, str, str]:
         runner, good = await upstream()
         refused = f"http://127.0.0.1:{free_port()}"
         try:
@@ -132,7 +99,7 @@ class ClosingUpstream:
 
 
 async def calls(tmp_path: Path, url: str, bodies: list[dict]) -> list[httpx.Response]:
-    backend = ScriptedBackend([url] * len(bodies))
+    backend = ScriptedServing([url] * len(bodies))
     app = create_app(Settings(state_dir=tmp_path), backend, NoTraining())  # type: ignore[arg-type]
     function = parse_function(with_change("spec.auth", {"public": True}))
     app.state.services.functions.table["sentiment"] = Revision(function, 1, tmp_path, tmp_path, time.time())
