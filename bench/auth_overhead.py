@@ -32,6 +32,7 @@ from bench.common import (
     HEADERS,
     ROUTER_PIDS,
     admin,
+    checkout_name,
     cpu_seconds,
     free_port,
     machine_line,
@@ -157,8 +158,8 @@ def main() -> None:
     if "baseline_on" in results:
         summary["baseline_cpu_us_on"] = results["baseline_on"]["cpu_us_median"]
         summary["cpu_ratio_on_baseline"] = _per_round(results, "on", "baseline_on")
-        rows.append((f"baseline checkout ({os.path.basename(os.path.abspath(args.baseline))}), the same with auth + "
-                     "limits on", results["baseline_on"]))
+        rows.append((f"baseline checkout ({checkout_name(args.baseline)}), the same with auth + limits on",
+                     results["baseline_on"]))
         before = (f" Against the baseline checkout, CPU per request with auth + limits on is "
                   f"×{summary['cpu_ratio_on_baseline']:.3f} ({results['baseline_on']['cpu_us_median']:.0f} → "
                   f"{on['cpu_us_median']:.0f} µs).")

@@ -129,6 +129,13 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def checkout_name(checkout: str | Path) -> str:
+    """How a report names another checkout it measured: its commit, else its folder."""
+    found = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                           text=True)
+    return f"commit {found.stdout.strip()}" if found.returncode == 0 else Path(checkout).resolve().name
+
+
 def machine_line() -> str:
     """How each report names the machine it ran on."""
     m = machine()

@@ -23,6 +23,7 @@ from bench.common import (
     BODY,
     HEADERS,
     admin,
+    checkout_name,
     machine_line,
     percentile,
     prepare_function,
@@ -108,8 +109,7 @@ def main() -> None:
         base = results["baseline"]
         summary["baseline_added_p50_ms"] = round(base["p50"] - direct["p50"], 3)
         summary["baseline_throughput_ratio"] = round(base["rps"] / direct["rps"], 3)
-        rows.append((f"through the baseline checkout's router ({os.path.basename(os.path.abspath(args.baseline))})",
-                     base))
+        rows.append((f"through the baseline checkout's router ({checkout_name(args.baseline)})", base))
         before = (f" The baseline checkout's router added {summary['baseline_added_p50_ms']:.2f} ms at p50, with "
                   f"throughput ×{summary['baseline_throughput_ratio']:.2f} of direct (its own replica: the same "
                   "model, measured in the same rounds).")
