@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from fnserve.backends.base import BackendError, Serving, Training
 from fnserve.router import metrics, openapi
@@ -46,11 +47,20 @@ from fnserve.state import StateStore
 log = logging.getLogger("fnserve.router")
 
 
+def _allowed(request: Request) -> str:
+    """Every method some route takes at this path (Starlette's 405 names only the first route's)."""
+    path = request.scope["path"]
+    methods = {m for route in request.app.routes if isinstance(route, Route) and route.path_regex.match(path)
+               for m in route.methods or ()}
+    return ", ".join(sorted(methods))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     what = {404: "no such route", 405: "method not allowed"}.get(exc.status_code)
     message = f"{what}: {request.method} {request.url.path}" if what else str(exc.detail)
-    return error_response(request, exc.status_code, message, headers=exc.headers)
+    headers = {**(exc.headers or {}), "Allow": _allowed(request)} if exc.status_code == 405 else exc.headers
+    return error_response(request, exc.status_code, message, headers=headers)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

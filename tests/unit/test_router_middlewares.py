@@ -237,6 +237,16 @@ def test_a_path_under_a_private_function_that_no_route_matches_still_needs_its_k
     scenario(tmp_path, body)
 
 
+def test_a_405_names_every_method_the_path_takes(tmp_path: Path) -> None:
+    async def body(r: Router) -> None:
+        keys = await r.client.put("/api/keys", headers=r.auth("admin"))  # two routes: GET and POST
+        assert keys.status_code == 405 and keys.headers["allow"] == "GET, HEAD, POST"
+        wrong = await r.client.put("/v1/models/sentiment:predict", headers=r.auth("invoker"))
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD, POST"  # also /v1/models/{name}
+
+    scenario(tmp_path, body)
+
+
 def test_a_revoked_key_is_refused_on_the_next_request(tmp_path: Path) -> None:
     async def body(r: Router) -> None:
         assert (await r.predict("sentiment", "invoker")).status_code == 200
