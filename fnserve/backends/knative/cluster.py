@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
 from typing import Any, cast
 
 from fnserve.backends.base import (
@@ -38,6 +37,7 @@ from fnserve.backends.knative.render import (
 )
 from fnserve.records import Revision
 from fnserve.settings import Settings
+from fnserve.tasks import BackgroundTasks
 
 log = logging.getLogger("fnserve.knative")
 
@@ -73,13 +73,8 @@ class KnativeBackend:
         self._objects: dict[str, dict[str, Any]] = {}
         self._revisions: dict[str, int] = {}
         self._pods: dict[str, list[dict[str, Any]]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
         self._refresher: asyncio.Task[None] | None = None
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- functions -------------------------------------------------------------------------------------
     async def apply(self, revision: Revision, *, verify: bool = True) -> None:
@@ -96,7 +91,7 @@ class KnativeBackend:
         if verify:
             generation = (applied.get("metadata") or {}).get("generation")
             self._objects[revision.name] = await self._wait_ready(revision.name, generation)
-        self._spawn(self._collect_code(revision.name, configmap["metadata"]["name"]))
+        self._tasks.spawn(self._collect_code(revision.name, configmap["metadata"]["name"]))
         log.info("%s: revision %d applied as InferenceService %s/%s", revision.name, revision.number,
                  self.namespace, revision.name)
 
@@ -151,7 +146,7 @@ class KnativeBackend:
             raise FunctionNotFound(f"function {name!r} not found in namespace {self.namespace}") from None
         self._objects.pop(name, None)
         self._revisions.pop(name, None)
-        self._spawn(self._collect_code(name, keep=""))
+        self._tasks.spawn(self._collect_code(name, keep=""))
 
     async def acquire(self, name: str) -> Endpoint:
         obj = self._objects.get(name)
@@ -229,8 +224,8 @@ class KnativeBackend:
 
     async def close(self) -> None:
         """Stop refreshing and close the API client the jobs shared (they are closed first)."""
-        for task in [self._refresher, *self._tasks]:
-            if task is not None:
-                task.cancel()
+        if self._refresher is not None:
+            self._refresher.cancel()
+        self._tasks.cancel()
         with contextlib.suppress(Exception):
             await self.api.close()

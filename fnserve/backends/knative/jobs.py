@@ -42,6 +42,7 @@ from fnserve.records import JobRecord
 from fnserve.settings import Settings
 from fnserve.state import StateStore
 from fnserve.storage import ArtifactError, new_run_id, open_store, read_manifest
+from fnserve.tasks import BackgroundTasks
 
 log = logging.getLogger("fnserve.knative")
 
@@ -55,15 +56,10 @@ class KnativeJobs:
         self.config: ClusterConfig = config_from_settings(settings)
         self.namespace = api.namespace
         self.api = api
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
         self._job_done: dict[str, asyncio.Event] = {}
         self._jobsink = settings.cluster_jobsink
         """Runs go through a JobSink until the cluster shows it has no JobSink API."""
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
         await self.restore_jobs()
@@ -96,7 +92,7 @@ class KnativeJobs:
                 await self.api.apply(body)
         await asyncio.to_thread(self.state.save_job, record)
         self._job_done[run_id] = asyncio.Event()
-        self._spawn(self._track(record))
+        self._tasks.spawn(self._track(record))
         return record
 
     async def _post_event(self, job: TrainingJob, run_id: str, params: dict[str, Any]) -> str:
@@ -240,9 +236,8 @@ class KnativeJobs:
         for record in await asyncio.to_thread(self.state.jobs, 10_000):
             if not record.done and record.id not in self._job_done:
                 self._job_done[record.id] = asyncio.Event()
-                self._spawn(self._track(record))
+                self._tasks.spawn(self._track(record))
 
     async def close(self) -> None:
         """Stop following runs (they go on in the cluster and are followed again after a restart)."""
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel()

@@ -17,10 +17,8 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
@@ -41,6 +39,7 @@ from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed, tail_
 from fnserve.records import Revision
 from fnserve.replica_contract import MODULE
 from fnserve.settings import Settings
+from fnserve.tasks import BackgroundTasks
 
 log = logging.getLogger("fnserve.local")
 
@@ -79,7 +78,7 @@ class LocalBackend:
         self._functions: dict[str, _Function] = {}
         self._replicas: dict[str, tuple[_Function, Replica]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
         self._ticker: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
@@ -155,7 +154,7 @@ class LocalBackend:
             if old is not None:
                 fn.activator.adopt(old.activator)
                 for replica in old.activator.replicas:
-                    self._spawn(self._drain(old, replica))
+                    self._tasks.spawn(self._drain(old, replica))
             scaling = revision.function.spec.scaling
             initial = scaling.initial_scale if scaling.initial_scale is not None else scaling.min_replicas
             if initial == 0 and verify and fn.activator.idle():
@@ -218,7 +217,7 @@ class LocalBackend:
             raise DeployFailed(fn.message) from None
         fn.failures, fn.message = 0, ""
         fn.start_times_ms.append((time.monotonic() - started) * 1000)
-        self._spawn(self._watch(fn, replica))
+        self._tasks.spawn(self._watch(fn, replica))
         fn.activator.dispatch()
         return replica
 
@@ -233,7 +232,7 @@ class LocalBackend:
                 replica = self._new_replica(fn)
                 if replica is None:
                     break
-                self._spawn(self._start_in_background(fn, replica))
+                self._tasks.spawn(self._start_in_background(fn, replica))
 
     def _forget(self, fn: _Function, replica: Replica) -> None:
         if replica in fn.activator.replicas:
@@ -312,7 +311,7 @@ class LocalBackend:
             # stop idle ready replicas first, newest first; a starting one only if nothing else is left
             victims = sorted(live, key=lambda r: (r.state != "ready", r.outstanding, -r.started_at))
             for replica in victims[:len(live) - desired]:
-                self._spawn(self._drain(fn, replica))
+                self._tasks.spawn(self._drain(fn, replica))
 
     def _ensure_ticker(self) -> None:
         if self._ticker is None:
@@ -328,7 +327,7 @@ class LocalBackend:
                     log.exception("%s: autoscaler tick failed", fn.name)
                 for replica in fn.activator.replicas:
                     if replica.state == "ready" and not replica.probing:
-                        self._spawn(self._probe(fn, replica))
+                        self._tasks.spawn(self._probe(fn, replica))
 
     # -- the request path ---------------------------------------------------------------------
     async def acquire(self, name: str) -> Endpoint:
@@ -375,9 +374,9 @@ class LocalBackend:
 
     async def close(self) -> None:
         self._closing = True
-        for task in [self._ticker, *self._tasks]:
-            if task is not None:
-                task.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._tasks.cancel()
         replicas = [r for _, r in self._replicas.values()]
         await asyncio.gather(*(r.stop(self.settings.replica_stop_timeout) for r in replicas), return_exceptions=True)
         await asyncio.gather(*(f.close() for f in self._forkservers.values()), return_exceptions=True)
@@ -385,8 +384,3 @@ class LocalBackend:
         self._functions.clear()
         if self._session is not None:
             await self._session.close()
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

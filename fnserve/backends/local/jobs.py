@@ -35,6 +35,7 @@ from fnserve.replica_contract import parent_env
 from fnserve.settings import Settings
 from fnserve.state import StateStore
 from fnserve.storage import new_run_id
+from fnserve.tasks import BackgroundTasks
 
 log = logging.getLogger("fnserve.jobs")
 
@@ -52,7 +53,7 @@ class LocalJobs:
         self._running: set[str] = set()
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._finished: dict[str, asyncio.Event] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks()
         self._closing = False
         for record in state.jobs(limit=10_000):
             if record.deploy == "pending":
@@ -110,9 +111,7 @@ class LocalJobs:
                 continue
             self._queue.remove(record)
             self._running.add(record.id)
-            task = asyncio.ensure_future(self._run(record, gpus))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._run(record, gpus))
 
     async def _run(self, record: JobRecord, gpus: list[str]) -> None:
         folder = self._folder(record.id)
@@ -230,8 +229,7 @@ class LocalJobs:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.settings.job_stop_timeout + 10)
+        await self._tasks.wait(self.settings.job_stop_timeout + 10)
 
 
 def _read_from(path: Path, offset: int) -> bytes:

@@ -18,6 +18,7 @@ from fnserve.manifest import ManifestError, Problem, TrainingJob, parse_function
 from fnserve.records import JobRecord
 from fnserve.router.services.functions import DeployRejected, FunctionService, source_folder
 from fnserve.state import StateStore
+from fnserve.tasks import BackgroundTasks
 
 log = logging.getLogger("fnserve.router")
 
@@ -27,7 +28,7 @@ class TrainingService:
         self.state = state
         self.training = training
         self.functions = functions
-        self._followers: set[asyncio.Task[None]] = set()
+        self._followers = BackgroundTasks()
 
     async def jobs(self, limit: int) -> list[JobRecord]:
         return await asyncio.to_thread(self.training.jobs, limit)
@@ -56,9 +57,7 @@ class TrainingService:
         if job.spec.deploy_on_success:
             record.deploy = "pending"
             await asyncio.to_thread(self.state.save_job, record)
-            task = asyncio.ensure_future(self._deploy_when_done(record.id, job, folder, source))
-            self._followers.add(task)
-            task.add_done_callback(self._followers.discard)
+            self._followers.spawn(self._deploy_when_done(record.id, job, folder, source))
         return record
 
     @staticmethod
@@ -100,5 +99,4 @@ class TrainingService:
         await asyncio.to_thread(self.state.save_job, record)
 
     async def close(self) -> None:
-        for task in self._followers:
-            task.cancel()
+        self._followers.cancel()
