@@ -34,7 +34,8 @@ def _token(scope: Scope) -> str | None:
     return None
 
 
-def _is_admin(path: str) -> bool:
+def is_admin(path: str) -> bool:
+    """A path of the admin API (the admin scope opens it)."""
     return path.startswith("/api/") or path == "/api" or path == "/metrics"
 
 
@@ -59,7 +60,7 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        admin = _is_admin(scope["path"])
+        admin = is_admin(scope["path"])
         function = None if admin else self._guarded_function(scope)
         if not admin and function is None:
             await self.app(scope, receive, send)

@@ -16,6 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import fnserve
+from fnserve.router.auth import is_admin
+from fnserve.router.inference import PREFIXES
 
 _ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 #: What each kind of route may answer besides success (the statuses docs/errors.md explains).
@@ -54,9 +56,9 @@ _INFERENCE_BODIES: dict[str, dict[str, Any]] = {
 
 
 def _kind(path: str) -> str:
-    if path.startswith("/api/") or path == "/metrics":
+    if is_admin(path):
         return "admin"
-    return "inference" if path.startswith(("/v1/models/", "/v2/models/")) else "open"
+    return "inference" if path.startswith(PREFIXES) else "open"
 
 
 def _request_body(model: Any, components: dict[str, Any]) -> dict[str, Any]:

@@ -46,8 +46,7 @@ def _connection_named(headers: Headers) -> frozenset[bytes]:
 def upstream_head(method: str, target: str, host: bytes, headers: Headers, request_id: str, body_length: int,
                   *, json_default: bool) -> bytes:
     """The request line and headers for the replica: the client's, less the hop's own, plus ours."""
-    drop = _REQUEST_DROP | _connection_named(headers) if any(k == b"connection" for k, _ in headers) \
-        else _REQUEST_DROP
+    drop = _REQUEST_DROP | _connection_named(headers)
     lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode("latin-1"), target.encode("latin-1"), host)]
     content_type, at, encoding, binary = b"", -1, False, False
     for key, value in headers:
