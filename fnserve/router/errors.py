@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fnserve.backends.base import BackendError
@@ -38,18 +38,18 @@ def request_id(request: Request) -> str:
 
 
 def error_body(message: str, rid: str, fields: Mapping[str, Any] | None = None) -> bytes:
-    """The error shape as bytes, exactly as ``error_response`` renders it; ``fields`` are added to it."""
+    """The error shape as bytes (rendered as Starlette's JSONResponse would); ``fields`` are added to it."""
     return json.dumps({"error": message, "requestId": rid, **(fields or {})}, ensure_ascii=False,
                       allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
 
 
 def error_response(request: Request, status: int, message: str, *, retry_after: int | None = None,
                    headers: Mapping[str, str] | None = None,
-                   fields: Mapping[str, Any] | None = None) -> JSONResponse:
+                   fields: Mapping[str, Any] | None = None) -> Response:
     """The one error shape; ``fields`` are added to it (a key id, the problems, the limit that was hit)."""
     merged = {**(headers or {}), **({"Retry-After": str(retry_after)} if retry_after is not None else {})}
-    return JSONResponse({"error": message, "requestId": request_id(request), **(fields or {})}, status,
-                        merged or None)
+    return Response(error_body(message, request_id(request), fields), status, merged or None,
+                    media_type="application/json")
 
 
 def problems(items: list[Problem]) -> list[dict[str, str]]:
