@@ -33,8 +33,10 @@ class BadRequest(Exception):
         self.problems = problems or []
 
 
-def request_id(request: Request) -> str:
-    return request.scope.get("state", {}).get("request_id", "")
+def request_id(request: Request | Scope) -> str:
+    """The id RequestIdMiddleware gave the request (of a Request or its ASGI scope)."""
+    scope = request.scope if isinstance(request, Request) else request
+    return scope.get("state", {}).get("request_id", "")
 
 
 def error_body(message: str, rid: str, fields: Mapping[str, Any] | None = None) -> bytes:

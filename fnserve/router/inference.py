@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fnserve.backends.base import BackendError, Serving
 from fnserve.router import invocation as invocations
-from fnserve.router.errors import error_response
+from fnserve.router.errors import error_response, request_id
 from fnserve.router.invocation import SCOPE_KEY, Invocation
 from fnserve.router.proxy import Proxy, respond_error
 from fnserve.router.services.functions import FunctionService
@@ -89,7 +89,7 @@ class Inference:
                 name, version = match["name"], match.groupdict().get("version")
                 upstream = path if version is None else path.replace(f"/versions/{version}", "", 1)
                 return Invocation(name, self.functions.get(name), action.action, version, upstream,
-                                  scope.get("state", {}).get("request_id", ""))
+                                  request_id(scope))
         return None
 
     async def handle(self, invocation: Invocation, scope: Scope, receive: Receive, send: Send) -> None:
