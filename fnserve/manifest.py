@@ -199,6 +199,9 @@ class LimitsSpec(_Spec):
     burst: int | None = Field(default=None, ge=1, le=MAX_COUNT, description="Requests allowed at once.")
     concurrency: int | None = Field(default=None, ge=1, le=MAX_COUNT, description="Requests in flight.")
     daily: int | None = Field(default=None, ge=1, le=MAX_DAILY, description="Requests per UTC day.")
+    tpm: int | None = Field(default=None, ge=1, le=MAX_DAILY,
+                            description="Tokens (prompt + completion) per minute, for generative functions.")
+    tpd: int | None = Field(default=None, ge=1, le=MAX_DAILY, description="Tokens per UTC day.")
 
 
 class AuthSpec(_Spec):
@@ -217,12 +220,17 @@ class Batching(_Spec):
 class TransformersOptions(_Spec):
     """What the transformers runtime does with the model folder (runtime: transformers only)."""
 
-    task: Literal["feature-extraction", "text-classification"] = Field(
+    task: Literal["feature-extraction", "text-classification", "text-generation"] = Field(
         description="feature-extraction: mean-pooled, L2-normalised sentence embeddings; "
-                    "text-classification: label and score per text.")
+                    "text-classification: label and score per text; "
+                    "text-generation: a causal LM streaming tokens (docs/generative.md).")
     fp16: bool = Field(default=False, description="Half precision when the replica runs on a GPU (CPU stays fp32).")
     max_length: int = Field(default=512, ge=1, le=65_536,
-                            description="Tokens per text at most; longer texts are truncated.")
+                            description="Tokens per text at most; longer texts are truncated. For "
+                                        "text-generation: the context, prompt and completion together.")
+    max_new_tokens: int = Field(default=128, ge=1, le=65_536,
+                                description="text-generation: completion tokens when a request names no "
+                                            "max_tokens (also what admission reserves for it).")
 
 
 class FunctionSpec(_Spec):
@@ -235,7 +243,13 @@ class FunctionSpec(_Spec):
                                                                 "off when omitted.")
     resources: Resources = Field(default_factory=Resources)
     scaling: Scaling = Field(default_factory=Scaling)
-    timeout: int = Field(default=60, ge=1, le=3600, description="Seconds a request may take end to end.")
+    timeout: int = Field(default=60, ge=1, le=3600, description="Seconds a request may take end to end "
+                                                                 "(streams included).")
+    response_start_timeout: int | None = Field(
+        default=None, ge=1, le=3600, description="Seconds until the answer's first byte (default: timeout).")
+    idle_timeout: int | None = Field(
+        default=None, ge=1, le=3600, description="Seconds a streamed answer may pause between chunks "
+                                                 "(default: no limit but timeout).")
     auth: AuthSpec = Field(default_factory=AuthSpec)
     limits: LimitsSpec | None = None
 
@@ -258,7 +272,15 @@ class FunctionSpec(_Spec):
     def _transformers_needs_task(self) -> FunctionSpec:
         if self.runtime == "transformers" and self.transformers is None:
             raise PydanticCustomError("fnserve", "runtime transformers needs a transformers section with its task "
-                                                  "(feature-extraction or text-classification)")
+                                                  "(feature-extraction, text-classification or text-generation)")
+        return self
+
+    @model_validator(mode="after")
+    def _timeouts_within_timeout(self) -> FunctionSpec:
+        """Knative's rule: neither the first byte nor a pause may be allowed longer than the whole request."""
+        for name, value in (("responseStartTimeout", self.response_start_timeout), ("idleTimeout", self.idle_timeout)):
+            if value is not None and value > self.timeout:
+                raise PydanticCustomError("fnserve", f"{name} ({value} s) must not exceed timeout ({self.timeout} s)")
         return self
 
 
