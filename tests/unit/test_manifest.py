@@ -220,13 +220,18 @@ def test_every_example_function_and_job_is_valid() -> None:
 @pytest.mark.parametrize(("spec", "expected"), [
     ({"runtime": "transformers"},
      "function.yaml: spec: runtime transformers needs a transformers section with its task "
-     "(feature-extraction or text-classification)"),
+     "(feature-extraction, text-classification or text-generation)"),
     ({"runtime": "transformers", "transformers": {"task": "summarization"}},
-     "function.yaml: spec.transformers.task: must be one of 'feature-extraction' or 'text-classification' "
+     "function.yaml: spec.transformers.task: must be one of 'feature-extraction', 'text-classification' or "
+     "'text-generation' "
      "(got 'summarization')"),
     ({"transformers": {"task": "feature-extraction"}},
      "function.yaml: spec.transformers: only applies to runtime transformers (got runtime onnx)"),
     ({"batching": {"maxBatchSize": 0}}, "function.yaml: spec.batching.maxBatchSize: must be ≥ 1 (got 0)"),
+    ({"timeout": 30, "idleTimeout": 60},
+     "function.yaml: spec: idleTimeout (60 s) must not exceed timeout (30 s)"),
+    ({"timeout": 30, "responseStartTimeout": 31},
+     "function.yaml: spec: responseStartTimeout (31 s) must not exceed timeout (30 s)"),
     ({"batching": {"maxLatency": 5}},
      "function.yaml: spec.batching.maxLatency: unknown field (did you mean maxLatencyMs?)"),
 ])
