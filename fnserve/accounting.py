@@ -2,7 +2,8 @@
 
 A ``Tally`` is what the ledger keeps per key × function × day: requests, client errors (4xx, limits
 included), server errors (5xx), total router time, predictor time (the upstream hop) and a latency
-histogram with buckets 10% apart, so p95 is known within 10% without storing each request. Nothing here
+histogram with buckets 10% apart, so p95 is known within 10% without storing each request — and, for
+generative functions, the prompt and completion tokens the replica reported. Nothing here
 does I/O; the router's accounting service aggregates tallies and the state store merges them.
 """
 
@@ -33,9 +34,14 @@ class Tally:
     total_ms: float = 0.0
     predictor_ms: float = 0.0
     histogram: dict[int, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
-    def add(self, status: int, ms: float, predictor_ms: float) -> None:
+    def add(self, status: int, ms: float, predictor_ms: float, prompt_tokens: int = 0,
+            completion_tokens: int = 0) -> None:
         self.requests += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
         self.client_errors += 400 <= status < 500
         self.server_errors += status >= 500
         self.total_ms += ms
@@ -49,6 +55,8 @@ class Tally:
         self.server_errors += other.server_errors
         self.total_ms += other.total_ms
         self.predictor_ms += other.predictor_ms
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
         for index, count in other.histogram.items():
             self.histogram[index] = self.histogram.get(index, 0) + count
 
@@ -64,7 +72,8 @@ class Tally:
     def to_json(self) -> str:
         return json.dumps({"requests": self.requests, "client_errors": self.client_errors,
                            "server_errors": self.server_errors, "total_ms": self.total_ms,
-                           "predictor_ms": self.predictor_ms, "histogram": self.histogram})
+                           "predictor_ms": self.predictor_ms, "histogram": self.histogram,
+                           "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens})
 
     @classmethod
     def from_json(cls, text: str) -> Tally:
@@ -76,7 +85,8 @@ class Tally:
         return {"requests": self.requests, "clientErrors": self.client_errors, "serverErrors": self.server_errors,
                 "totalMs": round(self.total_ms, 1), "predictorMs": round(self.predictor_ms, 1),
                 "meanMs": round(self.total_ms / self.requests, 2) if self.requests else 0.0,
-                "p95Ms": self.percentile_ms(0.95)}
+                "p95Ms": self.percentile_ms(0.95), "promptTokens": self.prompt_tokens,
+                "completionTokens": self.completion_tokens}
 
 
 _last_day: tuple[int, str] = (-1, "")

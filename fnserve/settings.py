@@ -77,6 +77,9 @@ class Settings:
     default_burst: int | None = None
     default_concurrency: int | None = None
     default_daily: int | None = None
+    default_tpm: int | None = None
+    """Tokens per minute for keys whose key and tenant set none (generative functions); unset = no limit."""
+    default_tpd: int | None = None
     cluster_namespace: str = "fnserve"
     """Namespace of the cluster backend's objects (fnserve up --backend knative, fnserve render)."""
     cluster_runtime_image: str = "ghcr.io/fnserve/runtime-cpu:0.1.0"

@@ -31,8 +31,10 @@ class AdmissionMiddleware:
                 fields = {"limit": refusal.limit}
                 if invocation.principal is not None:
                     fields["keyId"] = invocation.principal.key_id
-                await respond_error(invocation, send, 429, refusal.message, retry_after=refusal.retry_after,
-                                    fields=fields)
+                if refusal.status == 400:
+                    fields["param"] = "max_tokens"
+                await respond_error(invocation, send, refusal.status, refusal.message,
+                                    retry_after=refusal.retry_after, fields=fields)
                 return
             await self.app(scope, receive, send)
         finally:

@@ -102,7 +102,7 @@ def build_services(settings: Settings, state: StateStore, serving: Serving, trai
 
         store = RedisStore(settings.redis_url)
     defaults = Limits(settings.default_rps, settings.default_burst, settings.default_concurrency,
-                      settings.default_daily)
+                      settings.default_daily, settings.default_tpm, settings.default_tpd)
     return Services(functions=functions, training=TrainingService(state, training, functions), keys=keys,
                     admission=AdmissionService(keys, store, DailyCounters(state), defaults),
                     accounting=AccountingService(state, metrics.Metrics(functions.statuses)))

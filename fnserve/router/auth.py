@@ -2,7 +2,9 @@
 
 Order of checks: no key → 401 with WWW-Authenticate; bad, unknown, revoked or expired key → 401;
 valid key without the scope for this function or for the admin API → 403. Health, readiness and the
-OpenAPI document stay open; a function with ``spec.auth.public: true`` needs no key. Keys themselves
+OpenAPI document stay open; a function with ``spec.auth.public: true`` needs no key. Under
+``/openai/`` any other request needs a valid key (the model list, an unknown model), as OpenAI's own
+API does: which functions exist is no stranger's business. Keys themselves
 (format, hashing, caches) are the key service's (router/services/keys.py).
 """
 
@@ -14,7 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fnserve.router import invocation as invocations
-from fnserve.router.errors import error_response
+from fnserve.router.errors import OPENAI_PREFIX, error_response
 from fnserve.router.services.functions import FunctionService
 from fnserve.router.services.keys import AuthError, KeyService
 
@@ -46,9 +48,11 @@ class AuthMiddleware:
         self.functions = functions
 
     def _guarded_function(self, scope: Scope) -> str | None:
-        """The function whose key this request needs (None: no function's)."""
+        """The function whose key this request needs (None: no function's; "" any valid key)."""
         invocation = invocations.of(scope)
         revision = invocation.revision if invocation is not None else None
+        if revision is None and scope["path"].startswith(OPENAI_PREFIX):
+            return ""
         if revision is None:  # no inference route, or a name no function has (`GET /v1/models/f:predict`)
             match = _UNDER_FUNCTION.match(scope["path"])
             revision = self.functions.get(match.group(1)) if match else None
@@ -72,7 +76,7 @@ class AuthMiddleware:
             principal = await self.keys.verify(token)
             if admin and not principal.is_admin:
                 raise AuthError(403, f"API key {principal.key_id} has no 'admin' scope", principal.key_id)
-            if function is not None and not principal.may_invoke(function):
+            if function and not principal.may_invoke(function):
                 raise AuthError(403, f"API key {principal.key_id} may not invoke {function!r} "
                                      f"(scopes: {', '.join(principal.scopes)})", principal.key_id)
         except AuthError as exc:

@@ -2,7 +2,9 @@
 errors services raise to HTTP answers.
 
 KServe's and Triton's clients read a top-level ``"error"`` string, so every error body has one, plus
-the request id that also appears in the logs and the ``X-Request-ID`` header. Services raise typed
+the request id that also appears in the logs and the ``X-Request-ID`` header. Under ``/openai/`` the
+same errors take OpenAI's shape — ``{"error": {"message", "type", "param", "code"}}`` — because the
+official clients build their exceptions from it; which shape is decided here, by the path, once. Services raise typed
 errors (a BackendError carries its status and Retry-After; a rejected deploy its problems); the app
 registers ``EXCEPTION_HANDLERS`` once, so no handler catches and translates them itself.
 """
@@ -39,10 +41,32 @@ def request_id(request: Request | Scope) -> str:
     return scope.get("state", {}).get("request_id", "")
 
 
-def error_body(message: str, rid: str, fields: Mapping[str, Any] | None = None) -> bytes:
-    """The error shape as bytes (rendered as Starlette's JSONResponse would); ``fields`` are added to it."""
-    return json.dumps({"error": message, "requestId": rid, **(fields or {})}, ensure_ascii=False,
-                      allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+OPENAI_PREFIX = "/openai/"
+_TOKEN_LIMITS = ("tpm", "tpd")
+
+
+def openai_error(status: int, message: str, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """OpenAI's error object for an answer of ``status`` (``param`` and ``code`` from ``fields`` if given)."""
+    extra = dict(fields or {})
+    limit = extra.get("limit")
+    if status == 429:
+        kind, code = ("tokens" if limit in _TOKEN_LIMITS else "requests"), "rate_limit_exceeded"
+    elif status >= 500:
+        kind, code = "server_error", None
+    else:
+        kind = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
+        code = {401: "invalid_api_key", 404: "not_found"}.get(status)
+    return {"message": message, "type": extra.pop("type", kind), "param": extra.pop("param", None),
+            "code": extra.pop("code", code), **extra}
+
+
+def error_body(message: str, rid: str, fields: Mapping[str, Any] | None = None, *, status: int = 400,
+               openai: bool = False) -> bytes:
+    """The error shape as bytes (rendered as Starlette's JSONResponse would); ``fields`` are added to it.
+    ``openai``: OpenAI's shape for an answer of ``status``, the request id inside its error object."""
+    data = {"error": {**openai_error(status, message, fields), "requestId": rid}} if openai else \
+        {"error": message, "requestId": rid, **(fields or {})}
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
 
 
 def error_response(request: Request, status: int, message: str, *, retry_after: int | None = None,
@@ -50,8 +74,9 @@ def error_response(request: Request, status: int, message: str, *, retry_after: 
                    fields: Mapping[str, Any] | None = None) -> Response:
     """The one error shape; ``fields`` are added to it (a key id, the problems, the limit that was hit)."""
     merged = {**(headers or {}), **({"Retry-After": str(retry_after)} if retry_after is not None else {})}
-    return Response(error_body(message, request_id(request), fields), status, merged or None,
-                    media_type="application/json")
+    body = error_body(message, request_id(request), fields, status=status,
+                      openai=request.scope["path"].startswith(OPENAI_PREFIX))
+    return Response(body, status, merged or None, media_type="application/json")
 
 
 def problems(items: list[Problem]) -> list[dict[str, str]]:

@@ -1,5 +1,5 @@
-"""The inference routes (KServe V1 and Open Inference V2): resolve → (auth, admission) → acquire →
-forward → release.
+"""The inference routes (KServe V1, Open Inference V2 and its generate extension, OpenAI-compatible):
+resolve → (auth, admission) → acquire → forward → release.
 
 The router holds no protocol logic of its own: the replica (a KServe ModelServer) parses bodies and
 produces protocol errors, and the router passes them through, so the answer is exactly what KServe
@@ -9,7 +9,9 @@ An inference request is recognised once, when it arrives (``ResolveMiddleware``)
 matches, its function and serving revision, the version it names, go into its :class:`Invocation`.
 After auth and admission, ``DispatchMiddleware`` hands it straight to :meth:`Inference.handle`; the
 same routes stand in the app's route table, so the OpenAPI document lists them and a wrong method on
-their paths gets Starlette's 405.
+their paths gets Starlette's 405. A generative request's body is read when it is resolved, since an
+OpenAI body names its function and every generative one the tokens admission reserves
+(router/generative.py).
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fnserve.backends.base import BackendError, Serving
+from fnserve.records import Revision
+from fnserve.router import generative
 from fnserve.router import invocation as invocations
+from fnserve.router.body import parse_json
 from fnserve.router.errors import error_response, request_id
-from fnserve.router.invocation import SCOPE_KEY, Invocation
-from fnserve.router.proxy import Proxy, respond_error
+from fnserve.router.invocation import GENERATE, SCOPE_KEY, Invocation
+from fnserve.router.proxy import Deadlines, Proxy, respond_error
 from fnserve.router.services.functions import FunctionService
 from fnserve.router.upstream import Dropped, Unreachable
 
-PREFIXES = ("/v1/models/", "/v2/models/")
+PREFIXES = ("/v1/models/", "/v2/models/", generative.OPENAI + "/")
 
 
 class _Action:
@@ -64,6 +69,10 @@ class Inference:
         self.proxy = proxy
         model = _Action(self, "model", "Model metadata and readiness, answered by the function's own predictor.")
         predict = _Action(self, "predict", "Run an inference request on the function's predictor.")
+        generate = _Action(self, GENERATE, "Generate text (Open Inference generate extension); generate_stream "
+                                           "streams it as server-sent events.")
+        openai = {path: _Action(self, action, f"OpenAI-compatible {what}: the body's model names the function.")
+                  for path, (action, what) in generative.OPENAI_ACTIONS.items()}
         self.routes = [
             Route("/v1/models/{name}", model, methods=["GET"], name="v1_model"),
             Route("/v1/models/{name}:predict", predict, methods=["POST"], name="v1_predict"),
@@ -76,39 +85,66 @@ class Inference:
             Route("/v2/models/{name}/versions/{version}/ready", model, methods=["GET"],
                   name="v2_model_version_ready"),
             Route("/v2/models/{name}/versions/{version}/infer", predict, methods=["POST"], name="v2_infer_version"),
+            Route("/v2/models/{name}/generate", generate, methods=["POST"], name="v2_generate"),
+            Route("/v2/models/{name}/generate_stream", generate, methods=["POST"], name="v2_generate_stream"),
+            *(Route(path, action, methods=["POST"], name="openai_" + path.rsplit("/", 1)[1])
+              for path, action in openai.items()),
+            *generative.ModelList(functions).routes(),
         ]
         self._actions = [(r.path_regex, r.methods or set(), r.endpoint) for r in self.routes
                          if isinstance(r.endpoint, _Action)]
 
     def resolve(self, scope: Scope) -> Invocation | None:
-        """The invocation an inference request is (None: not one of the inference routes)."""
+        """The invocation an inference request is (None: not one of the inference routes). An OpenAI
+        request's function is named in its body: its name is filled in by :meth:`read`."""
         path, method = scope["path"], scope["method"]
         for pattern, methods, action in self._actions:
             match = pattern.match(path)
             if match is not None and method in methods:
-                name, version = match["name"], match.groupdict().get("version")
+                groups = match.groupdict()
+                name, version = groups.get("name", ""), groups.get("version")
                 upstream = path if version is None else path.replace(f"/versions/{version}", "", 1)
-                return Invocation(name, self.functions.get(name), action.action, version, upstream,
-                                  request_id(scope))
+                return Invocation(name, self.functions.get(name) if name else None, action.action, version, upstream,
+                                  request_id(scope), openai=path.startswith(generative.OPENAI))
         return None
+
+    def read(self, invocation: Invocation, body: bytes) -> None:
+        """A metered request's body: its function (OpenAI), the tokens it may produce, its problems."""
+        invocation.body = body
+        if invocation.openai:
+            model, data, invocation.problem = generative.read_openai(body)
+            if model is not None:
+                invocation.function, invocation.revision = model, self.functions.get(model)
+        else:
+            try:
+                parsed = parse_json(body) if body else None
+            except ValueError:
+                parsed = None  # the replica says what is wrong with it
+            data = parsed if isinstance(parsed, dict) else {}
+        generative.requested_tokens(invocation, data)
 
     async def handle(self, invocation: Invocation, scope: Scope, receive: Receive, send: Send) -> None:
         revision, name = invocation.revision, invocation.function
+        if invocation.problem is not None:
+            status, message, param = invocation.problem
+            await respond_error(invocation, send, status, message, fields={"param": param} if param else None)
+            return
         if revision is None:
-            await respond_error(invocation, send, 404, f"function {name!r} not found")
+            await respond_error(invocation, send, 404, f"function {name!r} not found" if not invocation.openai else
+                                f"the model {name!r} does not exist or you do not have access to it",
+                                fields={"param": "model", "code": "model_not_found"} if invocation.openai else None)
             return
         version = invocation.version
         if version is not None and version != str(revision.number):  # a function's versions are its revisions
             await respond_error(invocation, send, 404, f"function {name!r} has no version {version!r} serving "
                                                        f"(version {revision.number} is current)")
             return
-        try:
-            body = await _body(receive)
-        except HTTPException as exc:  # the body guard's 408 / 413
-            await respond_error(invocation, send, exc.status_code, exc.detail, headers=exc.headers)
+        why_not = generative.unsupported(invocation)
+        if why_not is not None:
+            await respond_error(invocation, send, 404, why_not, fields={"param": "model"} if invocation.openai else None)
             return
+        body = invocation.body if invocation.body is not None else await self.body(invocation, receive, send)
         if body is None:
-            invocation.status = 499  # nginx's word for a client that left before its answer
             return
         for attempt in (1, 2):  # a connection refused before any byte was sent is retried once elsewhere
             try:
@@ -119,7 +155,7 @@ class Inference:
             invocation.cold_start_ms = endpoint.cold_start_ms
             try:
                 await self.proxy.forward(invocation, scope["method"], scope["query_string"], scope["headers"], body,
-                                         endpoint.url, endpoint.replica, revision.function.spec.timeout, send)
+                                         endpoint.url, endpoint.replica, _deadlines(revision), send, receive)
                 return
             except Unreachable as exc:
                 self.serving.unreachable(endpoint)
@@ -138,6 +174,18 @@ class Inference:
             finally:
                 self.serving.release(endpoint)
 
+    @staticmethod
+    async def body(invocation: Invocation, receive: Receive, send: Send) -> bytes | None:
+        """The request's whole body; None when there is none to go on with (the answer, if any, is sent)."""
+        try:
+            body = await _body(receive)
+        except HTTPException as exc:  # the body guard's 408 / 413
+            await respond_error(invocation, send, exc.status_code, exc.detail, headers=exc.headers)
+            return None
+        if body is None:
+            invocation.status = 499  # nginx's word for a client that left before its answer
+        return body
+
     async def ready(self, request: Request) -> Response:
         """The router is up and has restored its deployed functions."""
         if not self.functions.restored:
@@ -148,6 +196,20 @@ class Inference:
 async def live(request: Request) -> Response:
     """The router process is up."""
     return JSONResponse({"live": True})
+
+
+_DEADLINES: dict[str, Deadlines] = {}
+
+
+def _deadlines(revision: Revision) -> Deadlines:
+    """A revision's request deadlines, built once per revision."""
+    deadlines = _DEADLINES.get(revision.id)
+    if deadlines is None:
+        spec = revision.function.spec
+        if len(_DEADLINES) > 10_000:
+            _DEADLINES.clear()
+        deadlines = _DEADLINES[revision.id] = Deadlines(spec.timeout, spec.response_start_timeout, spec.idle_timeout)
+    return deadlines
 
 
 class ResolveMiddleware:
@@ -161,6 +223,11 @@ class ResolveMiddleware:
         if scope["type"] == "http" and scope["path"].startswith(PREFIXES):
             invocation = self.inference.resolve(scope)
             if invocation is not None:
+                if invocation.metered and (invocation.revision is not None or invocation.openai):
+                    body = await self.inference.body(invocation, receive, send)
+                    if body is None:
+                        return
+                    self.inference.read(invocation, body)
                 scope[SCOPE_KEY] = invocation
         await self.app(scope, receive, send)
 

@@ -20,6 +20,20 @@ from fnserve.router.quota import Limits
 SCOPE_KEY = "fnserve.invocation"
 Headers = list[tuple[bytes, bytes]]
 
+#: Actions that generate tokens (OpenAI chat/completions, V2 generate) and that count them (embeddings).
+GENERATE, EMBED = "generate", "embed"
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Tokens admission took from one bucket before the answer, settled to the real count at its end."""
+
+    limit: str
+    """"tpm" (``where`` is the bucket's rate per second) or "tpd" (``where`` is the UTC day)."""
+    subject: str
+    where: float | str
+    tokens: int
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -46,7 +60,7 @@ class Invocation:
     revision: Revision | None
     """Its serving revision; None for an unknown function (the route answers 404)."""
     action: str
-    """"predict" (a body to run) or "model" (metadata and readiness)."""
+    """"predict" (a body to run), "model" (metadata and readiness), "generate" or "embed" (token-metered)."""
     version: str | None
     """The version the path names (``/versions/{version}``), if any."""
     upstream_path: str
@@ -66,6 +80,26 @@ class Invocation:
     """What the client was answered; 499 when it went away before an answer."""
     upstream_ms: float = 0.0
     cold_start_ms: float | None = None
+    openai: bool = False
+    """Asked under /openai/v1: errors take OpenAI's shape."""
+    body: bytes | None = None
+    """The request body, when it had to be read to resolve the request (OpenAI's ``model``, max_tokens)."""
+    problem: tuple[int, str, str | None] | None = None
+    """(status, message, param) of a request that could not be resolved, answered after auth."""
+    max_tokens: int = 0
+    """Completion tokens the request may produce: what admission reserves for it."""
+    reservations: list[Reservation] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float | None = None
+    """Time from sending the request to the replica to the first chunk of a streamed answer."""
+    chunk_gaps_ms: list[float] = field(default_factory=list)
+    """Pauses between the chunks of a streamed answer."""
+
+    @property
+    def metered(self) -> bool:
+        """The request is counted in tokens (and token limits apply to it)."""
+        return self.action in (GENERATE, EMBED)
 
     @property
     def key_id(self) -> str:

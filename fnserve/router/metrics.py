@@ -55,6 +55,15 @@ class Metrics:
         self.cold_starts = Histogram("fnserve_cold_start_seconds", "Time requests waited for a replica to start",
                                      ["function"], registry=self.registry,
                                      buckets=(.05, .1, .15, .2, .25, .35, .5, .75, 1, 1.5, 2, 3, 5, 10, 30))
+        self.ttft = Histogram("fnserve_time_to_first_token_seconds",
+                              "Streamed answers: time from forwarding the request to the first chunk",
+                              ["function"], registry=self.registry,
+                              buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        self.chunk_gaps = Histogram("fnserve_stream_chunk_gap_seconds", "Streamed answers: pause between chunks",
+                                    ["function"], registry=self.registry,
+                                    buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5))
+        self.tokens = Counter("fnserve_tokens", "Tokens of generative and embedding requests, as their replicas "
+                                                "reported them", ["function", "kind"], registry=self.registry)
         self.registry.register(_BackendCollector(statuses))
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
@@ -67,6 +76,20 @@ class Metrics:
         children[1].observe(seconds)
         if cold_start_ms is not None:
             self.cold_starts.labels(function).observe(cold_start_ms / 1000)
+
+    def observe_stream(self, function: str, ttft_ms: float | None, gaps_ms: list[float], prompt_tokens: int,
+                       completion_tokens: int) -> None:
+        """A streamed or token-metered answer's timing and tokens (once per request, at its end)."""
+        if ttft_ms is not None:
+            self.ttft.labels(function).observe(ttft_ms / 1000)
+        if gaps_ms:
+            gaps = self.chunk_gaps.labels(function)
+            for gap in gaps_ms:
+                gaps.observe(gap / 1000)
+        if prompt_tokens:
+            self.tokens.labels(function, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self.tokens.labels(function, "completion").inc(completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,10 +1,18 @@
-"""Per-key limits: a rate (GCRA), a concurrency limit and a daily quota, and their HTTP headers.
+"""Per-key limits: a rate (GCRA), a concurrency limit and a daily quota — of requests, and of tokens for
+generative functions — and their HTTP headers.
 
 GCRA (as in redis-cell) keeps one "theoretical arrival time" per subject: with rate R and burst B,
 exactly B requests pass at once, then one every 1/R seconds, and the wait for the next one is exact.
 The arithmetic is a pure function over an explicit clock; the stores (memory here for one router,
 Redis in router/redis_quota.py for several, chosen by FNSERVE_REDIS_URL) only keep the numbers. Daily quotas count in memory and are flushed to SQLite
 every second and at shutdown, so they survive restarts without a database write per request.
+
+Tokens are the same arithmetic with a cost: a token rate of ``tpm`` per minute is a GCRA bucket of
+``tpm / 60`` per second holding ``tpm`` (a minute's worth), and a request takes its reservation (its
+``max_tokens``) from it at once. When the answer ends, :func:`settle` moves the bucket by the difference
+between what was used and what was reserved — a refund, or a debt the next requests wait out — so the
+long-run rate is exact and the overshoot is bounded by what the requests in flight did not reserve
+(their prompts: docs/generative.md).
 
 Resolution: a key's own value, else its tenant's default, else the global default (FNSERVE_DEFAULT_*);
 a function's ``spec.limits`` overrides a field for calls to that function, counted per key × function.
@@ -29,6 +37,8 @@ class Limits:
     burst: int | None = None
     concurrency: int | None = None
     daily: int | None = None
+    tpm: int | None = None
+    tpd: int | None = None
 
     def over(self, base: Limits) -> Limits:
         """These values where set, ``base``'s elsewhere."""
@@ -52,22 +62,33 @@ class RateResult:
     retry_after: float
 
 
-def gcra(tat: float | None, now: float, rate: float, burst: int) -> RateResult:
-    """One request against a GCRA bucket; ``tat`` is the stored theoretical arrival time."""
+def gcra(tat: float | None, now: float, rate: float, burst: int, cost: float = 1) -> RateResult:
+    """``cost`` units (one request, or a reservation of tokens; 0 only asks whether the bucket is in debt)
+    against a GCRA bucket; ``tat`` is the stored theoretical arrival time."""
     interval = 1.0 / rate
     capacity = burst * interval
-    new_tat = max(tat or now, now) + interval
+    current = max(tat or now, now)
+    new_tat = current + cost * interval
     if new_tat - now > capacity + 1e-9:
-        current = max(tat or now, now)
-        return RateResult(False, current, 0, current - now, new_tat - capacity - now)
+        return RateResult(False, current, max(0, int((capacity - (current - now)) / interval + 1e-9)),
+                          current - now, new_tat - capacity - now)
     remaining = int((capacity - (new_tat - now)) / interval + 1e-9)
     return RateResult(True, new_tat, remaining, new_tat - now, 0.0)
+
+
+def settle(tat: float | None, now: float, rate: float, delta: float) -> float:
+    """The bucket's new arrival time after ``delta`` units more (or, negative, fewer) than were taken: a
+    refund never fills the bucket beyond full."""
+    return max(max(tat or now, now) + delta / rate, now)
 
 
 class Store(Protocol):
     """Where rate and concurrency state lives (this process, or Redis shared by several routers)."""
 
-    async def rate(self, subject: str, rate: float, burst: int) -> RateResult: ...
+    async def rate(self, subject: str, rate: float, burst: int, cost: float = 1) -> RateResult: ...
+
+    async def adjust(self, subject: str, rate: float, delta: float) -> None:
+        """Settle a bucket: ``delta`` units more (negative: fewer) than its last ``rate`` call took."""
 
     async def acquire(self, subject: str, limit: int) -> str | None:
         """A token for one slot, or None when ``limit`` requests are already in flight."""
@@ -83,11 +104,15 @@ class MemoryStore:
         self._tat: dict[str, float] = {}
         self._in_flight: dict[str, int] = {}
 
-    async def rate(self, subject: str, rate: float, burst: int) -> RateResult:
-        result = gcra(self._tat.get(subject), self.clock(), rate, burst)  # type: ignore[operator]
+    async def rate(self, subject: str, rate: float, burst: int, cost: float = 1) -> RateResult:
+        result = gcra(self._tat.get(subject), self.clock(), rate, burst, cost)  # type: ignore[operator]
         if result.allowed:
             self._tat[subject] = result.tat
         return result
+
+    async def adjust(self, subject: str, rate: float, delta: float) -> None:
+        if delta:
+            self._tat[subject] = settle(self._tat.get(subject), self.clock(), rate, delta)  # type: ignore[operator]
 
     async def acquire(self, subject: str, limit: int) -> str | None:
         if self._in_flight.get(subject, 0) >= limit:
@@ -126,15 +151,22 @@ class DailyCounters:
         self._counts.setdefault(key, stored)
         return self._counts[key]
 
-    async def take(self, subject: str, limit: int, now: float) -> tuple[bool, int]:
-        """Count one request if the day's quota has room; returns (allowed, remaining)."""
+    async def take(self, subject: str, limit: int, now: float, cost: int = 1) -> tuple[bool, int]:
+        """Count ``cost`` (one request, or a reservation of tokens) if the day's quota has room for it;
+        returns (allowed, remaining)."""
         day = utc_day(now)
         used = await self._count(subject, day)
-        if used >= limit:
-            return False, 0
-        self._counts[(subject, day)] = used + 1
-        self._unflushed[(subject, day)] = self._unflushed.get((subject, day), 0) + 1
-        return True, limit - used - 1
+        if used + max(cost, 1) > limit:
+            return False, max(0, limit - used)
+        self.add(subject, day, cost)
+        return True, limit - used - cost
+
+    def add(self, subject: str, day: str, delta: int) -> None:
+        """Change a day's count already loaded (a settled reservation: ``delta`` may be negative)."""
+        key = (subject, day)
+        if delta and key in self._counts:
+            self._counts[key] += delta
+            self._unflushed[key] = self._unflushed.get(key, 0) + delta
 
     def flush(self) -> None:
         """Write the counts since the last flush (blocking: call from a worker thread)."""
@@ -160,6 +192,12 @@ def _policy(limits: Limits) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
         policy = _POLICIES[limits] = ((b"ratelimit-policy", b'"default";q=%d;w=%d' % (burst, window)),
                                       (b"x-ratelimit-limit", b"%d" % burst))
     return policy
+
+
+def token_headers(policy: str, quota: int, window: int, result: RateResult) -> list[tuple[bytes, bytes]]:
+    """The RateLimit headers of a token policy (``"tokens"`` per minute, ``"tokens-daily"``)."""
+    return [(b"ratelimit-policy", b'"%s";q=%d;w=%d' % (policy.encode(), quota, window)),
+            (b"ratelimit", b'"%s";r=%d;t=%d' % (policy.encode(), result.remaining, max(0, math.ceil(result.reset))))]
 
 
 def rate_headers(limits: Limits, result: RateResult) -> list[tuple[bytes, bytes]]:

@@ -31,13 +31,24 @@ local interval = 1 / tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2]) * interval
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local new_tat = tat + interval
+local new_tat = tat + tonumber(ARGV[3]) * interval
 if new_tat - now > capacity + 1e-9 then
-  return {0, tostring(tat - now), '0', tostring(new_tat - capacity - now)}
+  local left = math.max(0, math.floor((capacity - (tat - now)) / interval + 1e-9))
+  return {0, tostring(tat - now), tostring(left), tostring(new_tat - capacity - now)}
 end
 local remaining = math.floor((capacity - (new_tat - now)) / interval + 1e-9)
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
 return {1, tostring(new_tat - now), tostring(remaining), '0'}
+"""
+
+# settling a reservation: the bucket moves by the difference; a refund never fills it beyond full
+_ADJUST = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now) + tonumber(ARGV[2]) / tonumber(ARGV[1])
+if tat <= now then redis.call('DEL', KEYS[1]) return 0 end
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+return 1
 """
 
 _ACQUIRE = """
@@ -58,6 +69,7 @@ class RedisStore:
         self.client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._gcra = self.client.register_script(_GCRA)
         self._acquire = self.client.register_script(_ACQUIRE)
+        self._adjust = self.client.register_script(_ADJUST)
         self._down_until = 0.0
         self._warned_at = 0.0
 
@@ -72,15 +84,23 @@ class RedisStore:
             log.warning("Redis is unreachable (%s): rate and concurrency limits are not enforced "
                         "until it is back (failing open)", exc)
 
-    async def rate(self, subject: str, rate: float, burst: int) -> RateResult:
+    async def rate(self, subject: str, rate: float, burst: int, cost: float = 1) -> RateResult:
         if not self._open():
             try:
                 allowed, reset, remaining, retry = await self._gcra(keys=[f"fnserve:rate:{subject}"],
-                                                                    args=[rate, burst])
+                                                                    args=[rate, burst, cost])
                 return RateResult(bool(allowed), 0.0, int(remaining), float(reset), float(retry))
             except (RedisError, OSError) as exc:
                 self._failed(exc)
         return RateResult(True, 0.0, burst, 0.0, 0.0)
+
+    async def adjust(self, subject: str, rate: float, delta: float) -> None:
+        if not delta or self._open():
+            return
+        try:
+            await self._adjust(keys=[f"fnserve:rate:{subject}"], args=[rate, delta])
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
 
     async def acquire(self, subject: str, limit: int) -> str | None:
         token = secrets.token_hex(8)

@@ -164,12 +164,22 @@ def test_an_answer_saying_connection_close_is_not_reused() -> None:
     run(scenario())
 
 
-def test_a_chunked_answer_is_reassembled_and_its_connection_reused() -> None:
+async def whole(answer: upstream_module.Answer) -> bytes:
+    """A streamed answer's body, read to its end."""
+    assert answer.stream is not None and answer.body == b""
+    chunks = []
+    while chunk := await answer.stream.read():
+        chunks.append(chunk)
+    answer.stream.close()
+    return b"".join(chunks)
+
+
+def test_a_chunked_answer_streams_and_its_connection_is_reused() -> None:
     async def scenario() -> None:
         async with RawServer() as server:
             pool = UpstreamPool(5.0)
             answer = await get(pool, server, "/chunked")
-            assert answer.status == 200 and answer.body == b"hello, chunked world"
+            assert answer.status == 200 and await whole(answer) == b"hello, chunked world"
             assert (b"transfer-encoding", b"chunked") in answer.headers
             assert (await get(pool, server, "/next")).body == b"/next:"
             assert server.connections == 1
@@ -178,12 +188,12 @@ def test_a_chunked_answer_is_reassembled_and_its_connection_reused() -> None:
     run(scenario())
 
 
-def test_an_answer_delimited_by_the_close_is_complete_and_not_reused() -> None:
+def test_an_answer_delimited_by_the_close_streams_to_its_end_and_is_not_reused() -> None:
     async def scenario() -> None:
         async with RawServer() as server:
             pool = UpstreamPool(5.0)
             answer = await get(pool, server, "/until-close")
-            assert answer.status == 200 and answer.body == b"all of it"
+            assert answer.status == 200 and await whole(answer) == b"all of it"
             assert (await get(pool, server, "/next")).body == b"/next:"
             assert server.connections == 2
             pool.close()
@@ -351,5 +361,164 @@ def test_bytes_after_an_answer_neither_change_it_nor_keep_its_connection() -> No
             assert (await get(pool, server, "/next")).body == b"/next:"
             assert server.connections == 2  # a connection that sent what nobody asked for is not reused
             pool.close()
+
+    run(scenario())
+
+
+class TickServer:
+    """A replica streaming an event every ``interval`` seconds, ``count`` of them, on a chunked answer;
+    ``/stall`` sends its head and then nothing; ``/late`` waits ``interval`` before its head; ``/cut``
+    sends two events and closes mid-body. Records whether each connection saw its client go."""
+
+    def __init__(self, interval: float = 0.05, count: int = 5) -> None:
+        self.interval, self.count = interval, count
+        self.gone = asyncio.Event()
+        self.written = 0
+        self.server: asyncio.base_events.Server | None = None
+        self.address: Address = ("127.0.0.1", 0)
+
+    async def __aenter__(self) -> TickServer:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.address = ("127.0.0.1", self.server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        path = request.split(b" ")[1]
+        if path == b"/late":
+            await asyncio.sleep(self.interval)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        try:
+            for i in range(0 if path == b"/stall" else 2 if path == b"/cut" else self.count):
+                event = b"data: %d\n\n" % i
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+                self.written += 1
+                await asyncio.sleep(self.interval)
+            if path == b"/stall":
+                await reader.read()  # until the client goes away
+                self.gone.set()
+            elif path != b"/cut":
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                await reader.read()
+        except ConnectionError:
+            self.gone.set()
+        finally:
+            if not reader.at_eof() and path != b"/cut":
+                pass
+            writer.close()
+
+
+def test_a_stream_hands_each_event_over_as_it_is_written() -> None:
+    async def scenario() -> None:
+        async with TickServer(interval=0.05, count=5) as server:
+            pool = UpstreamPool(5.0)
+            started = time.perf_counter()
+            answer = await get(pool, server, "/ticks")
+            assert answer.stream is not None
+            arrivals, body = [], b""
+            while chunk := await answer.stream.read():
+                arrivals.append(time.perf_counter() - started)
+                body += chunk
+            answer.stream.close()
+            assert body == b"".join(b"data: %d\n\n" % i for i in range(5))
+            assert len(arrivals) >= 4, arrivals  # one read per event, not one at the end
+            assert arrivals[0] < arrivals[-1] - 0.1, arrivals
+            pool.close()
+
+    run(scenario())
+
+
+def test_a_stream_left_early_closes_its_upstream_connection_at_once() -> None:
+    async def scenario() -> None:
+        async with TickServer(interval=0.05, count=1000) as server:
+            pool = UpstreamPool(5.0)
+            answer = await get(pool, server, "/ticks")
+            assert answer.stream is not None
+            assert await answer.stream.read()
+            answer.stream.abort()
+            await asyncio.wait_for(server.gone.wait(), 2.0)  # the replica's next write finds no reader
+            assert server.written < 100
+            pool.close()
+
+    run(scenario())
+
+
+def test_a_stream_that_pauses_too_long_times_out_and_one_cut_short_is_dropped() -> None:
+    async def scenario() -> None:
+        async with TickServer(interval=0.05) as server:
+            pool = UpstreamPool(5.0)
+            loop = asyncio.get_running_loop()
+            answer = await get(pool, server, "/stall")
+            assert answer.stream is not None
+            with pytest.raises(TimeoutError):
+                await answer.stream.read(loop.time() + 0.2)
+            answer.stream.close()
+            await asyncio.wait_for(server.gone.wait(), 2.0)
+            answer = await get(pool, server, "/cut")
+            assert answer.stream is not None
+            with pytest.raises(Dropped):
+                while await answer.stream.read(loop.time() + 2.0):
+                    pass
+            pool.close()
+
+    run(scenario())
+
+
+def test_the_response_start_timeout_bounds_the_head_only() -> None:
+    async def scenario() -> None:
+        async with TickServer(interval=0.3, count=2) as server:
+            pool = UpstreamPool(5.0)
+            address = server.address
+            with pytest.raises(TimeoutError):
+                await pool.request(address, head("GET", "/late"), b"", 5.0, start_timeout=0.1)
+            answer = await pool.request(address, head("GET", "/ticks"), b"", 5.0, start_timeout=0.1)
+            assert answer.stream is not None  # the head came at once; the events take longer than 0.1 s
+            assert await whole(answer) == b"data: 0\n\ndata: 1\n\n"
+            pool.close()
+
+    run(scenario())
+
+
+def test_a_reader_that_falls_behind_pauses_the_replica() -> None:
+    async def scenario() -> None:
+        big = b"x" * 65536
+        written = [0]
+
+        async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for _ in range(200):  # 13 MB: far more than the sockets' buffers and the stream's high water
+                writer.write(b"%x\r\n%s\r\n" % (len(big), big))
+                await writer.drain()
+                written[0] += 1
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+        server = await asyncio.start_server(flood, "127.0.0.1", 0)
+        pool = UpstreamPool(5.0)
+        answer = await pool.request(("127.0.0.1", server.sockets[0].getsockname()[1]), head("GET", "/"), b"", 30.0)
+        assert answer.stream is not None
+        deadline = time.monotonic() + 5
+        stalled_at, stalled_since = -1, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - stalled_since < 0.3:  # until the writer blocks
+            if written[0] != stalled_at:
+                stalled_at, stalled_since = written[0], time.monotonic()
+            await asyncio.sleep(0.01)
+        assert written[0] < 100  # the replica was held back, not read into the router's memory
+        first = await answer.stream.read()
+        assert len(first) <= upstream_module.Stream.HIGH_WATER + 2 * 262144  # at most one read past the mark
+        total = len(first)
+        while chunk := await answer.stream.read():
+            total += len(chunk)
+        assert total == 200 * len(big)
+        answer.stream.close()
+        pool.close()
+        server.close()
 
     run(scenario())

@@ -21,13 +21,14 @@ class UsageLedger:
         self._pending: dict[tuple[str, str, str], Tally] = {}
         self._lock = threading.Lock()
 
-    def record(self, key_id: str, function: str, status: int, ms: float, predictor_ms: float, now: float) -> None:
+    def record(self, key_id: str, function: str, status: int, ms: float, predictor_ms: float, now: float,
+               prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         row = (key_id, function, utc_day(now))
         with self._lock:
             tally = self._pending.get(row)
             if tally is None:
                 tally = self._pending[row] = Tally()
-            tally.add(status, ms, predictor_ms)
+            tally.add(status, ms, predictor_ms, prompt_tokens, completion_tokens)
 
     def flush(self) -> None:
         """Merge what was recorded since the last flush into SQLite (blocking: a worker thread)."""
@@ -47,8 +48,12 @@ class AccountingService:
         """The one place an invocation is counted: metrics and the ledger alike."""
         elapsed_ms = invocation.elapsed_ms()
         self.metrics.observe(invocation.function, invocation.status, elapsed_ms / 1000, invocation.cold_start_ms)
+        if invocation.ttft_ms is not None or invocation.metered:
+            self.metrics.observe_stream(invocation.function, invocation.ttft_ms, invocation.chunk_gaps_ms,
+                                        invocation.prompt_tokens, invocation.completion_tokens)
         self.ledger.record(invocation.key_id, invocation.function, invocation.status, elapsed_ms,
-                           invocation.upstream_ms, invocation.now)
+                           invocation.upstream_ms, invocation.now, invocation.prompt_tokens,
+                           invocation.completion_tokens)
 
     def flush(self) -> None:
         """Persist the ledger (blocking: a worker thread, or at shutdown)."""

@@ -5,9 +5,14 @@ Resolution: a key's own value, else its tenant's default, else the global defaul
 a function's ``spec.limits`` overrides a field for calls to that function, counted per key × function.
 Public functions are limited per client address with the function's or the global values.
 
-Order: rate, then concurrency, then the daily quota, so a request refused for rate costs no daily
-quota. A refusal says which limit, with Retry-After; every answer to a rate-limited caller carries the
-RateLimit headers (put on the invocation, which the answer's writer adds).
+Order: rate, then concurrency, then the daily quota, then tokens, so a request refused for rate costs
+no daily quota. A refusal says which limit, with Retry-After; every answer to a rate-limited caller
+carries the RateLimit headers (put on the invocation, which the answer's writer adds).
+
+Tokens (``tpm``, ``tpd``) apply to token-metered requests (generative and embedding routes): admission
+reserves what the request may produce — its max_tokens — in both buckets, and :meth:`release` settles
+each reservation to the real count (prompt + completion) when the answer ends, refunding or charging
+the difference. A request whose max_tokens alone exceeds the tpm cannot ever pass: that is a 400.
 """
 
 from __future__ import annotations
@@ -15,19 +20,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from fnserve.accounting import seconds_to_midnight
+from fnserve.accounting import seconds_to_midnight, utc_day
 from fnserve.records import Revision
-from fnserve.router.invocation import Invocation, Principal
-from fnserve.router.quota import DailyCounters, Limits, Store, rate_headers
+from fnserve.router.invocation import Invocation, Principal, Reservation
+from fnserve.router.quota import DailyCounters, Limits, RateResult, Store, rate_headers, token_headers
 from fnserve.router.services.keys import KeyService
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
     limit: str
-    """rate | concurrency | daily"""
+    """rate | concurrency | daily | tpm | tpd"""
     message: str
-    retry_after: int
+    retry_after: int | None
+    status: int = 429
 
 
 class AdmissionService:
@@ -88,13 +94,52 @@ class AdmissionService:
             if not allowed:
                 return Refusal("daily", f"daily limit reached for {who}: {limits.daily} requests per UTC day",
                                math.ceil(seconds_to_midnight(invocation.now)))
+        if invocation.metered and (limits.tpm or limits.tpd):
+            return await self._reserve_tokens(invocation, limits, scoped("tpm"), scoped("tpd"), who)
+        return None
+
+    async def _reserve_tokens(self, invocation: Invocation, limits: Limits, tpm_subject: str, tpd_subject: str,
+                              who: str) -> Refusal | None:
+        """Reserve the invocation's max_tokens in its token buckets (settled by release)."""
+        cost = invocation.max_tokens
+        if limits.tpm:
+            if cost > limits.tpm:
+                return Refusal("tpm", f"max_tokens {cost} is more than {who} may use in a minute ({limits.tpm} "
+                                      f"tokens per minute): ask for fewer", None, 400)
+            subject, rate = f"{tpm_subject}|tokens", limits.tpm / 60
+            result = await self.store.rate(subject, rate, limits.tpm, cost)
+            invocation.headers.extend(token_headers("tokens", limits.tpm, 60, result))
+            if not result.allowed:
+                return Refusal("tpm", f"token limit reached for {who}: {limits.tpm} tokens per minute (this request "
+                                      f"reserves {cost}, its max_tokens)", max(1, math.ceil(result.retry_after)))
+            invocation.reservations.append(Reservation("tpm", subject, rate, cost))
+        if limits.tpd:
+            subject, day = f"{tpd_subject}|tokens", utc_day(invocation.now)
+            allowed, remaining = await self.daily.take(subject, limits.tpd, invocation.now, cost)
+            midnight = seconds_to_midnight(invocation.now)
+            invocation.headers.extend(token_headers("tokens-daily", limits.tpd, 86400,
+                                                    RateResult(allowed, 0.0, remaining, midnight, 0.0)))
+            if not allowed:
+                return Refusal("tpd", f"daily token limit reached for {who}: {limits.tpd} tokens per UTC day "
+                                      f"({remaining} left, this request reserves {cost})", math.ceil(midnight))
+            invocation.reservations.append(Reservation("tpd", subject, day, cost))
         return None
 
     async def release(self, invocation: Invocation) -> None:
-        """The invocation has ended: give back its concurrency slot."""
+        """The invocation has ended: give back its concurrency slot, settle its token reservations."""
         if invocation.slot is not None:
             (name, token), invocation.slot = invocation.slot, None
             await self.store.release(name, token)
+        if invocation.reservations:
+            used = invocation.prompt_tokens + invocation.completion_tokens
+            reservations, invocation.reservations = invocation.reservations, []
+            for reservation in reservations:
+                if reservation.limit == "tpm":
+                    assert isinstance(reservation.where, float)
+                    await self.store.adjust(reservation.subject, reservation.where, used - reservation.tokens)
+                else:
+                    assert isinstance(reservation.where, str)
+                    self.daily.add(reservation.subject, reservation.where, used - reservation.tokens)
 
     def flush(self) -> None:
         """Persist the daily counts (blocking: a worker thread, or at shutdown)."""
