@@ -11,7 +11,7 @@ from typing import Any
 from fnserve.cli.base import connect
 from fnserve.cli.output import print_json, stamp, table
 
-LIMITS = ("rps", "burst", "concurrency", "daily")
+LIMITS = ("rps", "burst", "concurrency", "daily", "tpm", "tpd")
 
 
 def _limit_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -80,9 +80,10 @@ def cmd_usage(args: argparse.Namespace) -> None:
     if args.json:
         print_json(result)
         return
-    table(["DAY", "KEY", "FUNCTION", "REQUESTS", "4XX", "5XX", "MEAN MS", "P95 MS", "PREDICTOR MS"],
+    table(["DAY", "KEY", "FUNCTION", "REQUESTS", "4XX", "5XX", "MEAN MS", "P95 MS", "PREDICTOR MS", "PROMPT TOK",
+           "COMPLETION TOK"],
           [[u["day"], u["keyId"], u["function"], u["requests"], u["clientErrors"], u["serverErrors"], u["meanMs"],
-            u["p95Ms"], u["predictorMs"]] for u in result["usage"]])
+            u["p95Ms"], u["predictorMs"], u["promptTokens"], u["completionTokens"]] for u in result["usage"]])
 
 
 def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +91,8 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst", type=int, help="requests allowed at once (default: ceil(rps))")
     parser.add_argument("--concurrency", type=int, help="requests in flight")
     parser.add_argument("--daily", type=int, help="requests per UTC day")
+    parser.add_argument("--tpm", type=int, help="tokens (prompt + completion) per minute, generative functions")
+    parser.add_argument("--tpd", type=int, help="tokens per UTC day, generative functions")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:

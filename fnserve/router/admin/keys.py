@@ -44,7 +44,7 @@ class KeyRoutes:
 
     @with_body(TenantLimits)
     async def set_tenant(self, request: Request, body: TenantLimits) -> Response:
-        """Set a tenant's default limits (replacing the previous ones): {rps?, burst?, concurrency?, daily?}."""
+        """Set a tenant's default limits (replacing the previous ones): {rps?, burst?, concurrency?, daily?, tpm?, tpd?}."""
         tenant, limits = request.path_params["tenant"], body.model_dump(exclude_none=True)
         await self.keys.set_tenant(tenant, limits)
         return JSONResponse({"tenant": tenant, "limits": limits})
