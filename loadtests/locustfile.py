@@ -1,4 +1,5 @@
-"""Locust load test for one fnserve function, over KServe V1 and the Open Inference Protocol (V2).
+"""Locust load test for one fnserve function, over KServe V1 and the Open Inference Protocol (V2), or,
+for a text-generation function, streamed chat over the OpenAI-compatible route.
 
     FNSERVE_API_KEY=… FNSERVE_FUNCTION=sentiment locust -f loadtests/locustfile.py --headless \\
         -u 16 -r 16 -t 60s --host http://127.0.0.1:8080 --shape steady --slo-p95 250
@@ -13,6 +14,14 @@ How it counts, so the report reads like the platform behaves:
   ``<name> cold start``, so cold starts get their own percentiles instead of skewing the warm ones;
 - anything else but a 200 is a failure, with the router's ``"error"`` message.
 
+A text-generation function (``transformers.task: text-generation`` in its manifest, or
+``FNSERVE_GENERATIVE=1``) is called by ``ChatStreamUser`` instead: streamed chat completions
+(``/openai/v1/chat/completions``, ``stream: true``, ``FNSERVE_MAX_TOKENS`` tokens, default 64) with the
+example inputs as prompts, read event by event. Each stream gives three rows: ``chat stream`` (the whole
+stream, ms), ``chat TTFT`` (time to its first content chunk, ms) and ``chat tokens/s`` — whose
+"response time" columns hold tokens per second of that stream, not milliseconds (Locust has one kind of
+number per row; a row of its own keeps the percentiles meaningful).
+
 Options beyond Locust's own (each also an environment variable): ``--shape`` steady|step|spike|idle-gap
 (``FNSERVE_SHAPE``; shapes.py), ``--steps``, ``--burst``, ``--idle-gap``, ``--think-time``, and the SLO
 gate ``--slo-fail-ratio`` / ``--slo-p95`` (slo.py): when the run ends, a violated threshold makes Locust
@@ -26,6 +35,7 @@ import logging
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +63,19 @@ def _examples() -> list[dict[str, Any]]:
     return bodies
 
 
+def _generative() -> bool:
+    """Whether the function generates text (its manifest says so, or FNSERVE_GENERATIVE)."""
+    if os.environ.get("FNSERVE_GENERATIVE"):
+        return os.environ["FNSERVE_GENERATIVE"] not in ("0", "false", "")
+    manifest = ROOT / "functions" / FUNCTION / "function.yaml"
+    return manifest.is_file() and "task: text-generation" in manifest.read_text()
+
+
 EXAMPLES = _examples()
 V1_BODIES = [json.dumps(body).encode() for body in EXAMPLES]
+GENERATIVE = _generative()
+PROMPTS = [text for body in EXAMPLES for text in body["instances"] if isinstance(text, str)] or ["Once upon a time"]
+MAX_TOKENS = int(os.environ.get("FNSERVE_MAX_TOKENS", "64"))
 
 
 def _flatten(value: Any) -> list[Any]:
@@ -146,6 +167,8 @@ def _error(response: Any) -> str:
 
 
 class V1User(FunctionUser):
+    abstract = GENERATIVE
+
     @task
     def predict(self) -> None:
         self.call(f"/v1/models/{FUNCTION}:predict", random.choice(V1_BODIES), "V1 predict")
@@ -155,6 +178,8 @@ _V2_BODIES: list[bytes] = []
 
 
 class V2User(FunctionUser):
+    abstract = GENERATIVE
+
     def on_start(self) -> None:
         super().on_start()
         if not _V2_BODIES:  # once per Locust process: the function's own signature
@@ -166,6 +191,58 @@ class V2User(FunctionUser):
     @task
     def infer(self) -> None:
         self.call(f"/v2/models/{FUNCTION}/infer", random.choice(_V2_BODIES), "V2 infer")
+
+
+class ChatStreamUser(FunctionUser):
+    """Streamed chat, as an OpenAI client sends it: one stream at a time, read to its end."""
+
+    abstract = not GENERATIVE
+
+    def _report(self, name: str, value: float, length: int = 0, exception: Exception | None = None) -> None:
+        self.environment.events.request.fire(request_type="SSE", name=name, response_time=value,
+                                             response_length=length, exception=exception, context={})
+
+    @task
+    def chat(self) -> None:
+        body = json.dumps({"model": FUNCTION, "stream": True, "max_tokens": MAX_TOKENS,
+                           "stream_options": {"include_usage": True},
+                           "messages": [{"role": "user", "content": random.choice(PROMPTS)}]}).encode()
+        started = time.perf_counter()
+        first: float | None = None
+        tokens, size, buffer = 0, 0, b""
+        with self.client.post("/openai/v1/chat/completions", data=body, headers=self.headers, stream=True,
+                              name="chat stream", catch_response=True) as response:
+            if response.status_code != 200:
+                if response.status_code == 429:
+                    response.request_meta["name"] = "chat stream" + THROTTLED_SUFFIX
+                    response.success()
+                else:
+                    response.failure(f"{response.status_code}: {_error(response)}")
+                return
+            try:
+                for piece in response.stream:  # as the router writes them
+                    size += len(piece)
+                    buffer += piece
+                    *events_, buffer = buffer.split(b"\n\n")
+                    for event in events_:
+                        if not event.startswith(b"data: {"):
+                            continue
+                        data = json.loads(event[6:])
+                        if data.get("usage"):
+                            tokens = int(data["usage"]["completion_tokens"])
+                        elif data.get("error"):
+                            raise RuntimeError(str(data["error"]))
+                        elif first is None and any((c.get("delta") or {}).get("content") for c in data["choices"]):
+                            first = time.perf_counter()
+            except Exception as exc:  # a stream that broke off mid-way
+                response.failure(f"stream failed: {exc}")
+                return
+            response.success()
+        ended = time.perf_counter()
+        if first is not None:
+            self._report("chat TTFT", (first - started) * 1000)
+        if tokens and ended > started:
+            self._report("chat tokens/s", tokens / (ended - started), tokens)
 
 
 @events.quitting.add_listener
@@ -180,7 +257,8 @@ def _slo_gate(environment: Any, **_: Any) -> None:
     stats = environment.stats
     entries = {entry.name: {"requests": entry.num_requests, "failures": entry.num_failures,
                             "p95": entry.get_response_time_percentile(0.95) or 0.0}
-               for entry in stats.entries.values() if entry.name != "V2 metadata"}
+               for entry in stats.entries.values()
+               if entry.name != "V2 metadata" and not entry.name.endswith("tokens/s")}  # a rate, not a latency
     verdict = check(slo, entries, stats.total.num_requests, stats.total.num_failures)
     for line in verdict.lines:
         log.info("SLO %s", line)
