@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) -m bench.cold_start
 	$(PY) -m bench.batching
 	$(PY) -m bench.quota_accuracy
+	$(PY) -m bench.streaming
 	$(PY) -m bench.summarize
 
 # a bounded headless Locust run; override e.g. `make loadtest USERS=32 DURATION=60 SHAPE=spike FUNCTION=embeddings`,

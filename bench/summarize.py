@@ -12,7 +12,7 @@ from typing import Any
 from bench.common import RESULTS
 
 # the order of the sections; any other <name>.md found in bench/results follows, by name
-ORDER = ("router_overhead", "load_curve", "auth_overhead", "cold_start", "batching", "quota_accuracy")
+ORDER = ("router_overhead", "load_curve", "auth_overhead", "cold_start", "batching", "quota_accuracy", "streaming")
 PLOT = "latency_vs_load.png"
 
 
@@ -78,9 +78,22 @@ def _quota_accuracy(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str
             ("Retry-After on every 429", "yes" if s["retry_after_on_every_429"] else "**no**")]
 
 
+def _streaming(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
+    hold, quota = s["hold"], s["token_quota"]
+    return [("Streaming: router's added time to first token (p50) / per chunk (p50 gap)",
+             f"{s['added_ttft_p50_ms']:+.2f} ms / {s['added_gap_p50_ms']:+.3f} ms "
+             f"({s['router_cpu_us_per_chunk']:.0f} µs router CPU per chunk)"),
+            ("Streaming: tokens/s at 1 / 4 / 16 concurrent streams (storyteller, one replica)",
+             " / ".join(f"{s['tokens_per_s'][c]:.0f}" for c in ("1", "4", "16"))),
+            (f"{hold['clients']} concurrent slow streams through one router: completed, errors",
+             f"{hold['completed']}, {hold['errors']}"),
+            (f"Token quota {quota['quota']}/day: charged (overshoot, bound)",
+             f"{quota['charged']} ({quota['overshoot_pct']:+.2f}%, bound +{quota['bound']})")]
+
+
 HEADLINES: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[tuple[str, str]]]] = {
     "router_overhead": _router_overhead, "load_curve": _load_curve, "auth_overhead": _auth_overhead,
-    "cold_start": _cold_start, "batching": _batching, "quota_accuracy": _quota_accuracy,
+    "cold_start": _cold_start, "batching": _batching, "quota_accuracy": _quota_accuracy, "streaming": _streaming,
 }
 
 

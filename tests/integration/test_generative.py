@@ -54,7 +54,7 @@ def client(router: Router, key: str | None = None, **options: Any) -> openai.Ope
 
 def new_key(router: Router, name: str, **limits: Any) -> tuple[str, str]:
     created = router.api.create_key(name, scopes=["invoke:*"], limits=limits)
-    return created["key"], created["id"]
+    return created["token"], created["key"]["id"]
 
 
 def test_chat_completions_and_completions(platform: Router) -> None:
