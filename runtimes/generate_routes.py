@@ -22,6 +22,7 @@ from starlette.responses import Response
 from runtimes.base import FunctionModel
 from runtimes.errors import RequestError
 from runtimes.generation import Chunk, Generation, GenerationFailed, TextGenerator
+from runtimes.openai_routes import describe
 from runtimes.params import Body, Sampling, parse_json, start_generation, validate
 from runtimes.streaming import event_stream, sse, token_headers, whole_text
 
@@ -49,8 +50,7 @@ class GenerateRoutes:
     def _generator(self) -> TextGenerator:
         if self.model.generator is None:
             raise RequestError(400, f"generate needs a text-generation function; {self.model.name!r} is "
-                                    f"{'a ' + self.model.task if self.model.task else 'an ' + self.model.runtime} "
-                                    f"function: use /v2/models/{self.model.name}/infer")
+                                    f"{describe(self.model)}: use /v2/models/{self.model.name}/infer")
         return self.model.generator
 
     async def generate(self, request: Request) -> Response:

@@ -108,12 +108,16 @@ class Generation:
         self._loop = loop
         self._queue: asyncio.Queue[_Step | _End] = asyncio.Queue()
         self._cancelled = threading.Event()
+        self.cancel_reason = ""
         self._ended = False
 
     # -- the event loop's side ---------------------------------------------------------------------------
-    def cancel(self) -> None:
-        """The client went away: the thread stops before its next decoding step (idempotent)."""
-        self._cancelled.set()
+    def cancel(self, reason: str = "client went away") -> None:
+        """Stop generating: the thread stops before its next decoding step and logs ``reason`` (the first
+        one given)."""
+        if not self._cancelled.is_set():
+            self.cancel_reason = reason
+            self._cancelled.set()
 
     @property
     def cancelled(self) -> bool:
@@ -151,7 +155,7 @@ class Generation:
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the loop is closed: the server is stopping, nobody reads any more
-            self._cancelled.set()
+            self.cancel("the server stopped")
 
 
 class TextGenerator:
@@ -167,6 +171,8 @@ class TextGenerator:
         self.eos_ids = frozenset(eos_ids)
         self.concurrency = concurrency or DEFAULT_CONCURRENCY
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"{name}-generate")
+        self._running: set[Generation] = set()  # what close() cancels; threads remove their own
+        self._lock = threading.Lock()
 
     # -- prompts (tokenizer work: call these in a worker thread, e.g. asyncio.to_thread) --------------------
     def encode(self, prompt: Prompt) -> list[int]:
@@ -206,14 +212,27 @@ class TextGenerator:
         max_tokens = self.max_tokens_for(len(prompt_ids), params.max_tokens)
         loop = asyncio.get_running_loop()
         generation = Generation(prompt_ids, params, max_tokens, loop)
+        with self._lock:
+            self._running.add(generation)
         self._executor.submit(self._run, generation)
         return generation
 
     def close(self) -> None:
+        """The replica is stopping: drop queued generations, stop running ones at their next step."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for generation in self._running:
+                generation.cancel("the replica is stopping")
 
     # -- the generation thread -----------------------------------------------------------------------------
     def _run(self, generation: Generation) -> None:
+        try:
+            self._generate(generation)
+        finally:
+            with self._lock:
+                self._running.discard(generation)
+
+    def _generate(self, generation: Generation) -> None:
         started = time.perf_counter()
         params = generation.params
         decoder = IncrementalDecoder(self.tokenizer, generation.prompt_ids)
@@ -246,7 +265,7 @@ class TextGenerator:
             tokens.close()
         elapsed = time.perf_counter() - started
         if finish is None:
-            log.info("%s: client went away after %d tokens; generation stopped", self.name, count)
+            log.info("%s: %s after %d tokens; generation stopped", self.name, generation.cancel_reason, count)
             generation.post(_End("", count, None))
             return
         log.info("%s: %d tokens in %.2f s (%.1f tokens/s), prompt %d tokens, finish_reason %s", self.name, count,

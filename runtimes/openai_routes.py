@@ -59,6 +59,12 @@ def usage(generation: Generation) -> dict[str, int]:
             "total_tokens": generation.prompt_tokens + generation.completion_tokens}
 
 
+def describe(model: FunctionModel) -> str:
+    """``a text-classification function``, ``an onnx function``: what a model is, for a wrong-task error."""
+    kind = model.task or model.runtime
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} function"
+
+
 class OpenAIRoutes:
     """The routes for one replica's model."""
 
@@ -82,7 +88,7 @@ class OpenAIRoutes:
         return self.model.generator
 
     def _what(self) -> str:
-        return f"a {self.model.task} function" if self.model.task else f"a {self.model.runtime} function"
+        return describe(self.model)
 
     # -- routes -----------------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
