@@ -136,8 +136,10 @@ class TransformersModel(FunctionModel):
         return await super().predict(payload, headers, response_headers)
 
     def count_tokens(self, texts: list[str]) -> int:
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        return sum(len(ids) for ids in encoded["input_ids"])
+        # the settings run() tokenizes with: a fast tokenizer changing its padding or truncation while a
+        # model thread encodes with it fails with "Already borrowed"
+        encoded = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length)
+        return sum(sum(mask) for mask in encoded["attention_mask"])
 
     def run(self, inputs: Tensors) -> Tensors:
         texts = inputs["text"].tolist()
