@@ -68,8 +68,11 @@ def event_stream(request: Request, generation: Generation, render: Callable[[Chu
     the ``closing`` events (a usage chunk), the usage comment and ``terminator`` follow. A generation
     that fails midway ends the stream with the ``failure`` event and the usage comment."""
 
+    # watching from now, not from the first event: a client gone before Starlette starts the body never
+    # starts it, and its generation must stop all the same
+    watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, generation))
+
     async def events() -> AsyncIterator[bytes]:
-        watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, generation))
         try:
             try:
                 async for chunk in generation:
