@@ -3,7 +3,9 @@
 The embedded backend (replica.py, processes.py, the fork server), the cluster renderer and the job
 wrapper start processes; ``runtimes.server`` and ``fnserve.jobs.run`` are those processes. What passes
 between them — the replica's command line, the environment variable that names the parent to die with,
-and the way a child dies with it — lives here, so the two sides cannot drift apart.
+and the way a child dies with it — lives here, so the two sides cannot drift apart. So does what a
+generative replica tells the router about tokens (two headers and one SSE comment), which the router
+reads to settle token quotas.
 
 Standard library only, on purpose: replicas import this before kserve (which parses ``sys.argv`` at
 import), and the fork server imports it before it forks; neither may pay for anything heavier.
@@ -95,3 +97,33 @@ def die_with_parent(exit_code: int = 0) -> None:
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != int(parent):
         raise SystemExit(exit_code)
+
+
+# -- token usage: how a replica tells the router what a generative answer cost --------------------------------
+
+PROMPT_TOKENS_HEADER = "x-fnserve-prompt-tokens"
+"""On every generative answer (streamed or not) and embeddings answer: tokens of the rendered prompt."""
+
+COMPLETION_TOKENS_HEADER = "x-fnserve-completion-tokens"
+"""On non-streamed answers: tokens generated, EOS excluded (0 for embeddings)."""
+
+USAGE_COMMENT_PREFIX = b": fnserve-usage "
+"""A streamed answer that ends normally writes, as its last event before ``data: [DONE]`` (or as its
+last event where there is none), the SSE comment ``usage_comment(prompt, completion)``; clients ignore
+comments, the router reads it to settle token quotas."""
+
+
+def usage_comment(prompt_tokens: int, completion_tokens: int) -> bytes:
+    """The SSE comment event that ends a streamed answer: ``: fnserve-usage prompt_tokens=N completion_tokens=M``."""
+    return USAGE_COMMENT_PREFIX + f"prompt_tokens={prompt_tokens} completion_tokens={completion_tokens}\n\n".encode()
+
+
+def parse_usage_comment(line: bytes) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) from one line of a stream, or None if it is not the usage comment."""
+    if not line.startswith(USAGE_COMMENT_PREFIX):
+        return None
+    fields = dict(part.split(b"=", 1) for part in line[len(USAGE_COMMENT_PREFIX):].split() if b"=" in part)
+    try:
+        return int(fields[b"prompt_tokens"]), int(fields[b"completion_tokens"])
+    except (KeyError, ValueError):
+        return None

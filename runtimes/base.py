@@ -22,6 +22,7 @@ from kserve.protocol.infer_type import InferRequest
 
 from runtimes import tensors as wire
 from runtimes.batching import Batcher
+from runtimes.generation import TextGenerator
 from runtimes.handler import Handler
 from runtimes.tensors import Tensors, TensorSpec
 
@@ -59,12 +60,19 @@ class FunctionModel(kserve.Model):
 
     #: Name used in logs and in the manifest's ``spec.runtime``.
     runtime = ""
+    #: The transformers task (``transformers.task``); None for runtimes without tasks. The OpenAI routes
+    #: serve embeddings only for ``feature-extraction``.
+    task: str | None = None
+    #: Set by a ``text-generation`` function's load: what the OpenAI and generate routes run.
+    generator: TextGenerator | None = None
 
     def __init__(self, name: str, model_dir: Path, handler: Handler | None = None, *, gpu: bool = False,
                  threads: int = 1, cpu_threads: int = 1, batching: Batching | None = None,
-                 options: Any = None) -> None:
+                 options: Any = None, concurrency: int = 0) -> None:
         super().__init__(name, return_response_headers=True)
         self.model_dir = model_dir
+        #: Requests the replica serves at once (``spec.scaling.containerConcurrency``; 0 = no limit).
+        self.concurrency = concurrency
         self.handler = handler or Handler()
         self.gpu = gpu
         self.cpu_threads = cpu_threads
@@ -84,6 +92,10 @@ class FunctionModel(kserve.Model):
     def run(self, inputs: Tensors) -> Tensors:
         """Run the model on named tensors (called in a worker thread)."""
         raise NotImplementedError
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens the model reads for these texts (the usage of an embeddings answer); call in a thread."""
+        raise NotImplementedError(f"{self.runtime} models do not count tokens")
 
     # -- KServe hooks ------------------------------------------------------------------------
     def load(self) -> bool:
@@ -137,5 +149,7 @@ class FunctionModel(kserve.Model):
     def stop(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        if self.generator is not None:
+            self.generator.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         super().stop()

@@ -7,6 +7,9 @@ without a ``Connection: close`` — so the router's next request on that pooled 
 ``install()`` fixes each on KServe's app before it starts: the handlers below for the first three,
 and an innermost-but-one ASGI guard that turns any escaping exception into a JSON 500 on a connection
 that stays usable. A client's mistake is logged as one line, never a traceback.
+
+Under ``/openai/`` the same answers take OpenAI's error shape instead (runtimes/openai_errors.py), so
+an OpenAI client reads KServe's 404, 405 and 422 as it reads the routes' own errors.
 """
 
 from __future__ import annotations
@@ -24,10 +27,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtimes.openai_errors import is_openai_path, openai_body
+
 log = logging.getLogger("fnserve.runtime")
 
 #: Path segments FastAPI puts in front of a body field's location; a client knows its fields by name.
 _LOCATION_NOISE = frozenset({"body", "InferenceRequest", "bytes"})
+
+
+class RequestError(Exception):
+    """A route's refusal: its status and message, and for OpenAI clients the field at fault (``param``) and
+    a machine-readable ``code``. Rendered in the shape of the request's path (see ``error_body``)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def bad_request(message: str, param: str | None = None) -> RequestError:
+    return RequestError(400, message, param)
 
 
 def describe_validation(errors: list[Any], limit: int = 5) -> str:
@@ -42,8 +63,14 @@ def describe_validation(errors: list[Any], limit: int = 5) -> str:
     return "; ".join(parts) + more
 
 
-def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status, headers)
+def error_body(path: str, status: int, message: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """The error shape a request for ``path`` gets: OpenAI's under /openai/, the platform's elsewhere."""
+    return openai_body(status, message, param, code) if is_openai_path(path) else {"error": message}
+
+
+def _error(request: Request, status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(request.url.path, status, message), status, headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -52,9 +79,10 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in body):
         message = "request body is empty: expected a JSON inference request"
     else:
-        message = f"invalid inference request: {describe_validation(list(body))}"
+        what = "request" if is_openai_path(request.url.path) else "inference request"
+        message = f"invalid {what}: {describe_validation(list(body))}"
     log.info("%s %s: 400 %s", request.method, request.url.path, message)
-    return _error(400, message)
+    return _error(request, 400, message)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -64,20 +92,27 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         detail = f"no such route: {request.method} {request.url.path}"
     elif exc.status_code == 405:
         detail = f"method not allowed: {request.method} {request.url.path}"
-    return _error(exc.status_code, detail, exc.headers)
+    return _error(request, exc.status_code, detail, exc.headers)
 
 
 async def _invalid_input(request: Request, exc: Exception) -> Response:
     log.info("%s %s: 400 %s", request.method, request.url.path, exc)
-    return _error(400, str(exc))
+    return _error(request, 400, str(exc))
+
+
+async def _request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    log.log(logging.INFO if exc.status < 500 else logging.ERROR, "%s %s: %d %s", request.method,
+            request.url.path, exc.status, exc.message)
+    return JSONResponse(error_body(request.url.path, exc.status, exc.message, exc.param, exc.code), exc.status)
 
 
 async def _not_implemented(request: Request, exc: Exception) -> Response:
     if "/versions/" in request.url.path:  # KServe has no model versions; the router maps them to revisions
-        return _error(404, f"model versions are not served by a replica: use {request.url.path.split('/versions/')[0]}"
+        return _error(request, 404, f"model versions are not served by a replica: use {request.url.path.split('/versions/')[0]}"
                            f"{'/infer' if request.url.path.endswith('/infer') else ''}")
     log.exception("%s %s: not implemented", request.method, request.url.path)
-    return _error(500, f"not implemented: {exc}")
+    return _error(request, 500, f"not implemented: {exc}")
 
 
 class ContainErrors:
@@ -105,8 +140,8 @@ class ContainErrors:
             if started:  # half a response is already out; only closing the connection can say so
                 raise
             log.exception("%s %s: unhandled error", scope.get("method"), scope.get("path"))
-            body = orjson.dumps({"error": f"internal error in function {self.model_name!r}: "
-                                          f"{type(exc).__name__}: {exc}"})
+            body = orjson.dumps(error_body(scope.get("path", ""), 500, f"internal error in function "
+                                                f"{self.model_name!r}: {type(exc).__name__}: {exc}"))
             await send({"type": "http.response.start", "status": 500,
                         "headers": [(b"content-type", b"application/json"),
                                     (b"content-length", str(len(body)).encode())]})
@@ -120,4 +155,5 @@ def install(app: FastAPI, model_name: str) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(InvalidInput, _invalid_input)
     app.add_exception_handler(NotImplementedError, _not_implemented)
+    app.add_exception_handler(RequestError, _request_error)
     app.add_middleware(ContainErrors, model_name=model_name)

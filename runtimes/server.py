@@ -50,7 +50,7 @@ def build_model(args: ReplicaArgs) -> Any:
 
     return model_class(function.name, args.model_dir, handler, gpu=spec.resources.gpu > 0, threads=args.threads,
                        cpu_threads=cpu_threads(spec.resources.cpu), batching=spec.batching,
-                       options=spec.transformers)
+                       options=spec.transformers, concurrency=spec.scaling.container_concurrency)
 
 
 def serve(model: Any, host: str, port: int) -> None:
@@ -58,12 +58,13 @@ def serve(model: Any, host: str, port: int) -> None:
     import kserve  # noqa: PLC0415
     from kserve.model_server import app  # noqa: PLC0415
 
-    from runtimes import errors
+    from runtimes import errors, generate_routes, openai_routes
     from runtimes.framing import CheckedDataPlane
 
     class _BoundModelServer(kserve.ModelServer):
         """KServe always binds 0.0.0.0; a replica on a shared machine must stay on loopback. Its data plane
-        checks V2 framing first, and its app gets fnserve's error answers once KServe has added its own."""
+        checks V2 framing first, and its app gets fnserve's error answers once KServe has added its own,
+        and the OpenAI and generate routes (which answer only what fits the model's task)."""
 
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
@@ -78,6 +79,8 @@ def serve(model: Any, host: str, port: int) -> None:
                 def create_application() -> None:
                     kserve_setup()
                     errors.install(app, model.name)
+                    openai_routes.install(app, model)
+                    generate_routes.install(app, model)
 
                 rest.create_application = create_application
             super().setup_event_loop()
