@@ -11,13 +11,16 @@ client left, the replica died) is still charged: the prompt and one token per ev
 
 from __future__ import annotations
 
-import re
-
+from fnserve.replica_contract import (
+    COMPLETION_TOKENS_HEADER,
+    PROMPT_TOKENS_HEADER,
+    USAGE_COMMENT_PREFIX,
+    parse_usage_comment,
+)
 from fnserve.router.invocation import Headers, Invocation
 
-PROMPT_HEADER = b"x-fnserve-prompt-tokens"
-COMPLETION_HEADER = b"x-fnserve-completion-tokens"
-_USAGE_LINE = re.compile(rb": fnserve-usage prompt_tokens=(\d+) completion_tokens=(\d+)")
+PROMPT_HEADER = PROMPT_TOKENS_HEADER.encode()
+COMPLETION_HEADER = COMPLETION_TOKENS_HEADER.encode()
 _TAIL = 512  # bytes of a stream kept to find its usage line: far more than the line and `data: [DONE]`
 
 
@@ -50,10 +53,10 @@ class StreamUsage:
     def settle(self, invocation: Invocation) -> None:
         """Put the stream's counts on the invocation: the replica's own, or, for a stream that did not
         reach its end, the events that passed (at most the tokens the request could produce)."""
-        lines = _USAGE_LINE.findall(self.tail)
-        if lines:
-            prompt, completion = lines[-1]
-            invocation.prompt_tokens, invocation.completion_tokens = int(prompt), int(completion)
+        at = self.tail.rfind(USAGE_COMMENT_PREFIX)
+        counts = parse_usage_comment(self.tail[at:].split(b"\n", 1)[0]) if at >= 0 else None
+        if counts is not None:
+            invocation.prompt_tokens, invocation.completion_tokens = counts
             return
         produced = self.events - 1 if self.tail.rstrip().endswith(b"data: [DONE]") else self.events
         cap = invocation.max_tokens or produced
