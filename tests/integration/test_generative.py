@@ -22,14 +22,15 @@ import pytest
 import yaml
 
 from tests.conftest import Router, function_copy, http, running_router, wait_for
+from tests.integration.test_storyteller import SHORT
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 STORYTELLER = ROOT / "functions" / "storyteller"
 EMBEDDINGS = ROOT / "functions" / "embeddings"
-#: the storyteller's training job in the tests: long enough to beat its unigram baseline, short to run
-QUICK_TRAINING = {"steps": 150, "max_seconds": 30}
+#: the storyteller's training job in the tests: test_storyteller's short one (a 128-token context)
+QUICK_TRAINING = SHORT
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,7 @@ def _read_head_and_some(sock: socket.socket, events: int) -> bytes:
 
 def test_a_client_that_leaves_mid_stream_stops_generation_and_frees_its_slot(platform: Router) -> None:
     key, _ = new_key(platform, "single", concurrency=1)
-    body = (b'{"model": "storyteller", "stream": true, "max_tokens": 200, '
+    body = (b'{"model": "storyteller", "stream": true, "max_tokens": 100, '
             b'"messages": [{"role": "user", "content": "Once upon a time"}]}')
     host, port = "127.0.0.1", int(platform.url.rsplit(":", 1)[1])
     with socket.create_connection((host, port)) as sock:
@@ -199,7 +200,7 @@ def test_a_client_that_leaves_mid_stream_stops_generation_and_frees_its_slot(pla
     pattern = re.compile(r"client went away after (\d+) tokens")
     found = wait_for(lambda: pattern.findall(platform.api.function_logs("storyteller", tail=400)), 10,
                      "the replica to log that generation stopped")
-    assert int(found[-1]) < 200
+    assert int(found[-1]) < 100
 
 
 def test_open_inference_generate_and_generate_stream(platform: Router) -> None:
