@@ -5,8 +5,8 @@ The function is functions/storyteller, trained by its own job (once per work fol
 with minReplicas 1. Four parts, all through a real `fnserve up`:
 
 1. **Added latency.** The same streamed chat (32 tokens, greedy, so every stream is the same text) sent
-   alternately straight to the replica's `/openai/v1/chat/completions` and through the router, round by
-   round. Per path: time to the first content chunk (TTFT) and the gaps between content chunks, as the
+   alternately straight to the replica's `/openai/v1/chat/completions` and through the router, stream by
+   stream. Per path: time to the first content chunk (TTFT) and the gaps between content chunks, as the
    client sees them. The router's cost is the difference of the medians — and, less noisily, the
    router's own CPU time per chunk it passed (its process's CPU clock over the routed rounds).
 2. **Throughput.** Completion tokens per second through the router with 1, 4 and 16 concurrent streams.
@@ -143,17 +143,18 @@ async def added_latency(targets: dict[str, str], router_pid: int, rounds: int, p
             for _ in range(3):
                 await stream(session, url, body)
         for _ in range(rounds):
-            for name, url in targets.items():
-                cpu = cpu_seconds(router_pid)
-                for _ in range(per_round):
+            # one stream each way in turn: the replica's own pace drifts over seconds, and alternating
+            # stream by stream puts both paths on the same drift
+            for _ in range(per_round):
+                for name, url in targets.items():
+                    cpu = cpu_seconds(router_pid)
                     result = await stream(session, url, body)
                     assert result.ok and result.ttft is not None, result.error
                     samples[name]["ttft"].append(result.ttft * 1000)
                     samples[name]["gap"].extend(g * 1000 for g in result.gaps)
                     if name == "router":
+                        router_cpu += cpu_seconds(router_pid) - cpu
                         router_chunks += result.chunks + 2  # the content chunks, the usage chunk, [DONE]
-                if name == "router":
-                    router_cpu += cpu_seconds(router_pid) - cpu
     out: dict[str, Any] = {}
     for name, values in samples.items():
         out[name] = {"ttft_p50_ms": statistics.median(values["ttft"]),
@@ -250,7 +251,7 @@ async def token_quota(router: str, name: str, quota: int, clients: int, max_toke
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument("--per-round", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=15.0, help="per throughput level")
     parser.add_argument("--hold", type=int, default=500, help="concurrent slow streams")
     args = parser.parse_args()
@@ -283,8 +284,8 @@ def main() -> None:
     markdown = (
         f"## Streaming (generative functions)\n\n"
         f"functions/storyteller (trained by its job), streamed chat over `/openai/v1/chat/completions`, "
-        f"{machine_line()}; client, router and replicas on the same machine. {args.rounds} rounds × "
-        f"{args.per_round} streams of 32 tokens per path, alternating.\n\n"
+        f"{machine_line()}; client, router and replicas on the same machine. {args.rounds * args.per_round} "
+        f"streams of 32 tokens per path, alternating stream by stream.\n\n"
         f"| path | TTFT p50 ms | TTFT p95 ms | chunk gap p50 ms | chunk gap mean ms | streams |\n"
         f"|---|---|---|---|---|---|\n{rows}\n\n"
         f"The router adds **{summary['added_ttft_p50_ms']:+.2f} ms** to the time to first token (p50) and "

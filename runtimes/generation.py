@@ -7,6 +7,13 @@ model (``runtimes.decoding``), turns tokens into text (``runtimes.detokenize``) 
 decoding step's text to the event loop with ``loop.call_soon_threadsafe`` into the request's asyncio
 queue. The event loop never runs the model; the thread never touches the loop's objects directly.
 
+Many streams, few cores: each thread holds its stream for its whole life, but only ``stepping`` of
+them run a decoding step at a time, taking turns in arrival order (``StepGate``). With hundreds of
+streams on a small CPU replica every stream still moves, just slower, and the event loop — which
+answers health checks and writes every stream's chunks — is never starved of the interpreter by
+hundreds of runnable threads (it was: a replica with 256 streams stopped answering its liveness
+probe and was replaced mid-stream).
+
 A ``Generation`` is what a route holds: an async iterator of ``Chunk`` (the last one carries the
 finish reason), the token counts the router bills, and ``cancel()`` for a client that went away —
 the thread checks it before every decoding step, so at most the step already running is wasted.
@@ -23,6 +30,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -158,11 +166,39 @@ class Generation:
             self.cancel("the server stopped")
 
 
+class StepGate:
+    """At most ``limit`` threads inside at once, the others admitted first come, first served: a thread
+    that leaves hands its place straight to the longest waiter, so one that loops back to the gate
+    cannot overtake the threads already queued (threading.Semaphore lets it barge)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._inside = 0
+        self._waiting: deque[threading.Event] = deque()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside < self.limit and not self._waiting:
+                self._inside += 1
+                return
+            turn = threading.Event()
+            self._waiting.append(turn)
+        turn.wait()  # the place was handed over: _inside already counts this thread
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._inside -= 1
+
+
 class TextGenerator:
     """A text-generation function's model, tokenizer and generation threads."""
 
     def __init__(self, name: str, lm: TokenSource, tokenizer: Any, *, context: int, default_max_tokens: int,
-                 eos_ids: Iterable[int], concurrency: int = 0) -> None:
+                 eos_ids: Iterable[int], concurrency: int = 0, stepping: int = 2) -> None:
         self.name = name
         self.lm = lm
         self.tokenizer = tokenizer
@@ -171,6 +207,7 @@ class TextGenerator:
         self.eos_ids = frozenset(eos_ids)
         self.concurrency = concurrency or DEFAULT_CONCURRENCY
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"{name}-generate")
+        self._gate = StepGate(max(1, stepping))
         self._running: set[Generation] = set()  # what close() cancels; threads remove their own
         self._lock = threading.Lock()
 
@@ -243,7 +280,8 @@ class TextGenerator:
         finish: FinishReason | None = None
         try:
             while not generation.cancelled:
-                token = next(tokens)  # one forward pass
+                with self._gate:
+                    token = next(tokens)  # one forward pass
                 if token in self.eos_ids:
                     finish, tail = "stop", stops.flush()
                     break

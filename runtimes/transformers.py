@@ -121,7 +121,8 @@ class TransformersModel(FunctionModel):
             context = positions
         generator = TextGenerator(self.name, CausalLM(self.model, self.device), self.tokenizer, context=context,
                                   default_max_tokens=self.options.max_new_tokens,
-                                  eos_ids=eos_token_ids(self.model, self.tokenizer), concurrency=self.concurrency)
+                                  eos_ids=eos_token_ids(self.model, self.tokenizer), concurrency=self.concurrency,
+                                  stepping=max(2, self.cpu_threads))
         log.info("%s: context %d tokens, %d by default per completion, up to %d generations at once, chat %s",
                  self.name, context, generator.default_max_tokens, generator.concurrency,
                  "by the tokenizer's template" if getattr(self.tokenizer, "chat_template", None) else

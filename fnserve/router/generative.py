@@ -53,6 +53,7 @@ def requested_tokens(invocation: Invocation, data: dict[str, Any]) -> None:
     ``maxNewTokens``; never more than its context. A malformed value reserves the default: the replica
     refuses the request anyway."""
     revision = invocation.revision
+    invocation.streamed = data.get("stream") is True or invocation.upstream_path.endswith("/generate_stream")
     if invocation.action != GENERATE or revision is None or revision.function.spec.transformers is None:
         return
     options = revision.function.spec.transformers

@@ -88,6 +88,8 @@ class Invocation:
     """(status, message, param) of a request that could not be resolved, answered after auth."""
     max_tokens: int = 0
     """Completion tokens the request may produce: what admission reserves for it."""
+    streamed: bool = False
+    """The client asked for a streamed answer (``stream: true``, ``generate_stream``)."""
     reservations: list[Reservation] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from starlette.types import Receive, Send
 
 from fnserve.router.errors import error_body, openai_error
-from fnserve.router.invocation import Headers, Invocation
+from fnserve.router.invocation import GENERATE, Headers, Invocation
 from fnserve.router.upstream import Answer, Dropped, Stream, Unreachable, UpstreamPool
 from fnserve.router.usage import StreamUsage, usage_from_headers
 
@@ -179,7 +179,9 @@ class Proxy:
         asking = self.pool.request((host, port), head, body, deadlines.total, start_timeout=deadlines.start,
                                    head_request=method == "HEAD")
         try:
-            answer = await (asking if not invocation.metered else _unless_gone(asking, receive))
+            # a whole generation is worth stopping when its client leaves; a stream's head comes at once
+            watch = invocation.action == GENERATE and not invocation.streamed
+            answer = await (_unless_gone(asking, receive) if watch else asking)
         except (TimeoutError, asyncio.TimeoutError):
             waited = deadlines.total if deadlines.start is None else min(deadlines.start, deadlines.total)
             await respond_error(invocation, send, 504, f"function {invocation.function!r} did not answer within "

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import Router, function_copy, http, running_router, wait_for
+from tests.integration.test_loadtest import locust, rows
 from tests.integration.test_storyteller import SHORT
 
 pytestmark = pytest.mark.slow
@@ -201,6 +202,19 @@ def test_a_client_that_leaves_mid_stream_stops_generation_and_frees_its_slot(pla
     found = wait_for(lambda: pattern.findall(platform.api.function_logs("storyteller", tail=400)), 10,
                      "the replica to log that generation stopped")
     assert int(found[-1]) < 100
+
+
+def test_the_streaming_locust_user_reports_ttft_and_tokens_per_second(platform: Router, tmp_path: Path) -> None:
+    folder = tmp_path / "locust"
+    result = locust(platform, platform.admin_key, folder, 6, "--slo-p95", "chat TTFT=5000,chat stream=20000",
+                    function="storyteller")
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = rows(folder)
+    assert {"chat stream", "chat TTFT", "chat tokens/s"} <= set(stats), sorted(stats)
+    assert int(stats["chat stream"]["Request Count"]) > 0 and int(stats["Aggregated"]["Failure Count"]) == 0
+    assert int(stats["chat TTFT"]["Request Count"]) == int(stats["chat tokens/s"]["Request Count"]) > 0
+    assert 0 < float(stats["chat TTFT"]["Median Response Time"]) < float(stats["chat stream"]["Median Response Time"])
+    assert float(stats["chat tokens/s"]["Average Response Time"]) > 1  # tokens a second, not milliseconds
 
 
 def test_open_inference_generate_and_generate_stream(platform: Router) -> None:

@@ -19,13 +19,14 @@ pytestmark = pytest.mark.slow
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
 
-def locust(router: Router, key: str, folder: Path, seconds: int, *extra: str) -> subprocess.CompletedProcess[str]:
+def locust(router: Router, key: str, folder: Path, seconds: int, *extra: str,
+           function: str = "sentiment") -> subprocess.CompletedProcess[str]:
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "4", "-r", "4",
                "-t", f"{seconds}s", "--host", router.url, "--only-summary", "--csv", str(folder / "stats"),
                "--html", str(folder / "report.html"), "--json-file", str(folder / "stats"),
                "--slo-report", str(folder / "slo.json"), *extra]
-    env = {**os.environ, "FNSERVE_API_KEY": key, "FNSERVE_FUNCTION": "sentiment"}
+    env = {**os.environ, "FNSERVE_API_KEY": key, "FNSERVE_FUNCTION": function}
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
 
 

@@ -1,10 +1,23 @@
 """Backend doubles for running the real router app in-process: a Serving side that hands out given
-replica addresses, and a Training side for tests that submit no jobs."""
+replica addresses, and a Training side for tests that submit no jobs; ``in_process`` runs the app with
+them, its functions in the table, behind an httpx client."""
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+
 from fnserve.backends.base import Endpoint, FunctionStatus
+from fnserve.manifest import parse_function
 from fnserve.records import Revision
+from fnserve.router.app import create_app
+from fnserve.settings import Settings
 
 
 class ScriptedServing:
@@ -41,3 +54,19 @@ class NoTraining:
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def in_process(tmp_path: Path, urls: list[str], functions: list[dict[str, Any]],
+                     **settings: Any) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+    """The real app over ScriptedServing(urls), ``functions`` (manifests) deployed as revision 1, started,
+    and a client for it calling from 10.1.2.3."""
+    app = create_app(Settings(state_dir=tmp_path, **settings), ScriptedServing(urls),  # type: ignore[arg-type]
+                     NoTraining())  # type: ignore[arg-type]
+    for data in functions:
+        revision = Revision(parse_function(data), 1, tmp_path, tmp_path, time.time())
+        app.state.services.functions.table[revision.name] = revision
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.1.2.3", 4321)),
+                                     base_url="http://router", timeout=10) as client:
+            yield app, client

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from fnserve.manifest import TransformersOptions
 from runtimes.decoding import sample
 from runtimes.detokenize import IncrementalDecoder, StopFilter
-from runtimes.generation import Generation, GenerationError, SamplingParams, TextGenerator
+from runtimes.generation import Generation, GenerationError, SamplingParams, StepGate, TextGenerator
 from runtimes.prompts import Message, render_chat
 from tests.tiny_lm import save_tiny_lm
 
@@ -302,3 +303,28 @@ def test_max_length_beyond_the_architecture_is_cut_to_its_positions(gpt2: Path,
         model = served(gpt2, maxLength=4096)
     assert model.generator.context == 512
     assert any("maxLength 4096 is more than GPT2LMHeadModel supports" in r.message for r in caplog.records)
+
+
+def test_the_step_gate_lets_few_in_at_once_and_in_the_order_they_came() -> None:
+    gate = StepGate(2)
+    with gate, gate:  # two places, both free: nobody waits
+        assert gate._inside == 2 and not gate._waiting
+    one, order, lock = StepGate(1), [], threading.Lock()
+
+    def stepper(number: int) -> None:
+        with one:
+            with lock:
+                order.append(number)
+
+    threads = []
+    with one:  # the place is taken: whoever comes now waits, and is let in in arrival order
+        for number in range(6):
+            thread = threading.Thread(target=stepper, args=(number,))
+            thread.start()
+            threads.append(thread)
+            deadline = time.monotonic() + 10
+            while len(one._waiting) < number + 1 and time.monotonic() < deadline:
+                time.sleep(0.001)  # until this thread is queued, so the arrival order is known
+    for thread in threads:
+        thread.join(10)
+    assert order == list(range(6)) and one._inside == 0

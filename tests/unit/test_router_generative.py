@@ -22,12 +22,9 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from fnserve.manifest import parse_function
-from fnserve.records import Revision
-from fnserve.router.app import Services, create_app
-from fnserve.settings import Settings
+from fnserve.router.app import Services
 from tests.conftest import free_port
-from tests.unit.doubles import NoTraining, ScriptedServing
+from tests.unit.doubles import in_process
 from tests.unit.test_manifest import with_change
 from tests.unit.test_router_middlewares import run
 
@@ -122,20 +119,14 @@ class Router:
 async def router(tmp_path: Path, **settings: Any) -> AsyncIterator[Router]:
     upstream = GenerativeUpstream()
     await upstream.start()
+    functions = [generator("teller"), generator("quick", idleTimeout=1, timeout=5), embedder("vectors"),
+                 with_change("metadata.name", "classic")]
     try:
-        app = create_app(Settings(state_dir=tmp_path, **settings), ScriptedServing([upstream.url]),  # type: ignore[arg-type]
-                         NoTraining())  # type: ignore[arg-type]
-        for data in (generator("teller"), generator("quick", idleTimeout=1, timeout=5), embedder("vectors"),
-                     with_change("metadata.name", "classic")):
-            revision = Revision(parse_function(data), 1, tmp_path, tmp_path, time.time())
-            app.state.services.functions.table[revision.name] = revision
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.1.2.3", 4321)),
-                                         base_url="http://router", timeout=10) as client:
-                r = Router(client, app.state.services)
-                await r.key("all", ["invoke:*"])
-                await r.key("teller-only", ["invoke:teller"])
-                yield r
+        async with in_process(tmp_path, [upstream.url], functions, **settings) as (app, client):
+            r = Router(client, app.state.services)
+            await r.key("all", ["invoke:*"])
+            await r.key("teller-only", ["invoke:teller"])
+            yield r
     finally:
         await upstream.stop()
 

@@ -23,12 +23,9 @@ import pytest
 from aiohttp import web
 from starlette.applications import Starlette
 
-from fnserve.manifest import parse_function
-from fnserve.records import Revision
-from fnserve.router.app import Services, create_app
-from fnserve.settings import Settings
+from fnserve.router.app import Services
 from tests.conftest import free_port
-from tests.unit.doubles import NoTraining, ScriptedServing
+from tests.unit.doubles import in_process
 from tests.unit.test_manifest import with_change
 
 T = TypeVar("T")
@@ -115,19 +112,12 @@ async def router(tmp_path: Path, refused: list[str] | None = None, **settings: A
     upstream = Upstream()
     await upstream.start()
     try:
-        app = create_app(Settings(state_dir=tmp_path, **settings), ScriptedServing([*(refused or []), upstream.url]),  # type: ignore[arg-type]
-                         NoTraining())  # type: ignore[arg-type]
-        for data in FUNCTIONS:
-            revision = Revision(parse_function(data), 1, tmp_path, tmp_path, time.time())
-            app.state.services.functions.table[revision.name] = revision
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.1.2.3", 4321)),
-                                         base_url="http://router") as client:
-                r = Router(app, client, upstream)
-                await r.key("admin", ["admin"])
-                await r.key("invoker", ["invoke:*"])
-                await r.key("narrow", ["invoke:sentiment"])
-                yield r
+        async with in_process(tmp_path, [*(refused or []), upstream.url], FUNCTIONS, **settings) as (app, client):
+            r = Router(app, client, upstream)
+            await r.key("admin", ["admin"])
+            await r.key("invoker", ["invoke:*"])
+            await r.key("narrow", ["invoke:sentiment"])
+            yield r
     finally:
         await upstream.stop()
 

@@ -35,7 +35,27 @@ def head(method: str, path: str, body: bytes = b"") -> bytes:
                                                                               len(body))
 
 
-class RawServer:
+class Served:
+    """An asyncio stream server on a free loopback port while in its ``async with``; ``handle`` answers."""
+
+    server: asyncio.base_events.Server | None = None
+    address: Address = ("127.0.0.1", 0)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self: T) -> T:
+        assert isinstance(self, Served)
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.address = ("127.0.0.1", self.server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+class RawServer(Served):
     """Answers by path: ``/close`` says Connection: close (and keeps the connection open), ``/chunked``
     answers in chunks, ``/until-close`` delimits its body by closing, ``/hang`` reads and never answers,
     ``/drop`` reads and closes, ``/garbage`` is not HTTP, HEAD announces a body it does not send; anything
@@ -45,17 +65,6 @@ class RawServer:
         self.connections = 0
         self.ended = 0
         self.requests: list[tuple[int, str, bytes]] = []  # (connection number, path, body)
-        self.server: asyncio.base_events.Server | None = None
-        self.address: Address = ("127.0.0.1", 0)
-
-    async def __aenter__(self) -> RawServer:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        self.address = ("127.0.0.1", self.server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -365,7 +374,7 @@ def test_bytes_after_an_answer_neither_change_it_nor_keep_its_connection() -> No
     run(scenario())
 
 
-class TickServer:
+class TickServer(Served):
     """A replica streaming an event every ``interval`` seconds, ``count`` of them, on a chunked answer;
     ``/stall`` sends its head and then nothing; ``/late`` waits ``interval`` before its head; ``/cut``
     sends two events and closes mid-body. Records whether each connection saw its client go."""
@@ -374,17 +383,6 @@ class TickServer:
         self.interval, self.count = interval, count
         self.gone = asyncio.Event()
         self.written = 0
-        self.server: asyncio.base_events.Server | None = None
-        self.address: Address = ("127.0.0.1", 0)
-
-    async def __aenter__(self) -> TickServer:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        self.address = ("127.0.0.1", self.server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await reader.readuntil(b"\r\n\r\n")
@@ -409,8 +407,6 @@ class TickServer:
         except ConnectionError:
             self.gone.set()
         finally:
-            if not reader.at_eof() and path != b"/cut":
-                pass
             writer.close()
 
 
