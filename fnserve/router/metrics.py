@@ -66,6 +66,7 @@ class Metrics:
                                                 "reported them", ["function", "kind"], registry=self.registry)
         self.registry.register(_BackendCollector(statuses))
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._stream_children: dict[str, tuple[Any, Any, Any, Any]] = {}
 
     def observe(self, function: str, code: int, seconds: float, cold_start_ms: float | None) -> None:
         children = self._children.get((function, code))
@@ -80,16 +81,20 @@ class Metrics:
     def observe_stream(self, function: str, ttft_ms: float | None, gaps_ms: list[float], prompt_tokens: int,
                        completion_tokens: int) -> None:
         """A streamed or token-metered answer's timing and tokens (once per request, at its end)."""
+        children = self._stream_children.get(function)
+        if children is None:  # as in observe(): labels() once per function
+            children = self._stream_children[function] = (
+                self.ttft.labels(function), self.chunk_gaps.labels(function),
+                self.tokens.labels(function, "prompt"), self.tokens.labels(function, "completion"))
+        ttft, gaps, prompt, completion = children
         if ttft_ms is not None:
-            self.ttft.labels(function).observe(ttft_ms / 1000)
-        if gaps_ms:
-            gaps = self.chunk_gaps.labels(function)
-            for gap in gaps_ms:
-                gaps.observe(gap / 1000)
+            ttft.observe(ttft_ms / 1000)
+        for gap in gaps_ms:
+            gaps.observe(gap / 1000)
         if prompt_tokens:
-            self.tokens.labels(function, "prompt").inc(prompt_tokens)
+            prompt.inc(prompt_tokens)
         if completion_tokens:
-            self.tokens.labels(function, "completion").inc(completion_tokens)
+            completion.inc(completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,9 +17,15 @@ from starlette.routing import Route
 
 import fnserve
 from fnserve.router.auth import is_admin
+from fnserve.router.errors import OPENAI_PREFIX
 from fnserve.router.inference import PREFIXES
 
-_ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+def _error(schema: str) -> dict[str, Any]:
+    return {"description": "Error", "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+_ERROR, _OPENAI_ERROR = _error("Error"), _error("OpenAIError")
 #: What each kind of route may answer besides success (the statuses docs/errors.md explains).
 _STATUSES = {
     "admin": ["400", "401", "403", "404", "408", "409", "413", "422", "503"],
@@ -52,7 +58,28 @@ _INFERENCE_BODIES: dict[str, dict[str, Any]] = {
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
                                                "properties": {"name": {"type": "string"},
                                                               "parameters": {"type": "object"}}}}}},
+    "GenerateRequest": {"type": "object", "required": ["text_input"], "properties": {
+        "text_input": {"type": "string"}, "parameters": {"type": "object"}}},
+    "ChatRequest": {"type": "object", "required": ["model", "messages"], "properties": {
+        "model": {"type": "string"}, "stream": {"type": "boolean"}, "max_tokens": {"type": "integer", "minimum": 1},
+        "messages": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["role", "content"],
+                                                               "properties": {"role": {"type": "string"}}}}}},
+    "CompletionRequest": {"type": "object", "required": ["model", "prompt"], "properties": {
+        "model": {"type": "string"}, "prompt": {"type": "string"}, "stream": {"type": "boolean"},
+        "max_tokens": {"type": "integer", "minimum": 1}}},
+    "EmbeddingRequest": {"type": "object", "required": ["model", "input"], "properties": {
+        "model": {"type": "string"}, "input": {"anyOf": [{"type": "string"}, {"type": "array",
+                                                                                 "items": {"type": "string"}}]}}},
 }
+#: The request body of each inference POST route, by how its path ends.
+_BODIES = (("/chat/completions", "ChatRequest"), ("/completions", "CompletionRequest"),
+           ("/embeddings", "EmbeddingRequest"), ("/generate", "GenerateRequest"),
+           ("/generate_stream", "GenerateRequest"))
+
+
+def _body_schema(path: str) -> str:
+    return next((schema for end, schema in _BODIES if path.endswith(end)),
+                "V1Request" if path.startswith("/v1/") else "V2Request")
 
 
 def _kind(path: str) -> str:
@@ -78,7 +105,12 @@ def build_spec(routes: list[Any], functions: list[str] | None = None) -> dict[st
     paths: dict[str, dict[str, Any]] = {}
     components: dict[str, Any] = {"Error": {
         "type": "object", "required": ["error"],
-        "properties": {"error": {"type": "string"}, "requestId": {"type": "string"}}}, **_INFERENCE_BODIES}
+        "properties": {"error": {"type": "string"}, "requestId": {"type": "string"}}},
+        "OpenAIError": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["message", "type", "param", "code"],
+            "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                           "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}},
+        **_INFERENCE_BODIES}
     for route in routes:
         if not isinstance(route, Route) or route.path == "/openapi.json":
             continue
@@ -91,9 +123,10 @@ def build_spec(routes: list[Any], functions: list[str] | None = None) -> dict[st
                    for name, schema in _QUERY.get(route.name, {}).items()]
         doc = (route.endpoint.__doc__ or "").strip().splitlines()
         for method in sorted((route.methods or set()) - {"HEAD"}):
+            error = _OPENAI_ERROR if route.path.startswith(OPENAI_PREFIX) else _ERROR
             responses: dict[str, Any] = {"2XX": {"description": "OK"}}
-            responses.update({code: _ERROR for code in _STATUSES[kind]})
-            responses["default"] = _ERROR
+            responses.update({code: error for code in _STATUSES[kind]})
+            responses["default"] = error
             operation: dict[str, Any] = {
                 "operationId": route.name, "summary": doc[0] if doc else route.name,
                 "tags": ["admin" if kind == "admin" else "inference"], "parameters": params, "responses": responses}
@@ -101,12 +134,13 @@ def build_spec(routes: list[Any], functions: list[str] | None = None) -> dict[st
             if model is not None:
                 operation["requestBody"] = _request_body(model, components)
             elif method == "POST" and kind == "inference":
-                operation["requestBody"] = _json_body("V1Request" if route.path.startswith("/v1/") else "V2Request")
+                operation["requestBody"] = _json_body(_body_schema(route.path))
             paths.setdefault(route.path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "fnserve router", "version": fnserve.__version__,
-                 "description": "KServe V1 / Open Inference Protocol V2 inference and the fnserve admin API."},
+                 "description": "KServe V1 / Open Inference Protocol V2 inference (with its generate extension), "
+                                "OpenAI-compatible routes under /openai/v1 and the fnserve admin API."},
         "paths": paths,
         "components": {"schemas": components},
     }

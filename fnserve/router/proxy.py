@@ -217,6 +217,11 @@ class Proxy:
                            deadlines: Deadlines, sent: float, send: Send, receive: Receive) -> None:
         """Write a streamed answer on, piece by piece, until it ends, fails, or its client goes."""
         loop = asyncio.get_running_loop()
+        event_stream = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+        usage = StreamUsage() if invocation.metered else None
+        end = sent + deadlines.total
+        idle = deadlines.idle
+        await respond_start(invocation, send, status, headers)
         watcher = asyncio.ensure_future(receive())  # after the body, only the client's disconnect comes
 
         def gone(done: asyncio.Future[Any]) -> None:
@@ -224,11 +229,6 @@ class Proxy:
                 stream.abort(ClientGone())
 
         watcher.add_done_callback(gone)
-        event_stream = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
-        usage = StreamUsage() if invocation.metered else None
-        end = sent + deadlines.total
-        idle = deadlines.idle
-        await respond_start(invocation, send, status, headers)
         last = None
         try:
             while True:

@@ -152,6 +152,10 @@ def test_openapi_describes_the_routes(router: Router) -> None:
     assert {"/v1/models/{name}:predict", "/v2/models/{name}/infer", "/api/functions",
             "/api/functions/{name}"} <= set(spec["paths"])
     assert set(spec["paths"]["/api/functions"]) == {"get", "post"}
+    chat = spec["paths"]["/openai/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ChatRequest")
+    assert chat["responses"]["429"]["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+    assert {"/openai/v1/models", "/v2/models/{name}/generate", "/v2/models/{name}/generate_stream"} <= set(spec["paths"])
 
 
 def test_invalid_deploys_change_nothing(router: Router, example_dir: Path, tmp_path: Path) -> None:
