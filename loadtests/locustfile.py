@@ -237,8 +237,11 @@ class ChatStreamUser(FunctionUser):
             except Exception as exc:  # a stream that broke off mid-way
                 response.failure(f"stream failed: {exc}")
                 return
+            ended = time.perf_counter()
+            # Locust times a streamed response to its head; the row is the whole stream
+            response.request_meta["response_time"] = (ended - started) * 1000
+            response.request_meta["response_length"] = size
             response.success()
-        ended = time.perf_counter()
         if first is not None:
             self._report("chat TTFT", (first - started) * 1000)
         if tokens and ended > started:
