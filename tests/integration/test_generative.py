@@ -59,6 +59,27 @@ def new_key(router: Router, name: str, **limits: Any) -> tuple[str, str]:
     return created["token"], created["key"]["id"]
 
 
+def test_the_storyteller_was_trained_by_its_own_job_and_its_run_is_a_language_model(platform: Router) -> None:
+    jobs = [j for j in platform.api.jobs()["jobs"] if j["function"] == "storyteller"]
+    assert [j["state"] for j in jobs] == ["succeeded"]
+    metrics = jobs[0]["metrics"]
+    assert 1 < metrics["perplexity"] < metrics["unigram_perplexity"] / 2, metrics
+    assert metrics["steps"] > 0 and metrics["tokens_trained"] > 0 and metrics["parameters"] > 0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    serving = [r for r in platform.api.revisions("storyteller")["revisions"] if r["current"]]
+    run = Path(serving[0]["modelDir"])
+    tokenizer = AutoTokenizer.from_pretrained(run, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(run, local_files_only=True)
+    assert tokenizer.eos_token == tokenizer.bos_token == "<|endoftext|>" and tokenizer.pad_token == "<|pad|>"
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert model.config.n_positions == SHORT["context"]
+    chat = tokenizer.apply_chat_template([{"role": "system", "content": "Tell a story."},
+                                          {"role": "user", "content": "Once upon a time, a fox"}],
+                                         add_generation_prompt=True, tokenize=False)
+    assert chat == "<|endoftext|>Once upon a time, a fox"  # a conversation is the start of a story
+
+
 def test_chat_completions_and_completions(platform: Router) -> None:
     c = client(platform)
     chat = c.chat.completions.create(model="storyteller", max_tokens=16, temperature=0,
