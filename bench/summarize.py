@@ -128,7 +128,8 @@ def main() -> None:
         "Written by `make bench` (each benchmark is `python -m bench.<name>`, then `python -m bench.summarize`): "
         "what the router costs per request in latency, throughput and CPU; latency against open-loop offered "
         "load, through the router and straight to a replica; how the API-key limits (rate, concurrency, daily "
-        "quota) are enforced; cold starts from zero; and adaptive batching. Client, router and replicas run on "
+        "quota) are enforced; cold starts from zero; adaptive batching; and generative streams (time to first token "
+        "and chunk gaps through the router, tokens/s, 500 concurrent streams, the token quota's overshoot). Client, router and replicas run on "
         "the same machine, so absolute throughputs are floors; the ratios are the figures to compare.",
         "",
         f"Measured {when} on {'; '.join(machines) if machines else 'an unrecorded machine'}. Each section below "
