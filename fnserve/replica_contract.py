@@ -5,7 +5,7 @@ wrapper start processes; ``runtimes.server`` and ``fnserve.jobs.run`` are those 
 between them — the replica's command line, the environment variable that names the parent to die with,
 and the way a child dies with it — lives here, so the two sides cannot drift apart. So does what a
 generative replica tells the router about tokens (two headers and one SSE comment), which the router
-reads to settle token quotas.
+reads to settle token quotas, and the OpenAI error object both answer with under ``/openai/``.
 
 Standard library only, on purpose: replicas import this before kserve (which parses ``sys.argv`` at
 import), and the fork server imports it before it forks; neither may pay for anything heavier.
@@ -127,3 +127,19 @@ def parse_usage_comment(line: bytes) -> tuple[int, int] | None:
         return int(fields[b"prompt_tokens"]), int(fields[b"completion_tokens"])
     except (KeyError, ValueError):
         return None
+
+
+# -- OpenAI's error shape: what replica and router both answer under /openai/ ---------------------------------
+
+OPENAI_PREFIX = "/openai/"
+"""Paths under this prefix answer errors as ``{"error": openai_error(...)}``; all others ``{"error": "..."}``."""
+
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str | None = None) -> dict[str, str | None]:
+    """OpenAI's error object for an answer of ``status``: the official clients pick their exception from
+    the status and show ``message``; ``param`` names the field at fault, ``code`` a stable word."""
+    kind = type or _OPENAI_TYPES.get(status) or ("server_error" if status >= 500 else "invalid_request_error")
+    return {"message": message, "type": kind, "param": param, "code": code}

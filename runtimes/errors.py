@@ -8,8 +8,9 @@ without a ``Connection: close`` — so the router's next request on that pooled 
 and an innermost-but-one ASGI guard that turns any escaping exception into a JSON 500 on a connection
 that stays usable. A client's mistake is logged as one line, never a traceback.
 
-Under ``/openai/`` the same answers take OpenAI's error shape instead (runtimes/openai_errors.py), so
-an OpenAI client reads KServe's 404, 405 and 422 as it reads the routes' own errors.
+Under ``/openai/`` the same answers take OpenAI's error shape instead (the replica contract's
+``openai_error``, which the router answers with too), so an OpenAI client reads KServe's 404, 405 and
+422 as it reads the routes' own errors.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtimes.openai_errors import is_openai_path, openai_body
+from fnserve.replica_contract import OPENAI_PREFIX, openai_error
 
 log = logging.getLogger("fnserve.runtime")
 
@@ -66,7 +67,9 @@ def describe_validation(errors: list[Any], limit: int = 5) -> str:
 def error_body(path: str, status: int, message: str, param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     """The error shape a request for ``path`` gets: OpenAI's under /openai/, the platform's elsewhere."""
-    return openai_body(status, message, param, code) if is_openai_path(path) else {"error": message}
+    if path.startswith(OPENAI_PREFIX):
+        return {"error": openai_error(status, message, param=param, code=code)}
+    return {"error": message}
 
 
 def _error(request: Request, status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -79,7 +82,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in body):
         message = "request body is empty: expected a JSON inference request"
     else:
-        what = "request" if is_openai_path(request.url.path) else "inference request"
+        what = "request" if request.url.path.startswith(OPENAI_PREFIX) else "inference request"
         message = f"invalid {what}: {describe_validation(list(body))}"
     log.info("%s %s: 400 %s", request.method, request.url.path, message)
     return _error(request, 400, message)

@@ -15,8 +15,9 @@ import re
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from fnserve.replica_contract import OPENAI_PREFIX
 from fnserve.router import invocation as invocations
-from fnserve.router.errors import OPENAI_PREFIX, error_response
+from fnserve.router.errors import error_response
 from fnserve.router.services.functions import FunctionService
 from fnserve.router.services.keys import AuthError, KeyService
 

@@ -22,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fnserve.backends.base import BackendError
 from fnserve.manifest import Problem
+from fnserve.replica_contract import OPENAI_PREFIX
+from fnserve.replica_contract import openai_error as contract_openai_error
 from fnserve.router.services.functions import DeployRejected
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -41,23 +43,19 @@ def request_id(request: Request | Scope) -> str:
     return scope.get("state", {}).get("request_id", "")
 
 
-OPENAI_PREFIX = "/openai/"
 _TOKEN_LIMITS = ("tpm", "tpd")
 
 
 def openai_error(status: int, message: str, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """OpenAI's error object for an answer of ``status`` (``param`` and ``code`` from ``fields`` if given)."""
+    """OpenAI's error object (the replica contract's) for a router answer of ``status``: a 429 says whether
+    tokens or requests ran out; ``param``, ``code`` and ``type`` in ``fields`` win, the rest is added."""
     extra = dict(fields or {})
-    limit = extra.get("limit")
+    kind: str | None = None
+    code: str | None = {401: "invalid_api_key", 404: "not_found"}.get(status)
     if status == 429:
-        kind, code = ("tokens" if limit in _TOKEN_LIMITS else "requests"), "rate_limit_exceeded"
-    elif status >= 500:
-        kind, code = "server_error", None
-    else:
-        kind = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
-        code = {401: "invalid_api_key", 404: "not_found"}.get(status)
-    return {"message": message, "type": extra.pop("type", kind), "param": extra.pop("param", None),
-            "code": extra.pop("code", code), **extra}
+        kind, code = ("tokens" if extra.get("limit") in _TOKEN_LIMITS else "requests"), "rate_limit_exceeded"
+    return {**contract_openai_error(status, message, param=extra.pop("param", None), code=extra.pop("code", code),
+                                    type=extra.pop("type", kind)), **extra}
 
 
 def error_body(message: str, rid: str, fields: Mapping[str, Any] | None = None, *, status: int = 400,

@@ -23,7 +23,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fnserve.backends.base import BackendError, Serving
-from fnserve.records import Revision
 from fnserve.router import generative
 from fnserve.router import invocation as invocations
 from fnserve.router.body import parse_json
@@ -155,7 +154,8 @@ class Inference:
             invocation.cold_start_ms = endpoint.cold_start_ms
             try:
                 await self.proxy.forward(invocation, scope["method"], scope["query_string"], scope["headers"], body,
-                                         endpoint.url, endpoint.replica, _deadlines(revision), send, receive)
+                                         endpoint.url, endpoint.replica, Deadlines.of(revision.function.spec), send,
+                                         receive)
                 return
             except Unreachable as exc:
                 self.serving.unreachable(endpoint)
@@ -196,20 +196,6 @@ class Inference:
 async def live(request: Request) -> Response:
     """The router process is up."""
     return JSONResponse({"live": True})
-
-
-_DEADLINES: dict[str, Deadlines] = {}
-
-
-def _deadlines(revision: Revision) -> Deadlines:
-    """A revision's request deadlines, built once per revision."""
-    deadlines = _DEADLINES.get(revision.id)
-    if deadlines is None:
-        spec = revision.function.spec
-        if len(_DEADLINES) > 10_000:
-            _DEADLINES.clear()
-        deadlines = _DEADLINES[revision.id] = Deadlines(spec.timeout, spec.response_start_timeout, spec.idle_timeout)
-    return deadlines
 
 
 class ResolveMiddleware:

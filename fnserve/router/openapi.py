@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import fnserve
+from fnserve.replica_contract import OPENAI_PREFIX
 from fnserve.router.auth import is_admin
-from fnserve.router.errors import OPENAI_PREFIX
 from fnserve.router.inference import PREFIXES
 
 

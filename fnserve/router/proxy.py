@@ -30,7 +30,8 @@ from urllib.parse import urlsplit
 
 from starlette.types import Receive, Send
 
-from fnserve.router.errors import error_body, openai_error
+from fnserve.manifest import FunctionSpec
+from fnserve.router.errors import error_body
 from fnserve.router.invocation import GENERATE, Headers, Invocation
 from fnserve.router.upstream import Answer, Dropped, Stream, Unreachable, UpstreamPool
 from fnserve.router.usage import StreamUsage, usage_from_headers
@@ -138,6 +139,10 @@ class Deadlines:
     start: float | None = None
     idle: float | None = None
 
+    @classmethod
+    def of(cls, spec: FunctionSpec) -> Deadlines:
+        return cls(spec.timeout, spec.response_start_timeout, spec.idle_timeout)
+
 
 class ClientGone(Exception):
     """The client disconnected while its answer was being streamed."""
@@ -145,8 +150,8 @@ class ClientGone(Exception):
 
 def _stream_error_event(invocation: Invocation, status: int, message: str) -> bytes:
     """The last event of an event stream that failed mid-way, in the route's error shape."""
-    error: Any = openai_error(status, message) if invocation.openai else message
-    return b"data: " + json.dumps({"error": error, "requestId": invocation.request_id}).encode() + b"\n\n"
+    body = error_body(message, invocation.request_id, status=status, openai=invocation.openai)
+    return b"data: " + body + b"\n\n"
 
 
 class Proxy:
