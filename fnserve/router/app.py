@@ -33,6 +33,7 @@ from fnserve.router.admission import AdmissionMiddleware
 from fnserve.router.auth import AuthMiddleware
 from fnserve.router.body import BodyGuardMiddleware
 from fnserve.router.errors import RequestIdMiddleware, error_response, exception_handlers
+from fnserve.router.generative import invoke_path
 from fnserve.router.inference import DispatchMiddleware, Inference, ResolveMiddleware
 from fnserve.router.proxy import Proxy
 from fnserve.router.quota import DailyCounters, Limits, MemoryStore, Store
@@ -117,7 +118,7 @@ async def _startup(functions: FunctionService, restoring: asyncio.Future[None],
         except (DeployRejected, BackendError) as exc:
             log.error("could not deploy %s: %s", item.source, exc)
             continue
-        log.info("deployed %s revision %d at /v1/models/%s:predict", revision.name, revision.number, revision.name)
+        log.info("deployed %s revision %d at %s", revision.name, revision.number, invoke_path(revision))
 
 
 async def _flush_forever(services: Services) -> None:

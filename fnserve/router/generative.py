@@ -33,6 +33,13 @@ def task_of(revision: Revision) -> str | None:
     return options.task if revision.function.spec.runtime == "transformers" and options is not None else None
 
 
+def invoke_path(revision: Revision) -> str:
+    """Where a function is called: a text generator on OpenAI's chat route (it refuses :predict)."""
+    if task_of(revision) == "text-generation":
+        return f"{OPENAI}/chat/completions"
+    return f"/v1/models/{revision.name}:predict"
+
+
 def read_openai(body: bytes) -> tuple[str | None, dict[str, Any], tuple[int, str, str | None] | None]:
     """(model, the parsed body, a problem answered as 400) of an OpenAI request body."""
     try:

@@ -13,6 +13,7 @@ from fnserve.records import Revision
 from fnserve.router.admin import bounded_int
 from fnserve.router.admin.bodies import FunctionSource, Rollback, with_body
 from fnserve.router.errors import BadRequest
+from fnserve.router.generative import invoke_path
 from fnserve.router.services.functions import FunctionService
 from fnserve.settings import Settings
 from fnserve.storage import ArtifactError
@@ -40,7 +41,7 @@ class FunctionRoutes:
         shown = status.to_dict() if status is not None else {"ready": False, "replicas": [], "message": "not running"}
         spec = revision.function.spec
         return {"name": revision.name, "revision": revision.number, "runtime": spec.runtime,
-                "url": f"/v1/models/{revision.name}:predict", "createdAt": revision.created_at,
+                "url": invoke_path(revision), "createdAt": revision.created_at,
                 **{k: v for k, v in shown.items() if k not in ("name", "revision")}}
 
     async def list_functions(self, request: Request) -> Response:
