@@ -100,3 +100,44 @@ class KeyRecord:
         return {"id": self.id, "name": self.name, "tenant": self.tenant, "scopes": list(self.scopes),
                 "createdAt": self.created_at, "expiresAt": self.expires_at, "revokedAt": self.revoked_at,
                 "previousSecretValidUntil": self.previous_until, "limits": self.limits}
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What a function serves: its current revision and, during a canary rollout, the revision beside it
+    that takes ``percent`` of the traffic."""
+
+    current: Revision
+    canary: Revision | None = None
+    percent: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.current.name
+
+    def revisions(self) -> list[Revision]:
+        return [self.current] if self.canary is None else [self.current, self.canary]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One admin action as the audit log keeps it: who, what, on what, how it ended — never a secret."""
+
+    at: float
+    actor: str
+    """The key id that acted ("-" for none: a request refused before it had one)."""
+    action: str
+    """function.deploy, function.rollback, key.create, job.submit, …"""
+    target: str
+    outcome: str
+    """"ok", or the error's message."""
+    status: int
+    request_id: str
+    client: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    id: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "at": self.at, "actor": self.actor, "action": self.action, "target": self.target,
+                "outcome": self.outcome, "status": self.status, "requestId": self.request_id,
+                "client": self.client, "detail": self.detail}

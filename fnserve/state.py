@@ -1,4 +1,6 @@
-"""Persistence of functions, revisions, keys, usage and training jobs (SQLite in the state dir).
+"""Persistence of functions, revisions, keys, usage, training jobs and the audit log — in SQLite in the
+state dir, or in PostgreSQL shared by several routers (fnserve/database.py; the schema's history is
+fnserve/migrations.py).
 
 A revision is immutable: the manifest as deployed (its model URI pinned to a concrete run), the folder
 its code came from and the model folder it resolved to. A function points at its current revision —
@@ -10,6 +12,10 @@ Nothing the database cannot give back is written: every JSON column is encoded w
 infinities refused, and every time column must be finite (validation comes first — manifests and admin
 bodies refuse such numbers — and this is the store's own guarantee). Rows an older version stored with
 such values are repaired when the store opens, and each repair is logged.
+
+Every change another router must learn of — the function table, keys, tenants' limits — bumps that
+topic's version in ``changes`` in the same transaction; routers poll the versions (services/sync.py).
+A usage batch merged from Redis carries an id recorded with it, so it is merged exactly once.
 """
 
 from __future__ import annotations
@@ -17,83 +23,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from fnserve.accounting import Tally
+from fnserve.database import Cursor, StoreUnavailable, migrate, open_database
 from fnserve.finite import non_finite
 from fnserve.manifest import parse_function
-from fnserve.records import JobRecord, KeyRecord, Revision
+from fnserve.migrations import MIGRATIONS
+from fnserve.records import AuditEntry, JobRecord, KeyRecord, Revision, Rollout
+
+__all__ = ["StateStore", "StoreUnavailable", "dumps"]
 
 log = logging.getLogger("fnserve.state")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS revisions (
-    function    TEXT NOT NULL,
-    number      INTEGER NOT NULL,
-    manifest    TEXT NOT NULL,
-    source_dir  TEXT NOT NULL,
-    model_dir   TEXT NOT NULL,
-    created_at  REAL NOT NULL,
-    PRIMARY KEY (function, number)
-);
-CREATE TABLE IF NOT EXISTS functions (
-    name        TEXT PRIMARY KEY,
-    revision    INTEGER NOT NULL,
-    updated_at  REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_keys (
-    id               TEXT PRIMARY KEY,
-    name             TEXT NOT NULL,
-    tenant           TEXT NOT NULL,
-    scopes           TEXT NOT NULL,
-    secret_hash      TEXT NOT NULL,
-    previous_hash    TEXT,
-    previous_until   REAL,
-    created_at       REAL NOT NULL,
-    expires_at       REAL,
-    revoked_at       REAL
-);
-CREATE TABLE IF NOT EXISTS tenant_limits (
-    tenant       TEXT PRIMARY KEY,
-    limits       TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS usage (
-    key_id       TEXT NOT NULL,
-    function     TEXT NOT NULL,
-    day          TEXT NOT NULL,
-    tally        TEXT NOT NULL,
-    PRIMARY KEY (key_id, function, day)
-);
-CREATE TABLE IF NOT EXISTS jobs (
-    id           TEXT PRIMARY KEY,
-    name         TEXT NOT NULL,
-    function     TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    manifest     TEXT NOT NULL,
-    source_dir   TEXT NOT NULL,
-    params       TEXT NOT NULL,
-    output       TEXT NOT NULL,
-    created_at   REAL NOT NULL,
-    started_at   REAL,
-    finished_at  REAL,
-    exit_code    INTEGER,
-    message      TEXT NOT NULL DEFAULT '',
-    artifact_uri TEXT,
-    metrics      TEXT NOT NULL DEFAULT '{}',
-    deploy       TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS daily_counts (
-    subject      TEXT NOT NULL,
-    day          TEXT NOT NULL,
-    requests     INTEGER NOT NULL,
-    PRIMARY KEY (subject, day)
-);
-"""
-_KEY_COLUMNS = {"limits": "TEXT"}  # added after the first release of the table
 _KEY_TIMES = ("previous_until", "created_at", "expires_at", "revoked_at")
 
 
@@ -144,21 +88,52 @@ def _key(row: tuple[Any, ...]) -> KeyRecord:
     return KeyRecord(*values)
 
 
-class StateStore:
-    """Thread-safe access to the state database; callers on the event loop use a worker thread."""
+_FUNCTION_ROWS = ("SELECT f.name, f.canary_percent, r.*, c.* FROM functions f "
+                  "JOIN revisions r ON r.function = f.name AND r.number = f.revision "
+                  "LEFT JOIN revisions c ON c.function = f.name AND c.number = f.canary")
+_FUNCTION_UPSERT = ("INSERT INTO functions (name, revision, updated_at, canary, canary_percent) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET revision = excluded.revision, updated_at = excluded.updated_at, "
+                    "canary = excluded.canary, canary_percent = excluded.canary_percent")
+_REVISION_UPSERT = ("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (function, number) DO UPDATE SET "
+                    "manifest = excluded.manifest, source_dir = excluded.source_dir, model_dir = excluded.model_dir, "
+                    "created_at = excluded.created_at")
+_JOB_COLUMNS = ("id", "name", "function", "state", "manifest", "source_dir", "params", "output", "created_at",
+                "started_at", "finished_at", "exit_code", "message", "artifact_uri", "metrics", "deploy")
+_JOB_UPSERT = (f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(_JOB_COLUMNS))}) "
+               f"ON CONFLICT (id) DO UPDATE SET "
+               + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS[1:]))
+_KEY_COLUMNS = ("id", "name", "tenant", "scopes", "secret_hash", "previous_hash", "previous_until", "created_at",
+                "expires_at", "revoked_at", "limits")
+_AUDIT_COLUMNS = ("at", "actor", "action", "target", "outcome", "status", "request_id", "client", "detail")
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-        present = {row[1] for row in self._db.execute("PRAGMA table_info(api_keys)")}
-        for column, kind in _KEY_COLUMNS.items():
-            if column not in present:
-                self._db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
-        for repair in self._repair_non_finite():
-            log.warning("state: repaired %s", repair)
+
+def _bump(cursor: Cursor, topic: str) -> None:
+    """Tell the other routers that ``topic`` changed (in the transaction that changed it)."""
+    cursor.execute("INSERT INTO changes VALUES (?, 1) ON CONFLICT (topic) DO UPDATE SET version = changes.version + 1",
+                   (topic,))
+
+
+class StateStore:
+    """Thread-safe access to the state database; callers on the event loop use a worker thread.
+
+    ``location`` is a path (SQLite) or a ``postgresql://`` URL. Any method may raise StoreUnavailable."""
+
+    def __init__(self, location: Path | str) -> None:
+        self.db = open_database(location)
+        self._for_update = " FOR UPDATE" if self.db.dialect == "postgresql" else ""
+        try:
+            for version in migrate(self.db, MIGRATIONS):
+                log.info("state: applied migration %d", version)
+            for repair in self._repair_non_finite():
+                log.warning("state: repaired %s", repair)
+        except BaseException:
+            self.db.close()
+            raise
+
+    @property
+    def shared(self) -> bool:
+        """Whether other routers may change this database (so this one watches ``versions()``)."""
+        return self.db.shared
 
     def _repair_non_finite(self) -> list[str]:
         """Rewrite rows an older version stored with NaN or an infinity, which could never be read back
@@ -167,167 +142,196 @@ class StateStore:
         (already past: a previous secret never stays valid by accident)."""
         repairs: list[str] = []
         now = time.time()
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            for key_id, limits_text, *times in self._db.execute(
+        with self.db.transaction() as db:
+            for key_id, limits_text, *times in db.execute(
                     f"SELECT id, limits, {', '.join(_KEY_TIMES)} FROM api_keys").fetchall():
                 kept, bad = _finite_limits(limits_text)
                 if bad:
-                    self._db.execute("UPDATE api_keys SET limits = ? WHERE id = ?", (dumps(kept), key_id))
+                    db.execute("UPDATE api_keys SET limits = ? WHERE id = ?", (dumps(kept), key_id))
                     repairs.append(f"API key {key_id}: dropped non-finite limits {', '.join(bad)}")
                 for column, value in zip(_KEY_TIMES, times, strict=True):
                     if isinstance(value, float) and not math.isfinite(value):
                         fixed = None if value == math.inf and column == "expires_at" else now
-                        self._db.execute(f"UPDATE api_keys SET {column} = ? WHERE id = ?", (fixed, key_id))
+                        db.execute(f"UPDATE api_keys SET {column} = ? WHERE id = ?", (fixed, key_id))
                         repairs.append(f"API key {key_id}: {column} was {value}, now {fixed or 'none'}")
-            for tenant, limits_text in self._db.execute("SELECT tenant, limits FROM tenant_limits").fetchall():
+            for tenant, limits_text in db.execute("SELECT tenant, limits FROM tenant_limits").fetchall():
                 kept, bad = _finite_limits(limits_text)
                 if bad:
-                    self._db.execute("UPDATE tenant_limits SET limits = ? WHERE tenant = ?", (dumps(kept), tenant))
+                    db.execute("UPDATE tenant_limits SET limits = ? WHERE tenant = ?", (dumps(kept), tenant))
                     repairs.append(f"tenant {tenant!r}: dropped non-finite limits {', '.join(bad)}")
         return repairs
 
+    def versions(self) -> dict[str, int]:
+        """Each topic's change counter ("functions", "keys", "tenants")."""
+        return {topic: int(version) for topic, version in self.db.query("SELECT topic, version FROM changes")}
+
+    # -- functions and their revisions ---------------------------------------------------------------
     def next_number(self, name: str) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT MAX(number) FROM revisions WHERE function = ?", (name,)).fetchone()
+        row = self.db.query("SELECT MAX(number) FROM revisions WHERE function = ?", (name,))[0]
         return (row[0] or 0) + 1
 
+    def _save_revision(self, db: Cursor, revision: Revision) -> None:
+        db.execute(_REVISION_UPSERT, (revision.name, revision.number, dumps(revision.function.to_dict()),
+                                      str(revision.source_dir), str(revision.model_dir), revision.created_at))
+
     def publish(self, revision: Revision) -> None:
-        """Record a revision that is serving and make it the function's current one, atomically."""
-        now = time.time()
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?, ?)",
-                (revision.name, revision.number, dumps(revision.function.to_dict()),
-                 str(revision.source_dir), str(revision.model_dir), revision.created_at))
-            self._db.execute("INSERT OR REPLACE INTO functions VALUES (?, ?, ?)",
-                             (revision.name, revision.number, now))
+        """Record a revision that is serving and make it the function's only one (a canary ends), atomically."""
+        with self.db.transaction() as db:
+            self._save_revision(db, revision)
+            db.execute(_FUNCTION_UPSERT, (revision.name, revision.number, time.time(), None, 0))
+            _bump(db, "functions")
+
+    def publish_canary(self, revision: Revision, percent: int) -> None:
+        """Record a revision that serves beside the current one and takes ``percent`` of the traffic."""
+        with self.db.transaction() as db:
+            self._save_revision(db, revision)
+            db.execute("UPDATE functions SET canary = ?, canary_percent = ?, updated_at = ? WHERE name = ?",
+                       (revision.number, percent, time.time(), revision.name))
+            _bump(db, "functions")
+
+    def end_canary(self, name: str, promote: bool) -> None:
+        """The canary becomes the current revision (``promote``), or is dropped."""
+        with self.db.transaction() as db:
+            if promote:
+                db.execute("UPDATE functions SET revision = canary WHERE name = ? AND canary IS NOT NULL", (name,))
+            db.execute("UPDATE functions SET canary = NULL, canary_percent = 0, updated_at = ? WHERE name = ?",
+                       (time.time(), name))
+            _bump(db, "functions")
 
     def activate(self, name: str, number: int) -> Revision | None:
-        """Make an existing revision the current one again (a rollback)."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            row = self._db.execute("SELECT * FROM revisions WHERE function = ? AND number = ?",
-                                   (name, number)).fetchone()
+        """Make an existing revision the only one serving again (a rollback)."""
+        with self.db.transaction() as db:
+            row = db.execute("SELECT * FROM revisions WHERE function = ? AND number = ?", (name, number)).fetchone()
             if row is None:
                 return None
-            self._db.execute("INSERT OR REPLACE INTO functions VALUES (?, ?, ?)", (name, number, time.time()))
+            db.execute(_FUNCTION_UPSERT, (name, number, time.time(), None, 0))
+            _bump(db, "functions")
         return _revision(row)
 
     def revision(self, name: str, number: int) -> Revision | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM revisions WHERE function = ? AND number = ?",
-                                   (name, number)).fetchone()
-        return _revision(row) if row else None
+        rows = self.db.query("SELECT * FROM revisions WHERE function = ? AND number = ?", (name, number))
+        return _revision(rows[0]) if rows else None
 
     def revisions(self, name: str) -> list[Revision]:
         """Every revision of a function, oldest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM revisions WHERE function = ? ORDER BY number", (name,)).fetchall()
-        return [_revision(row) for row in rows]
+        return [_revision(row) for row in
+                self.db.query("SELECT * FROM revisions WHERE function = ? ORDER BY number", (name,))]
+
+    def rollout(self, name: str) -> Rollout | None:
+        rows = self.db.query(_FUNCTION_ROWS + " WHERE f.name = ?", (name,))
+        return _rollout(rows[0]) if rows else None
+
+    def rollouts(self) -> list[Rollout]:
+        """What every function serves, by name."""
+        return [_rollout(row) for row in self.db.query(_FUNCTION_ROWS + " ORDER BY f.name")]
 
     def current(self, name: str) -> Revision | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT r.* FROM functions f JOIN revisions r ON r.function = f.name AND r.number = f.revision "
-                "WHERE f.name = ?", (name,)).fetchone()
-        return _revision(row) if row else None
+        rollout = self.rollout(name)
+        return rollout.current if rollout else None
 
     def current_all(self) -> list[Revision]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT r.* FROM functions f JOIN revisions r ON r.function = f.name AND r.number = f.revision "
-                "ORDER BY f.name").fetchall()
-        return [_revision(row) for row in rows]
+        return [rollout.current for rollout in self.rollouts()]
 
     def delete(self, name: str) -> bool:
         """Forget a function and its revisions; False if there was none."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            gone = self._db.execute("DELETE FROM functions WHERE name = ?", (name,)).rowcount
-            self._db.execute("DELETE FROM revisions WHERE function = ?", (name,))
+        with self.db.transaction() as db:
+            gone = db.execute("DELETE FROM functions WHERE name = ?", (name,)).rowcount
+            db.execute("DELETE FROM revisions WHERE function = ?", (name,))
+            _bump(db, "functions")
         return gone > 0
 
     # -- training jobs ---------------------------------------------------------------------------
     def save_job(self, job: JobRecord) -> None:
-        with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * 16)})", _job_row(job))
+        with self.db.transaction() as db:
+            db.execute(_JOB_UPSERT, _job_row(job))
 
     def job(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
+        rows = self.db.query(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
 
     def jobs(self, limit: int = 100) -> list[JobRecord]:
         """The newest jobs, newest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
-        return [_job(row) for row in rows]
+        return [_job(row) for row in self.db.query(
+            f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))]
 
     # -- API keys (only hashes of secrets are ever stored) -----------------------------------------
     def add_key(self, key: KeyRecord) -> None:
-        with self._lock:
-            self._db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _key_row(key))
+        with self.db.transaction() as db:
+            db.execute(f"INSERT INTO api_keys ({', '.join(_KEY_COLUMNS)}) VALUES ({', '.join('?' * 11)})",
+                       _key_row(key))
+            _bump(db, "keys")
 
     def key(self, key_id: str) -> KeyRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        return _key(row) if row else None
+        rows = self.db.query(f"SELECT {', '.join(_KEY_COLUMNS)} FROM api_keys WHERE id = ?", (key_id,))
+        return _key(rows[0]) if rows else None
 
     def keys(self) -> list[KeyRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM api_keys ORDER BY created_at").fetchall()
-        return [_key(row) for row in rows]
+        return [_key(row) for row in
+                self.db.query(f"SELECT {', '.join(_KEY_COLUMNS)} FROM api_keys ORDER BY created_at")]
 
     def revoke_key(self, key_id: str, when: float) -> bool:
-        with self._lock:
-            return self._db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                                    (when, key_id)).rowcount > 0
+        with self.db.transaction() as db:
+            changed = db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                                 (when, key_id)).rowcount > 0
+            _bump(db, "keys")
+        return changed
 
     def rotate_key(self, key_id: str, secret_hash: str, previous_until: float) -> bool:
         """A new secret; the current one stays valid until ``previous_until``."""
         _require_finite(previous_until=previous_until)
-        with self._lock:
-            return self._db.execute(
+        with self.db.transaction() as db:
+            changed = db.execute(
                 "UPDATE api_keys SET previous_hash = secret_hash, previous_until = ?, secret_hash = ? "
                 "WHERE id = ? AND revoked_at IS NULL", (previous_until, secret_hash, key_id)).rowcount > 0
+            _bump(db, "keys")
+        return changed
 
     # -- limits and daily quotas -----------------------------------------------------------------
     def set_tenant_limits(self, tenant: str, limits: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO tenant_limits VALUES (?, ?)", (tenant, dumps(limits)))
+        with self.db.transaction() as db:
+            db.execute("INSERT INTO tenant_limits VALUES (?, ?) ON CONFLICT (tenant) DO UPDATE SET limits = excluded.limits",
+                       (tenant, dumps(limits)))
+            _bump(db, "tenants")
 
     def tenant_limits(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute("SELECT tenant, limits FROM tenant_limits ORDER BY tenant").fetchall()
+        rows = self.db.query("SELECT tenant, limits FROM tenant_limits ORDER BY tenant")
         return {tenant: json.loads(limits) for tenant, limits in rows}
 
     def daily_count(self, subject: str, day: str) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT requests FROM daily_counts WHERE subject = ? AND day = ?",
-                                   (subject, day)).fetchone()
-        return row[0] if row else 0
+        rows = self.db.query("SELECT requests FROM daily_counts WHERE subject = ? AND day = ?", (subject, day))
+        return int(rows[0][0]) if rows else 0
 
     def add_daily_counts(self, counts: dict[tuple[str, str], int]) -> None:
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT INTO daily_counts VALUES (?, ?, ?) ON CONFLICT(subject, day) "
-                "DO UPDATE SET requests = requests + excluded.requests",
-                [(subject, day, n) for (subject, day), n in counts.items()])
+        with self.db.transaction() as db:
+            db.executemany("INSERT INTO daily_counts VALUES (?, ?, ?) ON CONFLICT (subject, day) "
+                           "DO UPDATE SET requests = daily_counts.requests + excluded.requests",
+                           [(subject, day, n) for (subject, day), n in counts.items()])
 
-    def merge_usage(self, tallies: dict[tuple[str, str, str], Tally]) -> None:
-        """Add tallies into the stored ones, in one transaction."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            for (key_id, function, day), tally in tallies.items():
-                row = self._db.execute("SELECT tally FROM usage WHERE key_id = ? AND function = ? AND day = ?",
-                                       (key_id, function, day)).fetchone()
-                merged = Tally.from_json(row[0]) if row else Tally()
+    def set_daily_counts(self, counts: dict[tuple[str, str], int]) -> None:
+        """Copy counts kept elsewhere (Redis, shared by routers) as they are, not added."""
+        with self.db.transaction() as db:
+            db.executemany("INSERT INTO daily_counts VALUES (?, ?, ?) ON CONFLICT (subject, day) "
+                           "DO UPDATE SET requests = excluded.requests",
+                           [(subject, day, n) for (subject, day), n in counts.items()])
+
+    def merge_usage(self, tallies: dict[tuple[str, str, str], Tally], batch: str | None = None) -> bool:
+        """Add tallies into the stored ones, in one transaction. A ``batch`` id is recorded with them: a
+        batch already merged is not merged again (returns False)."""
+        with self.db.transaction() as db:
+            if batch is not None and not db.execute(
+                    "INSERT INTO usage_batches VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+                    (batch, time.time())).rowcount:
+                return False
+            for (key_id, function, day), tally in sorted(tallies.items()):  # one lock order: no deadlocks
+                db.execute("INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (key_id, function, day) DO NOTHING",
+                           (key_id, function, day, Tally().to_json()))
+                row = db.execute("SELECT tally FROM usage WHERE key_id = ? AND function = ? AND day = ?"
+                                 + self._for_update, (key_id, function, day)).fetchone()
+                merged = Tally.from_json(row[0])
                 merged.merge(tally)
-                self._db.execute("INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?)",
-                                 (key_id, function, day, merged.to_json()))
+                db.execute("UPDATE usage SET tally = ? WHERE key_id = ? AND function = ? AND day = ?",
+                           (merged.to_json(), key_id, function, day))
+        return True
 
     def usage(self, key_id: str | None, function: str | None, since: str | None) -> list[tuple[str, str, str, str]]:
         query, params = "SELECT key_id, function, day, tally FROM usage WHERE 1 = 1", []
@@ -338,12 +342,42 @@ class StateStore:
         if since:
             query += " AND day >= ?"
             params.append(since)
-        with self._lock:
-            return self._db.execute(query + " ORDER BY day, key_id, function", params).fetchall()
+        return [tuple(row) for row in self.db.query(query + " ORDER BY day, key_id, function", params)]
+
+    # -- the audit log (append-only: the database refuses updates and deletes) ----------------------
+    def append_audit(self, entry: AuditEntry) -> None:
+        _require_finite(at=entry.at)
+        with self.db.transaction() as db:
+            db.execute(f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}) VALUES ({', '.join('?' * 9)})",
+                       (entry.at, entry.actor, entry.action, entry.target, entry.outcome, entry.status,
+                        entry.request_id, entry.client, dumps(entry.detail)))
+
+    def audit(self, since: float | None = None, actor: str | None = None, action: str | None = None,
+              limit: int = 1000) -> list[AuditEntry]:
+        """Entries oldest first; ``action`` matches a whole action or a prefix ending in a dot ("key.")."""
+        query, params = f"SELECT id, {', '.join(_AUDIT_COLUMNS)} FROM audit WHERE 1 = 1", []
+        if since is not None:
+            query += " AND at >= ?"
+            params.append(since)
+        if actor:
+            query += " AND actor = ?"
+            params.append(actor)
+        if action:
+            query += " AND (action = ? OR action LIKE ?)"
+            params.extend([action, action.rstrip(".") + ".%"])
+        rows = self.db.query(f"SELECT * FROM ({query} ORDER BY id DESC LIMIT ?) newest ORDER BY id", [*params, limit])
+        return [AuditEntry(at, who, what, target, outcome, status, request_id, client, json.loads(detail), entry_id)
+                for entry_id, at, who, what, target, outcome, status, request_id, client, detail in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
+
+
+def _rollout(row: tuple[Any, ...]) -> Rollout:
+    name, percent, *rest = row
+    current, canary = rest[:6], rest[6:]
+    return Rollout(_revision(tuple(current)), _revision(tuple(canary)) if canary[0] is not None else None,
+                   int(percent or 0))
 
 
 def _revision(row: tuple[Any, ...]) -> Revision:

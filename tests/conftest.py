@@ -275,3 +275,34 @@ def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"models-{free_port()}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """A redis-server of this test's own (tests.services.RedisServer)."""
+    from tests.services import RedisServer
+
+    server = RedisServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One PostgreSQL server for the session (tests.services.PostgresServer); tests take a fresh database
+    each through ``database_url``."""
+    from tests.services import PostgresServer
+
+    server = PostgresServer().init().start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def database_url(postgres_server: Any) -> str:
+    """A new, empty PostgreSQL database for this test."""
+    return str(postgres_server.new_database())

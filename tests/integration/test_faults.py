@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import Router, alive, running_router, wait_for
 from tests.integration.test_limits import invoke, key, private_function
-from tests.integration.test_redis import RedisServer, redis_server  # noqa: F401 (a fixture)
+from tests.services import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +142,7 @@ def test_the_router_restarted_on_its_state_keeps_keys_usage_and_functions(tmp_pa
 
 
 def test_redis_killed_mid_load_fails_open_without_a_server_error(tmp_path: Path, warm_dir: Path,
-                                                                  redis_server: RedisServer) -> None:  # noqa: F811
+                                                                  redis_server: RedisServer) -> None:
     with running_router(tmp_path / "state", env={"FNSERVE_REDIS_URL": redis_server.url}) as router:
         router.cli("deploy", str(private_function(warm_dir, tmp_path / "fn")), check=True)
         _, headers = key(router, "--rps", "20", "--burst", "5", "--concurrency", "2")

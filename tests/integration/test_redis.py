@@ -3,71 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Router, free_port, http, running_router, wait_for
+from tests.conftest import Router, http, running_router, wait_for
 from tests.integration.test_limits import key, private_function
+from tests.services import RedisServer
 
 pytestmark = pytest.mark.slow
-
-
-def ensure_redis_server() -> str:
-    """The Debian package's server; installed here if missing (the machine is ours, we are root)."""
-    found = shutil.which("redis-server")
-    if found is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env, capture_output=True)
-        found = shutil.which("redis-server")
-    assert found, "redis-server could not be installed"
-    return found
-
-
-class RedisServer:
-    def __init__(self, binary: str, folder: Path) -> None:
-        self.binary, self.folder, self.port = binary, folder, free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                         "--appendonly", "no", "--dir", str(self.folder)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(up, 15, "redis-server to answer")
-
-    def stop(self) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(10)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(ensure_redis_server(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.process and server.process.poll() is None:
-            server.stop()
 
 
 def admitted(routers: list[Router], headers: dict[str, str], seconds: float, threads: int = 4) -> int:

@@ -1,0 +1,207 @@
+"""One SQL database behind the state store: SQLite in the state dir (the embedded default) or PostgreSQL
+shared by every router (``FNSERVE_DATABASE_URL=postgresql://…``).
+
+The store writes one dialect of SQL — ``?`` placeholders, ``INSERT … ON CONFLICT``, ``DOUBLE PRECISION``,
+``RETURNING`` — which both engines accept; this module translates the placeholders for psycopg, opens
+connections, runs transactions and brings the schema up to date. Where the two differ (an identity
+column, a row lock, an append-only trigger) the migration or the call names both spellings.
+
+Migrations are a small ordered list in fnserve/migrations.py, applied in one transaction each and
+recorded in ``schema_migrations``: no Alembic, because the store has no ORM for it to diff against, its
+schema is a dozen tables, and a newcomer reads the whole history in one file. Routers that start at
+once against one PostgreSQL take an advisory lock, so exactly one of them migrates.
+
+A database that cannot be reached raises StoreUnavailable — the router answers 503 with a JSON error —
+instead of whatever the driver raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+Params = Sequence[Any]
+
+
+class StoreUnavailable(Exception):
+    """The state database cannot be reached (PostgreSQL down, or its pool exhausted for too long)."""
+
+
+class Cursor(Protocol):
+    """What a transaction hands its body: execute statements, read rows."""
+
+    def execute(self, sql: str, params: Params = ()) -> Cursor: ...
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> Cursor: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    @property
+    def rowcount(self) -> int: ...
+
+
+class Database(Protocol):
+    dialect: str
+    """"sqlite" or "postgresql"."""
+    shared: bool
+    """True when other routers may write the same database (so this one must watch for their changes)."""
+
+    def transaction(self) -> contextlib.AbstractContextManager[Cursor]:
+        """A cursor whose statements commit together, or not at all if the body raises."""
+
+    def query(self, sql: str, params: Params = ()) -> list[Any]:
+        """The rows of one read."""
+
+    def close(self) -> None: ...
+
+
+class SQLiteDatabase:
+    """One connection shared by the router's threads (a lock serialises them); writes take the file's
+    lock at BEGIN, so routers sharing a state dir never deadlock upgrading a read lock."""
+
+    dialect = "sqlite"
+    shared = False
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self._lock:
+            cursor = self._db.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                yield cursor  # type: ignore[misc]
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+
+    def query(self, sql: str, params: Params = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _pg(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s`` (the store's SQL has no literal ``%`` or ``?`` in strings)."""
+    return _PLACEHOLDER.sub("%s", sql)
+
+
+class _PgCursor:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Params = ()) -> _PgCursor:
+        self._cursor.execute(_pg(sql), tuple(params) or None)  # None: no placeholders parsed at all
+        return self
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> _PgCursor:
+        self._cursor.executemany(_pg(sql), [tuple(r) for r in rows])
+        return self
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cursor.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+
+class PostgresDatabase:
+    """A small pool of psycopg connections; each is checked before use, so a restarted server costs one
+    failed call rather than a pool of dead connections."""
+
+    dialect = "postgresql"
+    shared = True
+
+    def __init__(self, url: str, *, connect_timeout: float = 3.0, max_size: int = 8) -> None:
+        import psycopg
+        from psycopg_pool import ConnectionPool, PoolTimeout
+
+        self._errors: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, timeout=connect_timeout, open=False,
+                                    kwargs={"connect_timeout": max(1, round(connect_timeout))},
+                                    check=ConnectionPool.check_connection, name="fnserve")
+        self._pool.open(wait=False)
+        self._url = _redacted(url)
+
+    @contextlib.contextmanager
+    def _unavailable_as_error(self) -> Iterator[None]:
+        try:
+            yield
+        except self._errors as exc:
+            raise StoreUnavailable(f"the state database ({self._url}) cannot be reached: "
+                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                                   ) from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self._unavailable_as_error(), self._pool.connection() as connection, connection.transaction():
+            with connection.cursor() as cursor:
+                yield _PgCursor(cursor)
+
+    def query(self, sql: str, params: Params = ()) -> list[Any]:
+        with self.transaction() as cursor:
+            return cursor.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password, for messages."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def open_database(location: Path | str) -> Database:
+    """SQLite at a path, or PostgreSQL at a ``postgresql://`` (or ``postgres://``) URL."""
+    if isinstance(location, str) and re.match(r"^postgres(ql)?://", location):
+        return PostgresDatabase(location)
+    return SQLiteDatabase(Path(location))
+
+
+Migration = Callable[[Cursor, str], None]
+"""One step of the schema: runs its statements on the cursor, for the dialect it is given."""
+
+
+def migrate(db: Database, migrations: Sequence[tuple[int, str, Migration]]) -> list[int]:
+    """Apply the migrations not yet recorded, in order, each in its own transaction; returns those applied."""
+    create = ("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+              "name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+    with db.transaction() as cursor:
+        if db.dialect == "postgresql":  # one router migrates; the others wait, then find nothing to do
+            cursor.execute("SELECT pg_advisory_xact_lock(7311)")
+        cursor.execute(create)
+    applied: list[int] = []
+    for version, name, step in migrations:
+        with db.transaction() as cursor:
+            if db.dialect == "postgresql":
+                cursor.execute("SELECT pg_advisory_xact_lock(7311)")
+            if cursor.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+                continue
+            step(cursor, db.dialect)
+            cursor.execute("INSERT INTO schema_migrations VALUES (?, ?, CAST(? AS DOUBLE PRECISION))",
+                           (version, name, time.time()))
+            applied.append(version)
+    return applied
