@@ -67,7 +67,7 @@ def serve(settings: Settings, backend_kind: str = "local", deploys: list[Startup
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     sock = bind(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = StateStore(settings.state_dir / "fnserve.db")
+    state = StateStore(settings.state_location())
     admin = bootstrap_admin_key(state, load_pepper(settings.state_dir), settings.state_dir)
     if admin:
         print(f"fnserve: created the admin API key (shown once; also in {settings.state_dir / 'admin.key'}, "

@@ -23,7 +23,12 @@ class Settings:
     """Address the router listens on; every route but health and /openapi.json needs an API key."""
     port: int = 8080
     state_dir: Path = field(default_factory=lambda: Path.home() / ".fnserve")
-    """SQLite state, replica logs and stored manifests."""
+    """SQLite state (unless database_url is set), replica logs and stored manifests."""
+    database_url: str | None = None
+    """postgresql://user:password@host:port/db shared by every router; unset = SQLite in the state dir."""
+    sync_interval: float = 0.25
+    """Seconds between two looks at the state database's change versions (another router's deploy,
+    key revocation or tenant change is applied here within about this long)."""
     replica_ready_timeout: float = 120.0
     """Seconds a new replica may take from process start to a loaded, answering model."""
     replica_stop_timeout: float = 10.0
@@ -104,6 +109,10 @@ class Settings:
     python: str = sys.executable
     """Interpreter that runs replicas (the one fnserve runs in)."""
     log_level: str = "info"
+
+    def state_location(self) -> Path | str:
+        """The state database: PostgreSQL when configured, else the SQLite file in the state dir."""
+        return self.database_url or self.state_dir / "fnserve.db"
 
     def artifacts_uri(self) -> str:
         """The artifact root as an absolute URI, without a trailing slash."""

@@ -96,6 +96,12 @@ class DeployFailed(BackendError):
     status = 422
 
 
+class NoCanary(BackendError):
+    """Promote or drop of a function that has no canary."""
+
+    status = 409
+
+
 class JobNotFound(BackendError):
     status = 404
 
@@ -112,6 +118,10 @@ class Serving(Protocol):
     fetches_models: bool
     """True when replicas load the model from this machine's cache (the router fetches and verifies it
     at deploy); False when they download it themselves (a cluster's storage initializer)."""
+    shared: bool
+    """True when every router sees the same serving state (a cluster: one InferenceService per function);
+    False when each router runs replicas of its own (local), so a change another router made must be
+    applied here too."""
 
     async def start(self) -> None:
         """Called once the router's event loop runs, before functions are restored."""

@@ -3,7 +3,7 @@ running router's admin API (--url / FNSERVE_URL) through AdminClient, or, for va
 render, works offline.
 
 One module per resource registers its subcommands and formats its answers: functions.py, jobs.py,
-keys.py (keys, tenants, usage), manifests.py (offline), up.py. client.py is the HTTP client the
+keys.py (keys, tenants, usage), audit.py, manifests.py (offline), up.py. client.py is the HTTP client the
 benchmarks and tests use too; output.py the table, age and JSON helpers.
 
 User mistakes end in one readable line per problem and exit code 1, never a traceback.
@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from fnserve import __version__
-from fnserve.cli import functions, jobs, keys, manifests, up
+from fnserve.cli import audit, functions, jobs, keys, manifests, up
 from fnserve.cli.base import CliError
 from fnserve.cli.client import AdminError, RouterUnreachable
 from fnserve.manifest import ManifestError
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.register(sub, common)
     functions.register_revisions(sub, common)
     jobs.register(sub, common)
+    audit.register(sub, common)
     manifests.register(sub)
     return parser
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,9 +117,14 @@ class AdminClient:
     def function(self, name: str) -> dict[str, Any]:
         return self.call("GET", f"/api/functions/{name}")
 
-    def deploy(self, manifest: Any, location: dict[str, Any], source: str) -> dict[str, Any]:
-        """Deploy ``manifest``; ``location`` is ``{"sourceDir": ...}`` or ``{"files": {...}}``."""
-        return self.call("POST", "/api/functions", {"manifest": manifest, "source": source, **location})
+    def deploy(self, manifest: Any, location: dict[str, Any], source: str, canary: int | None = None) -> dict[str, Any]:
+        """Deploy ``manifest``; ``location`` is ``{"sourceDir": ...}`` or ``{"files": {...}}``; ``canary`` N
+        runs it beside the current revision with N% of the requests."""
+        extra = {"canary": canary} if canary else {}
+        return self.call("POST", "/api/functions", {"manifest": manifest, "source": source, **location, **extra})
+
+    def promote(self, name: str) -> dict[str, Any]:
+        return self.call("POST", f"/api/functions/{name}/promote")
 
     def remove(self, name: str) -> Any:
         return self.call("DELETE", f"/api/functions/{name}")
@@ -177,6 +183,12 @@ class AdminClient:
 
     def set_tenant(self, tenant: str, limits: dict[str, Any]) -> dict[str, Any]:
         return self.call("PUT", f"/api/tenants/{tenant}", limits)
+
+    def audit(self, since: str | None = None, actor: str | None = None, action: str | None = None,
+              limit: int | None = None) -> dict[str, Any]:
+        query = urllib.parse.urlencode({k: v for k, v in (("since", since), ("actor", actor), ("action", action),
+                                                          ("limit", limit)) if v})
+        return self.call("GET", "/api/audit" + (f"?{query}" if query else ""))
 
     def usage(self, key: str | None = None, function: str | None = None, since: str | None = None) -> dict[str, Any]:
         query = "&".join(f"{k}={v}" for k, v in (("key", key), ("function", function), ("since", since)) if v)

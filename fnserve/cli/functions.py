@@ -1,4 +1,4 @@
-"""Function commands: deploy, ls, status, rm, invoke, logs, revisions, rollback — each one admin call,
+"""Function commands: deploy, ls, status, rm, invoke, logs, revisions, rollback, promote — each one admin call,
 its answer printed as a table or lines (or as it came, with --json).
 """
 
@@ -24,9 +24,9 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     started = time.monotonic()
     location = source_location(args, file.parent)
     try:
-        result = client.deploy(data, location, str(args.path))
+        result = client.deploy(data, location, str(args.path), args.canary)
     except AdminError as exc:
-        if exc.status != 400 or exc.reason != "NoCompleteRun":
+        if exc.status != 400 or exc.reason != "NoCompleteRun" or args.canary:
             raise
         name = data["metadata"]["name"]
         if _train_first(args, client, file, name, exc.body["error"]):  # its job rolled the function out already
@@ -35,6 +35,10 @@ def cmd_deploy(args: argparse.Namespace) -> None:
             result = client.deploy(data, location, str(args.path))
     if args.json:
         print_json(result)
+        return
+    if args.canary:
+        print(f"{result['name']}: revision {result['revision']} ready in {time.monotonic() - started:.1f} s, taking "
+              f"{args.canary}% of the requests as a canary (fnserve promote / rollback {result['name']})")
         return
     print(f"{result['name']}: revision {result['revision']} ready in {time.monotonic() - started:.1f} s "
           f"→ {router_url(args.url)}{result['url']}")
@@ -85,6 +89,12 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(f"replicas:  {serving} ready, {result.get('desired')} desired ({bounds})"
           f"{'  PANIC' if result.get('panic') else ''}\nqueued:    {result.get('queued', 0)}\n"
           f"cold starts: {starts} (replica start to ready, latest last)")
+    traffic = result.get("traffic", [])
+    if len(traffic) > 1:
+        print("\ntraffic (requests through this router since it started):")
+        table(["REVISION", "ROLE", "PERCENT", "REQUESTS", "ERRORS", "MEAN MS", "P95 MS"],
+              [[t["revision"], "canary" if t["canary"] else "current", f"{t['percent']}%", t["requests"],
+                t["errors"], t["meanMs"], t["p95Ms"]] for t in traffic])
     print()
     table(["REPLICA", "REVISION", "STATE", "PID", "GPUS", "IN-FLIGHT", "UPTIME", "URL"],
           [[r["id"], r["revision"], r["state"], r["pid"], ",".join(r.get("gpus", [])) or "-", r["outstanding"],
@@ -125,12 +135,26 @@ def cmd_revisions(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    result = connect(args).rollback(args.name, args.to)
+    client = connect(args)
+    canary = None if args.to else next((t for t in client.function(args.name).get("traffic", []) if t["canary"]), None)
+    result = client.rollback(args.name, args.to)
     if args.json:
         print_json(result)
         return
+    if canary is not None:
+        print(f"{result['name']}: canary revision {canary['revision']} dropped; revision {result['revision']} takes "
+              f"every request")
+        return
     print(f"{result['name']}: revision {result['revision']} serving again "
           f"(model {result['manifest']['spec']['model']['uri']})")
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    result = connect(args).promote(args.name)
+    if args.json:
+        print_json(result)
+        return
+    print(f"{result['name']}: revision {result['revision']} promoted; it takes every request")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -139,6 +163,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     deploy.add_argument("path", type=Path)
     deploy.add_argument("--upload", action="store_true",
                         help="send the folder's files (automatic when the router is not on this machine)")
+    deploy.add_argument("--canary", type=_percent, metavar="PERCENT",
+                        help="run the new revision beside the current one with this percent (1-99) of the requests")
     deploy.set_defaults(run=cmd_deploy)
 
     sub.add_parser("ls", parents=[common], help="list deployed functions").set_defaults(run=cmd_ls)
@@ -167,7 +193,22 @@ def register_revisions(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     revisions = sub.add_parser("revisions", parents=[common], help="list a function's revisions")
     revisions.add_argument("name")
     revisions.set_defaults(run=cmd_revisions)
-    rollback = sub.add_parser("rollback", parents=[common], help="serve an earlier revision again")
+    rollback = sub.add_parser("rollback", parents=[common],
+                              help="drop a function's canary, or serve an earlier revision again")
     rollback.add_argument("name")
-    rollback.add_argument("--to", type=int, metavar="REVISION", help="default: the one before the current")
+    rollback.add_argument("--to", type=int, metavar="REVISION",
+                          help="default: drop the canary if there is one, else the revision before the current")
     rollback.set_defaults(run=cmd_rollback)
+    promote = sub.add_parser("promote", parents=[common], help="make a function's canary take every request")
+    promote.add_argument("name")
+    promote.set_defaults(run=cmd_promote)
+
+
+def _percent(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole percent from 1 to 99 (got {text!r})") from None
+    if not 1 <= value <= 99:
+        raise argparse.ArgumentTypeError(f"a whole percent from 1 to 99 (got {value})")
+    return value

@@ -5,7 +5,7 @@ named the caller. What the limits are and how they count is the admission servic
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fnserve.router import invocation as invocations
 from fnserve.router.proxy import respond_error
@@ -25,6 +25,7 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)  # not an invocation, or of no function: nothing to count
             return
         client = scope.get("client") or ("unknown", 0)
+        recorded = False
         try:
             refusal = await self.admission.admit(invocation, client[0])
             if refusal is not None:
@@ -36,7 +37,21 @@ class AdmissionMiddleware:
                 await respond_error(invocation, send, refusal.status, refusal.message,
                                     retry_after=refusal.retry_after, fields=fields)
                 return
-            await self.app(scope, receive, send)
+            if self.accounting.shared is None:
+                await self.app(scope, receive, send)
+                return
+
+            async def send_recorded(message: Message) -> None:
+                # the shared ledger records the answer before its last byte: what a client saw is on record
+                nonlocal recorded
+                if not recorded and message["type"] == "http.response.body" and not message.get("more_body"):
+                    recorded = True
+                    await self.accounting.record(invocation)
+                await send(message)
+
+            await self.app(scope, receive, send_recorded)
         finally:
             await self.admission.release(invocation)
-            self.accounting.record(invocation)
+            if not recorded:
+                recorded = True
+                await self.accounting.record(invocation)

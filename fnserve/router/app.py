@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fnserve.backends.base import BackendError, Serving, Training
+from fnserve.database import StoreUnavailable
 from fnserve.router import metrics, openapi
+from fnserve.router.admin.audit import AuditRoutes
 from fnserve.router.admin.functions import FunctionRoutes
 from fnserve.router.admin.jobs import JobRoutes
 from fnserve.router.admin.keys import KeyRoutes
@@ -39,8 +43,10 @@ from fnserve.router.proxy import Proxy
 from fnserve.router.quota import DailyCounters, Limits, MemoryStore, Store
 from fnserve.router.services.accounting import AccountingService
 from fnserve.router.services.admission import AdmissionService
+from fnserve.router.services.audit import AuditLog
 from fnserve.router.services.functions import DeployRejected, FunctionService
 from fnserve.router.services.keys import KeyService, load_pepper
+from fnserve.router.services.sync import ChangeWatcher
 from fnserve.router.services.training import TrainingService
 from fnserve.settings import Settings
 from fnserve.state import StateStore
@@ -87,6 +93,8 @@ class Services:
     keys: KeyService
     admission: AdmissionService
     accounting: AccountingService
+    audit: AuditLog
+    watcher: ChangeWatcher
 
     def flush(self) -> None:
         """Persist daily counters and usage (blocking: a worker thread, or at shutdown)."""
@@ -95,18 +103,29 @@ class Services:
 
 
 def build_services(settings: Settings, state: StateStore, serving: Serving, training: Training) -> Services:
-    functions = FunctionService(settings, state, serving)
-    keys = KeyService(state, load_pepper(settings.state_dir))
+    audit = AuditLog(state)
+    functions = FunctionService(settings, state, serving, audit)
+    keys = KeyService(state, load_pepper(settings.state_dir), audit)
     store: Store = MemoryStore()
-    if settings.redis_url:
+    daily = DailyCounters(state)
+    metrics_ = metrics.Metrics(functions.statuses)
+    accounting = AccountingService(state, metrics_)
+    if settings.redis_url:  # several routers: limits, daily quotas and usage counted in one place
+        import redis
+
+        from fnserve.router.redis_counters import RedisDailyCounters, RedisUsage
         from fnserve.router.redis_quota import RedisStore
 
-        store = RedisStore(settings.redis_url)
+        redis_store = RedisStore(settings.redis_url)
+        blocking = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=1)
+        store = redis_store
+        daily = RedisDailyCounters(state, redis_store.client, blocking)
+        accounting.shared = RedisUsage(state, redis_store.client, blocking, accounting.ledger.record)
     defaults = Limits(settings.default_rps, settings.default_burst, settings.default_concurrency,
                       settings.default_daily, settings.default_tpm, settings.default_tpd)
-    return Services(functions=functions, training=TrainingService(state, training, functions), keys=keys,
-                    admission=AdmissionService(keys, store, DailyCounters(state), defaults),
-                    accounting=AccountingService(state, metrics.Metrics(functions.statuses)))
+    return Services(functions=functions, training=TrainingService(state, training, functions, audit), keys=keys,
+                    admission=AdmissionService(keys, store, daily, defaults), accounting=accounting, audit=audit,
+                    watcher=ChangeWatcher(state, functions, keys, settings.sync_interval))
 
 
 async def _startup(functions: FunctionService, restoring: asyncio.Future[None],
@@ -121,19 +140,30 @@ async def _startup(functions: FunctionService, restoring: asyncio.Future[None],
         log.info("deployed %s revision %d at %s", revision.name, revision.number, invoke_path(revision))
 
 
+async def _watch_after(restoring: asyncio.Future[None], watcher: ChangeWatcher) -> None:
+    await restoring
+    await watcher.run()
+
+
 async def _flush_forever(services: Services) -> None:
-    """Daily counters and usage reach the store every second: a crash loses at most a second of counts."""
+    """Daily counters and usage reach the store every second: a crash loses at most a second of counts
+    (nothing with Redis, where they are counted as they happen)."""
+    warned_at = -math.inf
     while True:
         await asyncio.sleep(1.0)
         try:
             await asyncio.to_thread(services.flush)
+        except StoreUnavailable as exc:  # kept in memory until the database is back
+            if time.monotonic() - warned_at > 10:
+                warned_at = time.monotonic()
+                log.warning("cannot persist usage and daily counters yet (kept until it can): %s", exc)
         except Exception:
             log.exception("could not persist usage and daily counters; will retry")
 
 
 def create_app(settings: Settings, serving: Serving, training: Training, *, state: StateStore | None = None,
                deploys: list[StartupDeploy] | None = None) -> Starlette:
-    state = state or StateStore(settings.state_dir / "fnserve.db")
+    state = state or StateStore(settings.state_location())
     services = build_services(settings, state, serving, training)
     proxy = Proxy(settings.connect_timeout)
     inference = Inference(services.functions, serving, proxy)
@@ -146,13 +176,20 @@ def create_app(settings: Settings, serving: Serving, training: Training, *, stat
         await asyncio.sleep(0)  # the scheduled applies register their functions before any request
         starting = asyncio.ensure_future(_startup(services.functions, restoring, deploys or []))
         flushing = asyncio.ensure_future(_flush_forever(services))
+        # other routers on the same database: their deploys, keys and tenants reach this one
+        watching = asyncio.ensure_future(_watch_after(restoring, services.watcher)) if state.shared else None
         try:
             yield
         finally:
             starting.cancel()
             flushing.cancel()
+            if watching is not None:
+                watching.cancel()
             await services.training.close()
-            services.flush()
+            try:
+                services.flush()
+            except StoreUnavailable as exc:
+                log.error("usage and daily counts since the database went away are lost: %s", exc)
             await services.admission.close()
             await training.close()  # before serving: a cluster's serving side closes the client both share
             await serving.close()
@@ -161,8 +198,9 @@ def create_app(settings: Settings, serving: Serving, training: Training, *, stat
 
     routes = [*inference.routes,
               *UsageRoutes(services.accounting).routes(),
+              *AuditRoutes(services.audit).routes(),
               *KeyRoutes(services.keys).routes(),
-              *FunctionRoutes(services.functions, settings).routes(),
+              *FunctionRoutes(services.functions, services.accounting, settings).routes(),
               *JobRoutes(services.training, settings).routes(),
               *metrics.routes(services.accounting.metrics),
               *openapi.routes(lambda: sorted(services.functions.table))]

@@ -15,9 +15,10 @@ import re
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from fnserve.database import StoreUnavailable
 from fnserve.replica_contract import OPENAI_PREFIX
 from fnserve.router import invocation as invocations
-from fnserve.router.errors import error_response
+from fnserve.router.errors import error_response, store_unavailable
 from fnserve.router.services.functions import FunctionService
 from fnserve.router.services.keys import AuthError, KeyService
 
@@ -80,6 +81,9 @@ class AuthMiddleware:
             if function and not principal.may_invoke(function):
                 raise AuthError(403, f"API key {principal.key_id} may not invoke {function!r} "
                                      f"(scopes: {', '.join(principal.scopes)})", principal.key_id)
+        except StoreUnavailable as exc:  # a key this router has not seen yet, and no database to look it up
+            await (await store_unavailable(Request(scope), exc))(scope, receive, send)
+            return
         except AuthError as exc:
             response = error_response(Request(scope), exc.status, str(exc),
                                       fields={"keyId": exc.key_id} if exc.key_id else None)

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fnserve.backends.base import BackendError, Serving
+from fnserve.backends.base import BackendError, NoCanary, Serving
 from fnserve.router import generative
 from fnserve.router import invocation as invocations
 from fnserve.router.body import parse_json
@@ -103,8 +103,9 @@ class Inference:
                 groups = match.groupdict()
                 name, version = groups.get("name", ""), groups.get("version")
                 upstream = path if version is None else path.replace(f"/versions/{version}", "", 1)
-                return Invocation(name, self.functions.get(name) if name else None, action.action, version, upstream,
-                                  request_id(scope), openai=path.startswith(generative.OPENAI))
+                revision, canary = self.functions.pick(name) if name else (None, False)
+                return Invocation(name, revision, action.action, version, upstream, request_id(scope),
+                                  openai=path.startswith(generative.OPENAI), canary=canary)
         return None
 
     def read(self, invocation: Invocation, body: bytes) -> None:
@@ -113,7 +114,8 @@ class Inference:
         if invocation.openai:
             model, data, invocation.problem = generative.read_openai(body)
             if model is not None:
-                invocation.function, invocation.revision = model, self.functions.get(model)
+                invocation.function = model
+                invocation.revision, invocation.canary = self.functions.pick(model)
         else:
             try:
                 parsed = parse_json(body) if body else None
@@ -147,7 +149,10 @@ class Inference:
             return
         for attempt in (1, 2):  # a connection refused before any byte was sent is retried once elsewhere
             try:
-                endpoint = await self.serving.acquire(name)
+                endpoint = await self.serving.acquire(name, canary=invocation.canary)
+            except NoCanary:  # promoted or dropped since this request was routed: the function serves it
+                invocation.canary = False
+                continue
             except BackendError as exc:
                 await respond_error(invocation, send, exc.status, str(exc), retry_after=exc.retry_after)
                 return

@@ -82,6 +82,8 @@ class Invocation:
     cold_start_ms: float | None = None
     openai: bool = False
     """Asked under /openai/v1: errors take OpenAI's shape."""
+    canary: bool = False
+    """Routed to the function's canary revision (``revision`` is it)."""
     body: bytes | None = None
     """The request body, when it had to be read to resolve the request (OpenAI's ``model``, max_tokens)."""
     problem: tuple[int, str, str | None] | None = None

@@ -110,6 +110,8 @@ async def respond_start(invocation: Invocation, send: Send, status: int, headers
     headers += invocation.headers
     if invocation.cold_start_ms is not None:
         headers.append((b"x-fnserve-cold-start", b"%.0f" % invocation.cold_start_ms))
+    if invocation.revision is not None:  # which revision answered: during a canary rollout, one of two
+        headers.append((b"x-fnserve-revision", b"%d" % invocation.revision.number))
     await send({"type": "http.response.start", "status": status, "headers": headers})
 
 

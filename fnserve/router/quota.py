@@ -4,8 +4,10 @@ generative functions — and their HTTP headers.
 GCRA (as in redis-cell) keeps one "theoretical arrival time" per subject: with rate R and burst B,
 exactly B requests pass at once, then one every 1/R seconds, and the wait for the next one is exact.
 The arithmetic is a pure function over an explicit clock; the stores (memory here for one router,
-Redis in router/redis_quota.py for several, chosen by FNSERVE_REDIS_URL) only keep the numbers. Daily quotas count in memory and are flushed to SQLite
-every second and at shutdown, so they survive restarts without a database write per request.
+Redis in router/redis_quota.py for several, chosen by FNSERVE_REDIS_URL) only keep the numbers. Daily quotas
+count in memory and are flushed to the database every second and at shutdown, so they survive restarts
+without a database write per request; with Redis they are counted there, shared by every router
+(router/redis_counters.py).
 
 Tokens are the same arithmetic with a cost: a token rate of ``tpm`` per minute is a GCRA bucket of
 ``tpm / 60`` per second holding ``tpm`` (a minute's worth), and a request takes its reservation (its
@@ -158,11 +160,14 @@ class DailyCounters:
         used = await self._count(subject, day)
         if used + max(cost, 1) > limit:
             return False, max(0, limit - used)
-        self.add(subject, day, cost)
+        self._add(subject, day, cost)
         return True, limit - used - cost
 
-    def add(self, subject: str, day: str, delta: int) -> None:
+    async def add(self, subject: str, day: str, delta: int) -> None:
         """Change a day's count already loaded (a settled reservation: ``delta`` may be negative)."""
+        self._add(subject, day, delta)
+
+    def _add(self, subject: str, day: str, delta: int) -> None:
         key = (subject, day)
         if delta and key in self._counts:
             self._counts[key] += delta
@@ -172,7 +177,12 @@ class DailyCounters:
         """Write the counts since the last flush (blocking: call from a worker thread)."""
         pending, self._unflushed = self._unflushed, {}
         if pending:
-            self.state.add_daily_counts(pending)
+            try:
+                self.state.add_daily_counts(pending)
+            except Exception:  # the database is down: keep the counts for the next flush
+                for key, n in pending.items():
+                    self._unflushed[key] = self._unflushed.get(key, 0) + n
+                raise
         today = utc_day(time.time())
         for key in [k for k in self._counts if k[1] < today]:
             del self._counts[key]

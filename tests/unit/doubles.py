@@ -25,13 +25,15 @@ class ScriptedServing:
     reported back (replicas it found unreachable, endpoints it released)."""
 
     fetches_models = True
+    shared = False
+    splits_traffic = False
 
     def __init__(self, urls: list[str]) -> None:
         self.urls = list(urls)
         self.unreachable_seen: list[str] = []
         self.released: list[str] = []
 
-    async def acquire(self, name: str) -> Endpoint:
+    async def acquire(self, name: str, canary: bool = False) -> Endpoint:
         url = self.urls.pop(0) if len(self.urls) > 1 else self.urls[0]
         return Endpoint(name, url, url)
 
@@ -42,7 +44,9 @@ class ScriptedServing:
         self.unreachable_seen.append(endpoint.replica)
 
     async def start(self) -> None: ...
-    async def apply(self, revision: Revision, *, verify: bool = True) -> None: ...
+    async def apply(self, revision: Revision, *, verify: bool = True, canary: int = 0) -> None: ...
+    async def promote(self, name: str) -> None: ...
+    async def drop_canary(self, name: str) -> None: ...
     async def delete(self, name: str) -> None: ...
     def status(self, name: str) -> FunctionStatus: return FunctionStatus(name, 1, True)
     async def logs(self, name: str, tail: int) -> str: return ""

@@ -64,6 +64,7 @@ def readiness(obj: dict[str, Any], generation: int | None) -> tuple[str, str]:
 
 class KnativeBackend:
     fetches_models = False
+    shared = True
 
     def __init__(self, settings: Settings, api: ClusterApi) -> None:
         self.settings = settings

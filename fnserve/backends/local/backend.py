@@ -72,6 +72,7 @@ class _Function:
 
 class LocalBackend:
     fetches_models = True
+    shared = False
 
     def __init__(self, settings: Settings, gpus: GpuInventory) -> None:
         self.settings = settings

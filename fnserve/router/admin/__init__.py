@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from fnserve.router.errors import BadRequest
+from fnserve.router.errors import BadRequest, request_id
+from fnserve.router.services.audit import Actor
+
+
+def actor_of(request: Request) -> Actor:
+    """Who is asking, for the audit log: the key AuthMiddleware verified, the request id, the client."""
+    principal = request.scope.get("state", {}).get("principal")
+    client = request.client.host if request.client else ""
+    return Actor(principal.key_id if principal is not None else "-", request_id(request), client)
 
 
 def bounded_int(request: Request, name: str, default: int, low: int, high: int, what: str) -> int:

@@ -72,6 +72,12 @@ class FunctionSource(AdminBody):
     source: str | None = Field(default=None, max_length=4096, description="Where the manifest came from.")
 
 
+class Deploy(FunctionSource):
+    canary: StrictInt | None = Field(default=None, ge=1, le=99, description=(
+        "Run the new revision beside the current one as a canary taking this percent of the requests "
+        "(promote or roll back later); default: it replaces the current one."))
+
+
 class SubmitJob(FunctionSource):
     params: dict[str, Any] = Field(default_factory=dict, description="Overrides of the job's spec.params.")
 

@@ -10,10 +10,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from fnserve.records import Revision
-from fnserve.router.admin import bounded_int
-from fnserve.router.admin.bodies import FunctionSource, Rollback, with_body
+from fnserve.router.admin import actor_of, bounded_int
+from fnserve.router.admin.bodies import Deploy, FunctionSource, Rollback, with_body
 from fnserve.router.errors import BadRequest
 from fnserve.router.generative import invoke_path
+from fnserve.router.services.accounting import AccountingService
 from fnserve.router.services.functions import FunctionService
 from fnserve.settings import Settings
 from fnserve.storage import ArtifactError
@@ -32,8 +33,9 @@ async def source_dir(settings: Settings, body: FunctionSource) -> str:
 
 
 class FunctionRoutes:
-    def __init__(self, functions: FunctionService, settings: Settings) -> None:
+    def __init__(self, functions: FunctionService, accounting: AccountingService, settings: Settings) -> None:
         self.functions = functions
+        self.accounting = accounting
         self.settings = settings
 
     def _summary(self, revision: Revision) -> dict[str, Any]:
@@ -41,19 +43,33 @@ class FunctionRoutes:
         shown = status.to_dict() if status is not None else {"ready": False, "replicas": [], "message": "not running"}
         spec = revision.function.spec
         return {"name": revision.name, "revision": revision.number, "runtime": spec.runtime,
-                "url": invoke_path(revision), "createdAt": revision.created_at,
+                "url": invoke_path(revision), "createdAt": revision.created_at, "traffic": self._traffic(revision),
                 **{k: v for k, v in shown.items() if k not in ("name", "revision")}}
+
+    def _traffic(self, revision: Revision) -> list[dict[str, Any]]:
+        """The split between the current revision and its canary, with what each served (this router's
+        count since it started)."""
+        canary, percent = self.functions.canaries.get(revision.name, (None, 0))
+        current = self.functions.get(revision.name)
+        if current is None or revision.number != current.number:
+            return []
+        shares = [(revision, 100 - percent, False)] + ([(canary, percent, True)] if canary is not None else [])
+        return [{"revision": r.number, "percent": share, "canary": is_canary,
+                 **self.accounting.revision_summary(r.name, r.number)} for r, share, is_canary in shares]
 
     async def list_functions(self, request: Request) -> Response:
         """All deployed functions with their current revision and replicas."""
         return JSONResponse({"functions": [self._summary(r) for _, r in sorted(self.functions.table.items())]})
 
-    @with_body(FunctionSource)
-    async def deploy(self, request: Request, body: FunctionSource) -> Response:
-        """Deploy a manifest as a new revision; answers once the revision serves (201 new, 200 updated)."""
+    @with_body(Deploy)
+    async def deploy(self, request: Request, body: Deploy) -> Response:
+        """Deploy a manifest as a new revision, or with {"canary": N} as a canary taking N% of the requests;
+        answers once the revision serves (201 new, 200 updated)."""
         revision, created = await self.functions.deploy(body.manifest, await source_dir(self.settings, body),
-                                                        body.source or "manifest")
-        return JSONResponse({**revision.to_dict(), **self._summary(revision)}, 201 if created else 200)
+                                                        body.source or "manifest", canary=body.canary or 0,
+                                                        actor=actor_of(request))
+        current = self.functions.current(revision.name)
+        return JSONResponse({**revision.to_dict(), **self._summary(current)}, 201 if created else 200)
 
     async def get(self, request: Request) -> Response:
         """One function: its current revision, manifest and replicas."""
@@ -62,7 +78,7 @@ class FunctionRoutes:
 
     async def delete(self, request: Request) -> Response:
         """Stop a function's replicas and forget it."""
-        await self.functions.remove(request.path_params["name"])
+        await self.functions.remove(request.path_params["name"], actor_of(request))
         return JSONResponse({"deleted": request.path_params["name"]})
 
     async def logs(self, request: Request) -> Response:
@@ -82,7 +98,12 @@ class FunctionRoutes:
     @with_body(Rollback)
     async def rollback(self, request: Request, body: Rollback) -> Response:
         """Serve an earlier revision again: {"to": N} (default: the one before the current)."""
-        revision = await self.functions.rollback(request.path_params["name"], body.to)
+        revision = await self.functions.rollback(request.path_params["name"], body.to, actor_of(request))
+        return JSONResponse({**revision.to_dict(), **self._summary(revision)})
+
+    async def promote(self, request: Request) -> Response:
+        """The canary becomes the current revision and takes every request."""
+        revision = await self.functions.promote(request.path_params["name"], actor_of(request))
         return JSONResponse({**revision.to_dict(), **self._summary(revision)})
 
     def routes(self) -> list[Route]:
@@ -94,4 +115,5 @@ class FunctionRoutes:
             Route("/api/functions/{name}/logs", self.logs, methods=["GET"], name="function_logs"),
             Route("/api/functions/{name}/revisions", self.revisions, methods=["GET"], name="list_revisions"),
             Route("/api/functions/{name}/rollback", self.rollback, methods=["POST"], name="rollback_function"),
+            Route("/api/functions/{name}/promote", self.promote, methods=["POST"], name="promote_function"),
         ]

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from fnserve.router.admin import bounded_int
+from fnserve.router.admin import actor_of, bounded_int
 from fnserve.router.admin.bodies import SubmitJob, with_body
 from fnserve.router.admin.functions import source_dir
 from fnserve.router.services.training import TrainingService
@@ -22,7 +22,7 @@ class JobRoutes:
     async def submit(self, request: Request, body: SubmitJob) -> Response:
         """Queue a training job: {"manifest": {...TrainingJob}, "sourceDir": "...", "params": {...}} → 202."""
         record = await self.training.submit(body.manifest, await source_dir(self.settings, body),
-                                            body.source or "manifest", body.params)
+                                            body.source or "manifest", body.params, actor_of(request))
         return JSONResponse(record.to_dict(), 202, headers={"Location": f"/api/jobs/{record.id}"})
 
     async def list_jobs(self, request: Request) -> Response:
@@ -43,7 +43,7 @@ class JobRoutes:
 
     async def cancel(self, request: Request) -> Response:
         """Stop a queued or running job; it publishes nothing. Answers once it has stopped."""
-        return JSONResponse((await self.training.cancel(request.path_params["job_id"])).to_dict())
+        return JSONResponse((await self.training.cancel(request.path_params["job_id"], actor_of(request))).to_dict())
 
     def routes(self) -> list[Route]:
         return [

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from fnserve.router.admin import actor_of
 from fnserve.router.admin.bodies import CreateKey, RotateKey, TenantLimits, with_body
 from fnserve.router.services.keys import KeyService
 
@@ -23,19 +24,19 @@ class KeyRoutes:
     async def create(self, request: Request, body: CreateKey) -> Response:
         """Create a key: {name, tenant?, scopes?, expiresIn?, limits?}; the token is in this response only."""
         record, token = await self.keys.create(body.name, body.tenant, body.scopes, body.expires_in,
-                                               body.limits.model_dump(exclude_none=True))
+                                               body.limits.model_dump(exclude_none=True), actor_of(request))
         return JSONResponse({"key": record.to_dict(), "token": token}, 201)
 
     async def revoke(self, request: Request) -> Response:
         """Revoke a key at once."""
-        await self.keys.revoke(request.path_params["key_id"])
+        await self.keys.revoke(request.path_params["key_id"], actor_of(request))
         return JSONResponse({"revoked": request.path_params["key_id"]})
 
     @with_body(RotateKey)
     async def rotate(self, request: Request, body: RotateKey) -> Response:
         """New secret for a key; the old one keeps working for {grace} (default 1h)."""
         key_id = request.path_params["key_id"]
-        token = await self.keys.rotate(key_id, body.grace)
+        token = await self.keys.rotate(key_id, body.grace, actor_of(request))
         return JSONResponse({"keyId": key_id, "token": token, "previousValidForSeconds": body.grace})
 
     async def tenants(self, request: Request) -> Response:
@@ -46,7 +47,7 @@ class KeyRoutes:
     async def set_tenant(self, request: Request, body: TenantLimits) -> Response:
         """Set a tenant's default limits (replacing the previous ones): {rps?, burst?, concurrency?, daily?, tpm?, tpd?}."""
         tenant, limits = request.path_params["tenant"], body.model_dump(exclude_none=True)
-        await self.keys.set_tenant(tenant, limits)
+        await self.keys.set_tenant(tenant, limits, actor_of(request))
         return JSONResponse({"tenant": tenant, "limits": limits})
 
     def routes(self) -> list[Route]:

@@ -12,6 +12,7 @@ from typing import Any
 from fnserve.accounting import Tally, utc_day
 from fnserve.router.invocation import Invocation
 from fnserve.router.metrics import Metrics
+from fnserve.router.redis_counters import RedisUsage
 from fnserve.state import StateStore
 
 
@@ -31,37 +32,69 @@ class UsageLedger:
             tally.add(status, ms, predictor_ms, prompt_tokens, completion_tokens)
 
     def flush(self) -> None:
-        """Merge what was recorded since the last flush into SQLite (blocking: a worker thread)."""
+        """Merge what was recorded since the last flush into the database (blocking: a worker thread)."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        if pending:
+        if not pending:
+            return
+        try:
             self.state.merge_usage(pending)
+        except Exception:  # the database is down: keep the tallies for the next flush
+            with self._lock:
+                for row, tally in pending.items():
+                    self._pending.setdefault(row, Tally()).merge(tally)
+            raise
 
 
 class AccountingService:
-    def __init__(self, state: StateStore, metrics: Metrics) -> None:
+    """``shared``: the usage ledger in Redis (router/redis_counters.py), recorded before an answer's
+    last byte, so a router that dies loses nothing a client saw; else this router's ledger, merged into
+    the database every second (a router killed loses at most that second)."""
+
+    def __init__(self, state: StateStore, metrics: Metrics, shared: RedisUsage | None = None) -> None:
         self.state = state
         self.metrics = metrics
         self.ledger = UsageLedger(state)
+        self.shared = shared
+        self.by_revision: dict[tuple[str, int], Tally] = {}
+        """Requests, errors and latency per function × revision seen by this router since it started (what
+        `fnserve status` compares during a canary rollout)."""
 
-    def record(self, invocation: Invocation) -> None:
+    def revision_summary(self, function: str, number: int) -> dict[str, Any]:
+        tally = self.by_revision.get((function, number), Tally())
+        summary = tally.summary()
+        return {"requests": summary["requests"], "errors": summary["serverErrors"],
+                "clientErrors": summary["clientErrors"], "meanMs": summary["meanMs"], "p95Ms": summary["p95Ms"]}
+
+    async def record(self, invocation: Invocation) -> None:
         """The one place an invocation is counted: metrics and the ledger alike."""
         elapsed_ms = invocation.elapsed_ms()
         self.metrics.observe(invocation.function, invocation.status, elapsed_ms / 1000, invocation.cold_start_ms)
         if invocation.ttft_ms is not None or invocation.metered:
             self.metrics.observe_stream(invocation.function, invocation.ttft_ms, invocation.chunk_gaps_ms,
                                         invocation.prompt_tokens, invocation.completion_tokens)
-        self.ledger.record(invocation.key_id, invocation.function, invocation.status, elapsed_ms,
-                           invocation.upstream_ms, invocation.now, invocation.prompt_tokens,
-                           invocation.completion_tokens)
+        if invocation.revision is not None:
+            row = (invocation.function, invocation.revision.number)
+            tally = self.by_revision.get(row)
+            if tally is None:
+                tally = self.by_revision[row] = Tally()
+            tally.add(invocation.status, elapsed_ms, invocation.upstream_ms)
+        row = (invocation.key_id, invocation.function, invocation.status, elapsed_ms, invocation.upstream_ms,
+               invocation.now, invocation.prompt_tokens, invocation.completion_tokens)
+        if self.shared is not None:
+            await self.shared.record(*row)
+        else:
+            self.ledger.record(*row)
 
     def flush(self) -> None:
         """Persist the ledger (blocking: a worker thread, or at shutdown)."""
         self.ledger.flush()
+        if self.shared is not None:
+            self.shared.merge()
 
     async def usage(self, key_id: str | None, function: str | None, since: str | None) -> list[dict[str, Any]]:
         """The ledger's rows, this router's latest counts included."""
-        await asyncio.to_thread(self.ledger.flush)
+        await asyncio.to_thread(self.flush)
         rows = await asyncio.to_thread(self.state.usage, key_id, function, since)
         return [{"keyId": key, "function": name, "day": day, **Tally.from_json(tally).summary()}
                 for key, name, day, tally in rows]

@@ -139,7 +139,7 @@ class AdmissionService:
                     await self.store.adjust(reservation.subject, reservation.where, used - reservation.tokens)
                 else:
                     assert isinstance(reservation.where, str)
-                    self.daily.add(reservation.subject, reservation.where, used - reservation.tokens)
+                    await self.daily.add(reservation.subject, reservation.where, used - reservation.tokens)
 
     def flush(self) -> None:
         """Persist the daily counts (blocking: a worker thread, or at shutdown)."""

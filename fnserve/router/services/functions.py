@@ -5,11 +5,22 @@ model — pinned to a concrete run and verified —, handler module), then asks 
 start the revision, and only once it is ready records it and routes traffic to it. Any failure before
 that point changes nothing. The table (name → serving revision) is in memory: the request path reads it
 on every call without touching the store.
+
+A canary (``deploy --canary N``) is a second revision beside the current one that takes N% of the
+requests: the split is a counter per function, not a coin, so over any 100 requests exactly N go to the
+canary (several routers: each exact, so the sum too). ``promote`` makes it the current revision,
+``rollback`` drops it. Where the backend splits traffic itself (KServe's canaryTrafficPercent in a
+cluster) every request goes to the function and the backend divides them.
+
+Several routers on one database learn of each other's changes through :meth:`sync` (services/sync.py
+calls it when the functions' version moves): a router whose backend runs its own replicas applies the
+change to them; one whose backend is shared (a cluster) only updates its table.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -17,7 +28,8 @@ from typing import Any
 
 from fnserve.backends.base import BackendError, DeployFailed, FunctionNotFound, FunctionStatus, Serving
 from fnserve.manifest import Function, ManifestError, Problem, parse_function
-from fnserve.records import Revision
+from fnserve.records import Revision, Rollout
+from fnserve.router.services.audit import SYSTEM, Actor, AuditLog
 from fnserve.settings import Settings
 from fnserve.state import StateStore
 from fnserve.storage import ArtifactError, ModelSource, NoCompleteRun, pin_model, resolve_model, snapshot_dir
@@ -36,17 +48,39 @@ class DeployRejected(Exception):
 
 
 class FunctionService:
-    def __init__(self, settings: Settings, state: StateStore, serving: Serving) -> None:
+    def __init__(self, settings: Settings, state: StateStore, serving: Serving, audit: AuditLog) -> None:
         self.settings = settings
         self.state = state
         self.serving = serving
+        self.audit = audit
         self.table: dict[str, Revision] = {}
         """Each deployed function's serving revision."""
+        self.canaries: dict[str, tuple[Revision, int]] = {}
+        """A function's canary revision and its percent of the requests, during a canary rollout."""
+        self._counts: dict[str, int] = {}
         self.restored = False
         self._locks: dict[str, asyncio.Lock] = {}
 
     def get(self, name: str) -> Revision | None:
         return self.table.get(name)
+
+    def pick(self, name: str) -> tuple[Revision | None, bool]:
+        """The revision one request of ``name`` goes to, and whether it is the canary: exactly N of every
+        100 requests go to an N% canary (the k-th does when ⌊k·N/100⌋ moves)."""
+        canary = self.canaries.get(name)
+        if canary is None or self.serving.splits_traffic:
+            return self.table.get(name), False
+        count = self._counts[name] = self._counts.get(name, 0) + 1
+        revision, percent = canary
+        if (count * percent) // 100 != ((count - 1) * percent) // 100:
+            return revision, True
+        return self.table.get(name), False
+
+    def rollout(self, name: str) -> Rollout:
+        """What ``name`` serves (raises FunctionNotFound)."""
+        current = self.current(name)
+        canary, percent = self.canaries.get(name, (None, 0))
+        return Rollout(current, canary, percent)
 
     def current(self, name: str) -> Revision:
         """The serving revision of ``name``; raises FunctionNotFound."""
@@ -74,12 +108,26 @@ class FunctionService:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def deploy(self, manifest: Any, source_dir: str, source: str = "manifest") -> tuple[Revision, bool]:
-        """Validate and roll out a new revision; returns it and whether the function is new."""
+    async def deploy(self, manifest: Any, source_dir: str, source: str = "manifest", *, canary: int = 0,
+                     actor: Actor = SYSTEM) -> tuple[Revision, bool]:
+        """Validate and roll out a new revision — as the function's current one, or with ``canary`` N as its
+        canary taking N% of the requests; returns it and whether the function is new."""
+        metadata = manifest.get("metadata") if isinstance(manifest, dict) else None
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        async with self.audit.action(actor, "function.deploy", str(name or source)[:253], source=source,
+                                     canary=canary) as detail:
+            revision, created = await self._deploy(manifest, source_dir, source, canary)
+            detail.update(revision=revision.number, modelUri=revision.function.spec.model.uri)
+        return revision, created
+
+    async def _deploy(self, manifest: Any, source_dir: str, source: str, canary: int) -> tuple[Revision, bool]:
         try:
             function = parse_function(manifest, source)
         except ManifestError as exc:
             raise DeployRejected(f"invalid manifest: {exc}", exc.problems) from None
+        if canary and function.name not in self.table:
+            raise DeployRejected(f"{function.name}: a canary runs beside the current revision, and there is none; "
+                                 f"deploy it without --canary first")
         folder = source_folder(source_dir)
         self._check_handler(function, folder, source)
         model = await self._model(function, folder, source)
@@ -93,7 +141,12 @@ class FunctionService:
             number = await asyncio.to_thread(self.state.next_number, function.name)
             revision = Revision(function, number, code_dir, model_dir, time.time())
             created = function.name not in self.table
-            await self._switch(revision, created)
+            if canary:
+                await self.serving.apply(revision, canary=canary)
+                await asyncio.to_thread(self.state.publish_canary, revision, canary)
+                self.canaries[revision.name] = (revision, canary)
+            else:
+                await self._switch(revision, created)
         return revision, created
 
     async def _switch(self, revision: Revision, created: bool) -> None:
@@ -109,25 +162,49 @@ class FunctionService:
             raise
         await asyncio.to_thread(self.state.publish, revision)
         self.table[revision.name] = revision
+        self.canaries.pop(revision.name, None)
 
-    async def rollback(self, name: str, to: int | None) -> Revision:
-        """Serve an earlier revision again (default: the newest one before the current)."""
-        async with self._lock(name):
-            current = self.table.get(name)
-            if current is None:
-                raise FunctionNotFound(f"function {name!r} not found")
+    async def promote(self, name: str, actor: Actor = SYSTEM) -> Revision:
+        """The canary becomes the current revision and takes every request."""
+        async with self.audit.action(actor, "function.promote", name) as detail, self._lock(name):
+            self.current(name)
+            canary = self.canaries.get(name)
+            if canary is None:
+                raise DeployRejected(f"{name}: no canary to promote (deploy one with --canary N)")
+            revision = canary[0]
+            self.table[name] = revision  # new requests go to it from here on; those already routed finish
+            self.canaries.pop(name, None)
+            await self.serving.promote(name)
+            await asyncio.to_thread(self.state.end_canary, name, True)
+            detail["revision"] = revision.number
+        log.info("%s: promoted revision %d", name, revision.number)
+        return revision
+
+    async def rollback(self, name: str, to: int | None, actor: Actor = SYSTEM) -> Revision:
+        """Drop the canary, if there is one (and ``to`` is not given); else serve an earlier revision again
+        (default: the newest one before the current)."""
+        async with self.audit.action(actor, "function.rollback", name, to=to) as detail, self._lock(name):
+            current = self.current(name)
+            if name in self.canaries and to is None:
+                dropped = self.canaries.pop(name)[0]
+                await self.serving.drop_canary(name)
+                await asyncio.to_thread(self.state.end_canary, name, False)
+                detail.update(droppedCanary=dropped.number, revision=current.number)
+                log.info("%s: dropped canary revision %d", name, dropped.number)
+                return current
             numbers = [r.number for r in await asyncio.to_thread(self.state.revisions, name)]
             if to is None:
                 earlier = [n for n in numbers if n < current.number]
                 if not earlier:
                     raise DeployRejected(f"{name}: revision {current.number} is the oldest; nothing to roll back to")
                 to = earlier[-1]
-            if to == current.number:
+            if to == current.number and name not in self.canaries:
                 raise DeployRejected(f"{name}: revision {to} is already serving")
             revision = await asyncio.to_thread(self.state.revision, name, to)
             if revision is None:
                 raise DeployRejected(f"{name}: no revision {to} (revisions: {', '.join(map(str, numbers))})")
             await self._switch(revision, created=False)
+            detail["revision"] = to
         log.info("%s: rolled back to revision %d", name, to)
         return revision
 
@@ -165,11 +242,12 @@ class FunctionService:
             problem = Problem("spec.handler", f"no module {module}.py in {folder}")
             raise DeployRejected(problem.render(source), [problem])
 
-    async def remove(self, name: str) -> None:
-        async with self._lock(name):
+    async def remove(self, name: str, actor: Actor = SYSTEM) -> None:
+        async with self.audit.action(actor, "function.delete", name), self._lock(name):
             if name not in self.table:
                 raise FunctionNotFound(f"function {name!r} not found")
             self.table.pop(name)
+            self.canaries.pop(name, None)
             await asyncio.to_thread(self.state.delete, name)
             try:
                 await self.serving.delete(name)
@@ -183,21 +261,71 @@ class FunctionService:
         apply is scheduled, so a request that arrives while a replica starts waits for it instead of
         getting a 404. The returned future completes when every restore has been tried.
         """
-        revisions = self.state.current_all()
-        for revision in revisions:
-            self.table[revision.name] = revision
-
-        async def one(revision: Revision) -> None:
-            try:
-                await self.serving.apply(revision, verify=False)
-            except BackendError as exc:
-                log.error("could not restore %s: %s", revision.name, exc)
+        rollouts = self.state.rollouts()
+        for rollout in rollouts:
+            self._remember(rollout)
 
         async def all_of() -> None:
-            await asyncio.gather(*(one(r) for r in revisions))
+            await asyncio.gather(*(self._apply_here(r, None) for r in rollouts))
             self.restored = True
 
         return asyncio.ensure_future(all_of())
+
+    def _remember(self, rollout: Rollout) -> None:
+        self.table[rollout.name] = rollout.current
+        if rollout.canary is not None:
+            self.canaries[rollout.name] = (rollout.canary, rollout.percent)
+        else:
+            self.canaries.pop(rollout.name, None)
+
+    async def _apply_here(self, rollout: Rollout, before: Rollout | None) -> None:
+        """Make this router's backend serve ``rollout``, which it served as ``before`` (None: nothing).
+        No proof of start: the router that deployed it had it."""
+        name = rollout.name
+        try:
+            if before is not None and before.canary is not None and before.canary.number == rollout.current.number:
+                await self.serving.promote(name)  # promoted elsewhere: the canary's replicas carry on
+            elif before is None or before.current.number != rollout.current.number:
+                await self.serving.apply(rollout.current, verify=False)
+            if rollout.canary is not None and (before is None or before.canary is None
+                                               or before.canary.number != rollout.canary.number):
+                await self.serving.apply(rollout.canary, verify=False, canary=rollout.percent)
+            elif rollout.canary is None and before is not None and before.canary is not None \
+                    and before.canary.number != rollout.current.number:
+                await self.serving.drop_canary(name)
+        except BackendError as exc:
+            log.error("could not bring %s here: %s", name, exc)
+
+    async def sync(self) -> None:
+        """Take in what other routers changed in the function table (services/sync.py calls this)."""
+        rollouts = {r.name: r for r in await asyncio.to_thread(self.state.rollouts)}
+        for name in sorted(set(rollouts) | set(self.table)):
+            async with self._lock(name):
+                known = self.table.get(name)
+                before = Rollout(known, *self.canaries.get(name, (None, 0))) if known is not None else None
+                after = rollouts.get(name)
+                if _same(before, after):
+                    continue
+                if after is None:
+                    self.table.pop(name, None)
+                    self.canaries.pop(name, None)
+                    if not self.serving.shared:
+                        with contextlib.suppress(FunctionNotFound):
+                            await self.serving.delete(name)
+                    log.info("%s: removed by another router", name)
+                    continue
+                if not self.serving.shared:
+                    await self._apply_here(after, before)
+                self._remember(after)
+                log.info("%s: now revision %d%s (changed by another router)", name, after.current.number,
+                         f", canary {after.canary.number} at {after.percent}%" if after.canary else "")
+
+
+def _same(a: Rollout | None, b: Rollout | None) -> bool:
+    def shape(r: Rollout | None) -> tuple[int, int, int] | None:
+        return None if r is None else (r.current.number, r.canary.number if r.canary else 0, r.percent)
+
+    return shape(a) == shape(b)
 
 
 def source_folder(source_dir: Any) -> Path:

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from fnserve.backends.base import BackendError
+from fnserve.database import StoreUnavailable
 from fnserve.records import KeyRecord
 from fnserve.router.invocation import Principal
 from fnserve.router.quota import Limits
+from fnserve.router.services.audit import SYSTEM, Actor, AuditLog
 from fnserve.state import StateStore
 
 _TOKEN_RE = re.compile(r"^fns_([0-9a-f]{12})_([0-9a-f]{40})$")
@@ -105,9 +107,10 @@ def _when(timestamp: float) -> str:
 class KeyService:
     """Verifies tokens on the request path and changes keys and tenants for the admin API."""
 
-    def __init__(self, state: StateStore, pepper: bytes) -> None:
+    def __init__(self, state: StateStore, pepper: bytes, audit: AuditLog | None = None) -> None:
         self.state = state
         self.pepper = pepper
+        self.audit = audit or AuditLog(state)
         self._records: dict[str, tuple[float, KeyRecord | None]] = {}
         # token → (cached at, principal, valid until): skips the HMAC for a token seen in the last seconds
         self._verified: dict[str, tuple[float, Principal, float]] = {}
@@ -121,7 +124,12 @@ class KeyService:
         seen = self._verified.get(token)
         if seen is not None and time.monotonic() - seen[0] < CACHE_SECONDS and time.time() < seen[2]:
             return seen[1]
-        principal, valid_until = await self._verify(token)
+        try:
+            principal, valid_until = await self._verify(token)
+        except StoreUnavailable:
+            if seen is not None and time.time() < seen[2]:
+                return seen[1]  # the database is down: a key verified before keeps working (docs/cluster.md)
+            raise
         if len(self._verified) > 10_000:
             self._verified.clear()
         self._verified[token] = (time.monotonic(), principal, valid_until)
@@ -164,7 +172,11 @@ class KeyService:
         """Tenants' default limits, re-read at most every few seconds (other routers may change them)."""
         fetched, limits = self._tenants
         if time.monotonic() - fetched > TENANT_CACHE_SECONDS:
-            stored = await asyncio.to_thread(self.state.tenant_limits)
+            try:
+                stored = await asyncio.to_thread(self.state.tenant_limits)
+            except StoreUnavailable:
+                return limits  # the database is down: the limits read last keep applying
+
             limits = {tenant: Limits(**values) for tenant, values in stored.items()}
             self._tenants = (time.monotonic(), limits)
             self.tenant_generation += 1
@@ -174,35 +186,53 @@ class KeyService:
         self._records.pop(key_id, None)
         self._verified.clear()  # revocations and rotations are rare; start over
 
+    def forget_all(self) -> None:
+        """Another router changed a key: verify every token afresh."""
+        self._records.clear()
+        self._verified.clear()
+
+    def forget_tenants(self) -> None:
+        """Another router changed a tenant's limits: re-read them at the next request (the old ones stay
+        as the fallback while the database is down)."""
+        self._tenants = (-math.inf, self._tenants[1])
+
     # -- the admin API ------------------------------------------------------------------------------
     async def keys(self) -> list[KeyRecord]:
         return await asyncio.to_thread(self.state.keys)
 
     async def create(self, name: str, tenant: str, scopes: list[str], expires_in: float | None,
-                     limits: dict[str, Any]) -> tuple[KeyRecord, str]:
+                     limits: dict[str, Any], actor: Actor = SYSTEM) -> tuple[KeyRecord, str]:
         """A new key and its token (shown once: only its hash is stored)."""
         expires_at = time.time() + expires_in if expires_in else None
-        return await asyncio.to_thread(create_key, self.state, self.pepper, name, tenant, scopes, expires_at, limits)
+        async with self.audit.action(actor, "key.create", name, tenant=tenant, scopes=scopes, limits=limits,
+                                     expiresAt=expires_at) as detail:
+            record, token = await asyncio.to_thread(create_key, self.state, self.pepper, name, tenant, scopes,
+                                                    expires_at, limits)
+            detail["keyId"] = record.id
+        return record, token
 
-    async def revoke(self, key_id: str) -> None:
-        if not await asyncio.to_thread(self.state.revoke_key, key_id, time.time()):
-            raise KeyNotFound(f"no active API key {key_id!r}")
+    async def revoke(self, key_id: str, actor: Actor = SYSTEM) -> None:
+        async with self.audit.action(actor, "key.revoke", key_id):
+            if not await asyncio.to_thread(self.state.revoke_key, key_id, time.time()):
+                raise KeyNotFound(f"no active API key {key_id!r}")
         self._forget(key_id)
 
-    async def rotate(self, key_id: str, grace: float) -> str:
+    async def rotate(self, key_id: str, grace: float, actor: Actor = SYSTEM) -> str:
         """A new secret for a key (its token returned); the old one keeps working for ``grace`` seconds."""
         secret = new_secret()
-        changed = await asyncio.to_thread(self.state.rotate_key, key_id, hash_secret(self.pepper, secret),
-                                          time.time() + grace)
-        if not changed:
-            raise KeyNotFound(f"no active API key {key_id!r}")
+        async with self.audit.action(actor, "key.rotate", key_id, grace=grace):
+            changed = await asyncio.to_thread(self.state.rotate_key, key_id, hash_secret(self.pepper, secret),
+                                              time.time() + grace)
+            if not changed:
+                raise KeyNotFound(f"no active API key {key_id!r}")
         self._forget(key_id)
         return token_for(key_id, secret)
 
     async def tenants(self) -> dict[str, dict[str, Any]]:
         return await asyncio.to_thread(self.state.tenant_limits)
 
-    async def set_tenant(self, tenant: str, limits: dict[str, Any]) -> None:
+    async def set_tenant(self, tenant: str, limits: dict[str, Any], actor: Actor = SYSTEM) -> None:
         """Replace a tenant's default limits; this router applies them from its next request."""
-        await asyncio.to_thread(self.state.set_tenant_limits, tenant, limits)
-        self._tenants = (-math.inf, {})
+        async with self.audit.action(actor, "tenant.set", tenant, limits=limits):
+            await asyncio.to_thread(self.state.set_tenant_limits, tenant, limits)
+        self.forget_tenants()

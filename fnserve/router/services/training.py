@@ -16,6 +16,7 @@ from typing import Any
 from fnserve.backends.base import BackendError, Training
 from fnserve.manifest import ManifestError, Problem, TrainingJob, parse_function, parse_training_job, read_yaml
 from fnserve.records import JobRecord
+from fnserve.router.services.audit import SYSTEM, Actor, AuditLog
 from fnserve.router.services.functions import DeployRejected, FunctionService, source_folder
 from fnserve.state import StateStore
 from fnserve.tasks import BackgroundTasks
@@ -24,8 +25,9 @@ log = logging.getLogger("fnserve.router")
 
 
 class TrainingService:
-    def __init__(self, state: StateStore, training: Training, functions: FunctionService) -> None:
+    def __init__(self, state: StateStore, training: Training, functions: FunctionService, audit: AuditLog) -> None:
         self.state = state
+        self.audit = audit
         self.training = training
         self.functions = functions
         self._followers = BackgroundTasks()
@@ -40,12 +42,20 @@ class TrainingService:
     def logs(self, job_id: str, follow: bool) -> AsyncIterator[bytes]:
         return self.training.job_logs(job_id, follow)
 
-    async def cancel(self, job_id: str) -> JobRecord:
-        return await self.training.cancel_job(job_id)
+    async def cancel(self, job_id: str, actor: Actor = SYSTEM) -> JobRecord:
+        async with self.audit.action(actor, "job.cancel", job_id):
+            return await self.training.cancel_job(job_id)
 
     async def submit(self, manifest: Any, source_dir: str, source: str,
-                     params: dict[str, Any] | None = None) -> JobRecord:
+                     params: dict[str, Any] | None = None, actor: Actor = SYSTEM) -> JobRecord:
         """Validate and queue a training job; with deployOnSuccess, roll the function forward after it."""
+        async with self.audit.action(actor, "job.submit", source[:253], params=sorted(params or {})) as detail:
+            record = await self._submit(manifest, source_dir, source, params)
+            detail.update(jobId=record.id, function=record.function)
+        return record
+
+    async def _submit(self, manifest: Any, source_dir: str, source: str,
+                      params: dict[str, Any] | None) -> JobRecord:
         try:
             job = parse_training_job(manifest, source)
         except ManifestError as exc:

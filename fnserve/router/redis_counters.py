@@ -1,0 +1,246 @@
+"""Daily quotas and the usage ledger shared by every router through Redis (FNSERVE_REDIS_URL).
+
+**Daily quotas.** One counter per subject × UTC day; a request is taken by one Lua script that checks
+and increments atomically, so routers together admit exactly the quota. The counter expires at the
+day's end plus an hour of grace, and every router copies the counters it touched into the database
+each second (their value, not an increment: copying twice is harmless). A counter Redis has lost (a
+restart without persistence) starts again from that copy.
+
+**Usage.** Each invocation adds its tally to one Redis hash (a pipeline of HINCRBY, one round trip)
+*before* the last byte of its answer is sent, so an answer a client saw is on record even if the
+router dies a moment later. Any router merges the hash into the database every second: a script
+renames it to a batch of its own (atomically, so no increment is lost or counted twice), the batch is
+merged with its id in one database transaction (a batch merged once is never merged again), and only
+then deleted. A router that dies holding a batch leaves it behind; another merges it after 30 s.
+
+When Redis cannot be reached both fall back to this router's own counting (fnserve/router/quota.py's
+DailyCounters, the in-memory ledger), flushed to the database every second like a router without
+Redis — the same fail-soft stance as the rate limits (redis_quota.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from fnserve.accounting import Tally, bucket_of, utc_day
+from fnserve.router.quota import DailyCounters
+from fnserve.state import StateStore
+
+log = logging.getLogger("fnserve.router")
+
+GRACE_SECONDS = 3600
+ORPHAN_SECONDS = 30.0
+_PENDING = "fnserve:usage:pending"
+_CLAIMS = "fnserve:usage:claims"
+
+_TAKE = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[3], 'EXAT', ARGV[4], 'NX')
+  v = redis.call('GET', KEYS[1])
+end
+v = tonumber(v)
+local cost = tonumber(ARGV[2])
+if v + math.max(cost, 1) > tonumber(ARGV[1]) then return {0, v} end
+return {1, redis.call('INCRBY', KEYS[1], cost)}
+"""
+
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[3], tonumber(t[1]), KEYS[2])
+return 1
+"""
+
+
+class _Outage:
+    """Remembers that Redis failed, so it is not retried for a second and warned about every 10 s."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.until = 0.0
+        self.warned_at = 0.0
+
+    def down(self) -> bool:
+        return time.monotonic() < self.until
+
+    def failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self.until = now + 1.0
+        if now - self.warned_at > 10:
+            self.warned_at = now
+            log.warning("Redis is unreachable (%s): %s", exc, self.what)
+
+
+def _day_end(day_number: int) -> int:
+    return (day_number + 1) * 86400
+
+
+class RedisDailyCounters(DailyCounters):
+    """Daily counts in Redis, shared by every router; this router's own counting when Redis is down."""
+
+    def __init__(self, state: StateStore, client: aioredis.Redis, sync_client: redis.Redis) -> None:
+        super().__init__(state)
+        self.client = client
+        self.sync_client = sync_client
+        self._take = client.register_script(_TAKE)
+        self._stored: dict[tuple[str, str], int] = {}
+        """The database's copy of each counter this router touched: where a lost counter starts again."""
+        self._touched: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._outage = _Outage("daily quotas are counted by each router on its own until it is back")
+
+    @staticmethod
+    def _key(subject: str, day: str) -> str:
+        return f"fnserve:daily:{day}:{subject}"
+
+    async def take(self, subject: str, limit: int, now: float, cost: int = 1) -> tuple[bool, int]:
+        if self._outage.down():
+            return await super().take(subject, limit, now, cost)
+        day = utc_day(now)
+        row = (subject, day)
+        if row not in self._stored:
+            self._stored[row] = await self._count(subject, day)  # the database's copy, read once
+        try:
+            allowed, count = await self._take(keys=[self._key(subject, day)],
+                                              args=[limit, cost, self._stored[row], _day_end(int(now // 86400))
+                                                    + GRACE_SECONDS])
+        except (RedisError, OSError) as exc:
+            self._outage.failed(exc)
+            return await super().take(subject, limit, now, cost)
+        with self._lock:
+            self._touched.add(row)
+        count = int(count)
+        return bool(allowed), max(0, limit - count)
+
+    async def add(self, subject: str, day: str, delta: int) -> None:
+        if not delta:
+            return
+        if not self._outage.down():
+            try:
+                await self.client.incrby(self._key(subject, day), delta)
+                with self._lock:
+                    self._touched.add((subject, day))
+                return
+            except (RedisError, OSError) as exc:
+                self._outage.failed(exc)
+        await super().add(subject, day, delta)
+
+    def flush(self) -> None:
+        """Copy the counters touched since the last flush into the database (and flush the fallback's)."""
+        super().flush()
+        with self._lock:
+            touched, self._touched = self._touched, set()
+        if not touched:
+            return
+        rows = sorted(touched)
+        try:
+            values = self.sync_client.mget([self._key(subject, day) for subject, day in rows])
+        except (RedisError, OSError) as exc:
+            with self._lock:
+                self._touched |= touched
+            self._outage.failed(exc)
+            return
+        copied = {row: int(value) for row, value in zip(rows, values, strict=True) if value is not None}
+        if copied:
+            try:
+                self.state.set_daily_counts(copied)
+            except Exception:
+                with self._lock:
+                    self._touched |= touched
+                raise
+            self._stored.update(copied)
+
+
+def _fields(tally_row: tuple[str, str, str], status: int, ms: float, predictor_ms: float, prompt_tokens: int,
+            completion_tokens: int) -> list[tuple[str, float | int]]:
+    prefix = "|".join(tally_row) + "|"
+    fields: list[tuple[str, float | int]] = [(prefix + "requests", 1), (prefix + "total_ms", ms),
+                                             (prefix + "predictor_ms", predictor_ms),
+                                             (prefix + f"h{bucket_of(ms)}", 1)]
+    if 400 <= status < 500:
+        fields.append((prefix + "client_errors", 1))
+    elif status >= 500:
+        fields.append((prefix + "server_errors", 1))
+    if prompt_tokens:
+        fields.append((prefix + "prompt_tokens", prompt_tokens))
+    if completion_tokens:
+        fields.append((prefix + "completion_tokens", completion_tokens))
+    return fields
+
+
+def tallies_of(fields: dict[bytes, bytes]) -> dict[tuple[str, str, str], Tally]:
+    """A batch's hash as tallies per key × function × day."""
+    tallies: dict[tuple[str, str, str], Tally] = {}
+    for raw_name, raw_value in fields.items():
+        key_id, function, day, field = raw_name.decode().split("|")
+        tally = tallies.setdefault((key_id, function, day), Tally())
+        value = float(raw_value)
+        if field.startswith("h"):
+            index = int(field[1:])
+            tally.histogram[index] = tally.histogram.get(index, 0) + int(value)
+        elif field in ("total_ms", "predictor_ms"):
+            setattr(tally, field, getattr(tally, field) + value)
+        else:
+            setattr(tally, field, getattr(tally, field) + int(value))
+    return tallies
+
+
+class RedisUsage:
+    """The usage hash in Redis and its exactly-once merge into the database."""
+
+    def __init__(self, state: StateStore, client: aioredis.Redis, sync_client: redis.Redis,
+                 fallback: Callable[..., None]) -> None:
+        self.state = state
+        self.client = client
+        self.sync_client = sync_client
+        self.fallback = fallback
+        self._claim = sync_client.register_script(_CLAIM)
+        self._outage = _Outage("usage is kept by each router and merged every second until it is back")
+
+    async def record(self, key_id: str, function: str, status: int, ms: float, predictor_ms: float, now: float,
+                     prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        if not self._outage.down():
+            pipe = self.client.pipeline(transaction=False)
+            for name, value in _fields((key_id, function, utc_day(now)), status, ms, predictor_ms, prompt_tokens,
+                                       completion_tokens):
+                if isinstance(value, float):
+                    pipe.hincrbyfloat(_PENDING, name, value)
+                else:
+                    pipe.hincrby(_PENDING, name, value)
+            try:
+                await pipe.execute()
+                return
+            except (RedisError, OSError) as exc:
+                self._outage.failed(exc)
+        self.fallback(key_id, function, status, ms, predictor_ms, now, prompt_tokens, completion_tokens)
+
+    def merge(self) -> None:
+        """Move what every router recorded into the database (blocking: a worker thread)."""
+        if self._outage.down():
+            return
+        try:
+            batch = f"fnserve:usage:batch:{secrets.token_hex(8)}"
+            if self._claim(keys=[_PENDING, batch, _CLAIMS]):
+                self._merge_batch(batch)
+            now = float(self.sync_client.time()[0])
+            for orphan in self.sync_client.zrangebyscore(_CLAIMS, "-inf", now - ORPHAN_SECONDS):
+                self._merge_batch(orphan.decode())
+        except (RedisError, OSError) as exc:
+            self._outage.failed(exc)
+
+    def _merge_batch(self, batch: str) -> None:
+        fields = self.sync_client.hgetall(batch)
+        if fields:
+            self.state.merge_usage(tallies_of(fields), batch=batch)
+        self.sync_client.delete(batch)
+        self.sync_client.zrem(_CLAIMS, batch)
