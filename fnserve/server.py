@@ -1,9 +1,11 @@
 """The composition root of ``fnserve up``: everything a running router is made of, put together once.
 
-In order: the state folder, the listening socket (bound before anything slow, so a taken port fails
-at once and the port is known before the first line is printed), logging, the state store, the admin
-key on a first start, the backend and the Starlette app, and uvicorn on the bound socket. The command
-line lives in ``fnserve.cli``; this module takes a Settings object and knows nothing of flags.
+In order: the TLS certificate checked (a bad one ends the start with one line, before anything exists),
+the state folder, the listening socket (bound before anything slow, so a taken port fails at once and
+the port is known before the first line is printed), logging, the state store, the admin key on a first
+start, the backend and the Starlette app, and uvicorn on the bound socket, speaking HTTPS when given a
+certificate. The command line lives in ``fnserve.cli``; this module takes a Settings object and knows
+nothing of flags.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,8 +29,52 @@ from fnserve.settings import Settings
 from fnserve.state import StateStore
 
 
-class CannotListen(Exception):
+class CannotStart(Exception):
+    """A setting the router cannot start with; the message is one line naming it and what is wrong."""
+
+
+class CannotListen(CannotStart):
     """The router's address is taken or not ours to bind; the message says which and what to check."""
+
+
+# OpenSSL's reasons for a key that is not the certificate's (same algorithm; another algorithm)
+_MISMATCH = ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED")
+
+
+def _refuse_password() -> str:
+    raise CannotStart("is encrypted; give an unencrypted key (the router has no way to ask for a password)")
+
+
+def _load(what: str, path: str, load: Callable[[], None], ssl_problem: Callable[[ssl.SSLError], str]) -> None:
+    """One load into an SSLContext, every failure turned into one line naming the file."""
+    try:
+        load()
+    except CannotStart as exc:
+        raise CannotStart(f"{what} {path}: {exc}") from None
+    except ssl.SSLError as exc:
+        raise CannotStart(f"{what} {path}: {ssl_problem(exc)}") from None
+    except OSError as exc:
+        raise CannotStart(f"{what} {path}: cannot read it ({exc.strerror})") from None
+
+
+def check_tls(settings: Settings) -> bool:
+    """Whether to serve HTTPS; raises CannotStart naming the file when the pair cannot be served. It loads
+    the pair as uvicorn will, so a mistake surfaces here as one line and not as a traceback after binding."""
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if not cert and not key:
+        return False
+    if not (cert and key):
+        given, missing = ("--tls-cert", "--tls-key") if cert else ("--tls-key", "--tls-cert")
+        raise CannotStart(f"{given} needs {missing} too (FNSERVE_TLS_CERT_FILE and FNSERVE_TLS_KEY_FILE go together)")
+    for what, path in (("TLS certificate", cert), ("TLS key", key)):
+        if not Path(path).exists():
+            raise CannotStart(f"{what} {path}: no such file")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load("TLS certificate", cert, lambda: context.load_verify_locations(cafile=cert),
+          lambda _: "not a PEM certificate")
+    _load("TLS key", key, lambda: context.load_cert_chain(cert, key, password=_refuse_password),
+          lambda exc: f"does not match the certificate {cert}" if exc.reason in _MISMATCH else "not a PEM private key")
+    return True
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -63,7 +112,8 @@ def build_app(settings: Settings, backend_kind: str, state: StateStore,
 
 def serve(settings: Settings, backend_kind: str = "local", deploys: list[StartupDeploy] | None = None) -> None:
     """Run the router in the foreground until SIGTERM / SIGINT (uvicorn re-raises the signal afterwards,
-    so the process ends with the conventional status). Raises CannotListen before anything started."""
+    so the process ends with the conventional status). Raises CannotStart before anything started."""
+    tls = check_tls(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     sock = bind(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -75,8 +125,9 @@ def serve(settings: Settings, backend_kind: str = "local", deploys: list[Startup
     app = build_app(settings, backend_kind, state, deploys or [])
     config = uvicorn.Config(app, loop="uvloop", http=protocol_with(settings.header_timeout), lifespan="on",
                             access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=10,
-                            timeout_keep_alive=math.ceil(settings.keepalive_timeout))
-    port = sock.getsockname()[1]
-    print(f"fnserve {__version__} listening on http://{settings.host}:{port} (state: {settings.state_dir})",
+                            timeout_keep_alive=math.ceil(settings.keepalive_timeout),
+                            ssl_certfile=settings.tls_cert_file, ssl_keyfile=settings.tls_key_file)
+    port, scheme = sock.getsockname()[1], "https" if tls else "http"
+    print(f"fnserve {__version__} listening on {scheme}://{settings.host}:{port} (state: {settings.state_dir})",
           flush=True)
     uvicorn.Server(config).run(sockets=[sock])

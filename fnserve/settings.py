@@ -22,6 +22,11 @@ class Settings:
     host: str = "127.0.0.1"
     """Address the router listens on; every route but health and /openapi.json needs an API key."""
     port: int = 8080
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) the router serves HTTPS with (fnserve up --tls-cert); unset = plain HTTP, as
+    behind an Ingress that terminates TLS. Needs tls_key_file too."""
+    tls_key_file: str | None = None
+    """PEM private key of tls_cert_file, unencrypted (fnserve up --tls-key)."""
     state_dir: Path = field(default_factory=lambda: Path.home() / ".fnserve")
     """SQLite state (unless database_url is set), replica logs and stored manifests."""
     database_url: str | None = None
@@ -162,3 +167,9 @@ def _convert(name: str, raw: str, kind: Any) -> Any:
 def router_url(explicit: str | None = None) -> str:
     """Where the CLI finds the router: --url, then FNSERVE_URL, then the default."""
     return (explicit or os.environ.get("FNSERVE_URL") or DEFAULT_URL).rstrip("/")
+
+
+def ca_file() -> str | None:
+    """FNSERVE_CA_FILE: PEM certificates the CLI trusts for an https:// router signed by a private CA (or
+    self-signed); unset = the system's trust store."""
+    return os.environ.get("FNSERVE_CA_FILE") or None

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -45,13 +46,13 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) 
 
 
 def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         raw: bytes | None = None, timeout: float = 60) -> tuple[int, Any, Any]:
+         raw: bytes | None = None, timeout: float = 60, context: ssl.SSLContext | None = None) -> tuple[int, Any, Any]:
     """A plain HTTP call (urllib, no client library in between); JSON bodies are decoded; the headers
-    come back as a case-insensitive mapping."""
+    come back as a case-insensitive mapping. ``context``: what an https:// URL is verified with."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             status, head, payload = response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
         status, head, payload = exc.code, exc.headers, exc.read()
@@ -87,15 +88,20 @@ def alive(pid: int) -> bool:
 
 
 class Router:
-    """A real `fnserve up` subprocess on a free loopback port with its own state dir."""
+    """A real `fnserve up` subprocess on a free loopback port with its own state dir. ``tls``: (certificate,
+    key) to serve HTTPS with, the certificate trusted by this helper and its CLI calls."""
 
-    def __init__(self, state_dir: Path, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, state_dir: Path, extra: list[str] | None = None, env: dict[str, str] | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.state_dir = state_dir
         self.log_path = state_dir.parent / f"router-{self.port}.log"
-        self.extra = extra or []
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.extra = [*(extra or []), *(("--tls-cert", str(tls[0]), "--tls-key", str(tls[1])) if tls else ())]
+        self.ca_file = str(tls[0]) if tls else None
+        self.context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"FNSERVE_CA_FILE": self.ca_file} if self.ca_file else {}),
+                    **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.admin_key = ""
 
@@ -118,23 +124,23 @@ class Router:
     def api(self) -> AdminClient:
         """The admin API as the admin key, for setup and reads (the CLI's own client); tests that assert
         on statuses and raw bodies use http() instead."""
-        return AdminClient(self.url, self.admin_key, timeout=60)
+        return AdminClient(self.url, self.admin_key, timeout=60, ca_file=self.ca_file)
 
     def _ready(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"router exited with {self.process.returncode}:\n{self.log()}")
         try:
-            return http("GET", f"{self.url}/v2/health/ready", timeout=2)[0] == 200
+            return http("GET", f"{self.url}/v2/health/ready", timeout=2, context=self.context)[0] == 200
         except OSError:
             return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([*FNSERVE, *args], capture_output=True, text=True, timeout=180,
-                                env={**self.env, "FNSERVE_URL": self.url, "FNSERVE_API_KEY": self.admin_key})
+                                env={**self.env, "FNSERVE_URL": self.url, "FNSERVE_API_KEY": self.admin_key, **(env or {})})
         if check and result.returncode != 0:
             raise AssertionError(f"fnserve {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result
@@ -149,6 +155,17 @@ class Router:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.process.wait(timeout=timeout)
+
+
+def refused_start(state_dir: Path, *flags: str, env: dict[str, str] | None = None) -> str:
+    """`fnserve up` that must refuse to start: exit 1 with one line on stderr, no traceback, nothing on
+    stdout and no state store made; returns that line."""
+    done = subprocess.run([*FNSERVE, "up", "--port", str(free_port()), "--state-dir", str(state_dir), *flags],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+    assert done.returncode == 1 and "Traceback" not in done.stderr and done.stdout == "", done.stderr
+    assert not (state_dir / "fnserve.db").exists()
+    (line,) = done.stderr.strip().splitlines()
+    return line
 
 
 def _comm(pid: int) -> str:
@@ -218,9 +235,10 @@ def warm_dir(example_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @contextmanager
-def running_router(state_dir: Path, env: dict[str, str] | None = None) -> Iterator[Router]:
-    """A started router that is stopped afterwards, with any replica it left behind killed."""
-    instance = Router(state_dir, env=env).start()
+def running_router(state_dir: Path, env: dict[str, str] | None = None, **options: Any) -> Iterator[Router]:
+    """A started router that is stopped afterwards, with any replica it left behind killed; ``options`` as
+    Router takes them."""
+    instance = Router(state_dir, env=env, **options).start()
     try:
         yield instance
     finally:

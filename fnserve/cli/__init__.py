@@ -12,6 +12,7 @@ User mistakes end in one readable line per problem and exit code 1, never a trac
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 
 from fnserve import __version__
@@ -59,6 +60,9 @@ def _message(exc: Exception) -> str:
     if isinstance(exc, AdminError):
         hint = " (set FNSERVE_API_KEY, or run where `fnserve up` wrote .fnserve/admin.key)"
         return exc.message + (hint if exc.status == 401 else "")
+    if isinstance(exc, RouterUnreachable) and isinstance(exc.reason, ssl.SSLCertVerificationError):
+        return (f"cannot verify the certificate of {exc.url} ({exc.reason.verify_message}); "
+                "set FNSERVE_CA_FILE to the PEM file of the CA that signed it")
     if isinstance(exc, RouterUnreachable):
         return f"cannot reach the router at {exc.url} ({exc.reason}); is `fnserve up` running?"
     return str(exc)

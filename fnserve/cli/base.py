@@ -5,12 +5,13 @@ manifest, and where the router finds a function's folder.
 from __future__ import annotations
 
 import argparse
+import ssl
 from pathlib import Path
 from typing import Any
 
 from fnserve.cli.client import AdminClient, find_api_key
 from fnserve.manifest import load_function, manifest_path, read_yaml
-from fnserve.settings import router_url
+from fnserve.settings import ca_file, router_url
 
 
 class CliError(Exception):
@@ -18,8 +19,15 @@ class CliError(Exception):
 
 
 def connect(args: argparse.Namespace) -> AdminClient:
-    """The router of ``--url`` (else FNSERVE_URL, else the default), with the key find_api_key() finds."""
-    return AdminClient(router_url(args.url), find_api_key())
+    """The router of ``--url`` (else FNSERVE_URL, else the default), with the key find_api_key() finds,
+    trusting FNSERVE_CA_FILE's certificates when it is set."""
+    trusted = ca_file()
+    try:
+        return AdminClient(router_url(args.url), find_api_key(), ca_file=trusted)
+    except ssl.SSLError:
+        raise CliError(f"FNSERVE_CA_FILE={trusted}: no PEM certificate in it") from None
+    except OSError as exc:
+        raise CliError(f"FNSERVE_CA_FILE={trusted}: cannot read it ({exc.strerror})") from None
 
 
 def load_function_file(path: Path) -> tuple[Path, Any]:

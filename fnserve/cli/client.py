@@ -6,7 +6,8 @@ of 400 or more becomes one AdminError carrying the status and the router's JSON 
 top-level ``"error"`` string, sometimes ``reason`` or ``problems``), so a caller that must tell one
 refusal from another reads fields instead of parsing messages. A router that cannot be reached is a
 RouterUnreachable — a ConnectionError, so code that waits for a router to come up keeps catching
-OSError. Paths and request bodies of the admin API are written here once; how an answer is shown
+OSError. An https:// router is verified against the system's trust store, or against ``ca_file``
+(FNSERVE_CA_FILE for the CLI) when its certificate comes from a private CA. Paths and request bodies of the admin API are written here once; how an answer is shown
 is the caller's business.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -68,12 +70,15 @@ def _decode(raw: bytes, content_type: str) -> Any:
 
 
 class AdminClient:
-    """A router at ``url`` (no trailing slash needed), as the holder of ``key`` (None: no credentials)."""
+    """A router at ``url`` (no trailing slash needed), as the holder of ``key`` (None: no credentials);
+    ``ca_file``: PEM certificates to trust instead of the system's (raises OSError / ssl.SSLError when it
+    cannot be read as such)."""
 
-    def __init__(self, url: str, key: str | None = None, timeout: float = 300.0) -> None:
+    def __init__(self, url: str, key: str | None = None, timeout: float = 300.0, ca_file: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.key = key
         self.timeout = timeout
+        self.context = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -87,7 +92,7 @@ class AdminClient:
         headers = {"Content-Type": "application/json"} if data else {}
         request = urllib.request.Request(self.url + path, data=data, method=method, headers={**headers, **self.headers})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as response:
                 status, raw, kind = response.status, response.read(), response.headers.get("Content-Type", "")
         except urllib.error.HTTPError as exc:
             status, raw, kind = exc.code, exc.read(), exc.headers.get("Content-Type", "")
@@ -102,7 +107,7 @@ class AdminClient:
         """A streamed text answer (a job's log), chunk by chunk as it arrives."""
         request = urllib.request.Request(self.url + path, headers=self.headers)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout, context=self.context) as response:
                 while chunk := response.read1(65536):
                     yield chunk.decode("utf-8", errors="replace")
         except urllib.error.HTTPError as exc:

@@ -21,10 +21,11 @@ def cmd_up(args: argparse.Namespace) -> None:
     for path in args.deploy:
         file, data = load_function_file(path)
         deploys.append(StartupDeploy(data, str(file.parent.resolve()), str(path)))
-    settings = Settings.from_env(host=args.host, port=args.port, state_dir=args.state_dir)
+    settings = Settings.from_env(host=args.host, port=args.port, state_dir=args.state_dir,
+                                 tls_cert_file=args.tls_cert, tls_key_file=args.tls_key)
     try:
         server.serve(settings, args.backend, deploys)
-    except server.CannotListen as exc:
+    except server.CannotStart as exc:
         raise CliError(str(exc)) from None
 
 
@@ -33,6 +34,9 @@ def register(sub: Any) -> None:
     up.add_argument("--host", help="listen address (default 127.0.0.1)")
     up.add_argument("--port", type=int, help="listen port (default 8080)")
     up.add_argument("--state-dir", type=Path, help="state folder (default ~/.fnserve)")
+    up.add_argument("--tls-cert", metavar="FILE",
+                    help="serve HTTPS with this PEM certificate (chain); needs --tls-key (FNSERVE_TLS_CERT_FILE)")
+    up.add_argument("--tls-key", metavar="FILE", help="the certificate's unencrypted PEM private key (FNSERVE_TLS_KEY_FILE)")
     up.add_argument("--backend", choices=["local", "knative"], default="local",
                     help="local: replicas and jobs as processes here (default); knative: KServe InferenceServices "
                          "and Jobs in the cluster this runs in (or FNSERVE_CLUSTER_API_URL / ~/.kube/config)")
