@@ -1,11 +1,11 @@
 """The composition root of ``fnserve up``: everything a running router is made of, put together once.
 
-In order: the TLS certificate checked (a bad one ends the start with one line, before anything exists),
-the state folder, the listening socket (bound before anything slow, so a taken port fails at once and
-the port is known before the first line is printed), logging, the state store, the admin key on a first
-start, the backend and the Starlette app, and uvicorn on the bound socket, speaking HTTPS when given a
-certificate. The command line lives in ``fnserve.cli``; this module takes a Settings object and knows
-nothing of flags.
+In order: the TLS certificate and the secret files checked (a bad one ends the start with one line,
+before anything exists), the state folder, the listening socket (bound before anything slow, so a taken
+port fails at once and the port is known before the first line is printed), logging, the state store,
+the admin key (FNSERVE_ADMIN_KEY_FILE's, or one made on a first start), the backend and the Starlette
+app, and uvicorn on the bound socket, speaking HTTPS when given a certificate. The command line lives
+in ``fnserve.cli``; this module takes a Settings object and knows nothing of flags.
 """
 
 from __future__ import annotations
@@ -22,9 +22,16 @@ from starlette.applications import Starlette
 
 from fnserve import __version__
 from fnserve.backends.base import Serving, Training
+from fnserve.database import StoreUnavailable
 from fnserve.router.app import StartupDeploy, create_app
 from fnserve.router.http_server import protocol_with
-from fnserve.router.services.keys import bootstrap_admin_key, load_pepper
+from fnserve.router.services.keys import (
+    SecretFileError,
+    bootstrap_admin_key,
+    install_admin_key,
+    read_admin_key_file,
+    resolve_pepper,
+)
 from fnserve.settings import Settings
 from fnserve.state import StateStore
 
@@ -114,12 +121,22 @@ def serve(settings: Settings, backend_kind: str = "local", deploys: list[Startup
     """Run the router in the foreground until SIGTERM / SIGINT (uvicorn re-raises the signal afterwards,
     so the process ends with the conventional status). Raises CannotStart before anything started."""
     tls = check_tls(settings)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        admin_file = read_admin_key_file(settings)
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        pepper = resolve_pepper(settings)
+    except SecretFileError as exc:
+        raise CannotStart(str(exc)) from None
     sock = bind(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = StateStore(settings.state_location())
-    admin = bootstrap_admin_key(state, load_pepper(settings.state_dir), settings.state_dir)
-    if admin:
+    try:
+        state = StateStore(settings.state_location())
+    except StoreUnavailable as exc:
+        raise CannotStart(str(exc)) from None
+    if admin_file:
+        install_admin_key(state, pepper, *admin_file)
+        print(f"fnserve: admin API key {admin_file[0]} from FNSERVE_ADMIN_KEY_FILE", flush=True)
+    elif admin := bootstrap_admin_key(state, pepper, settings.state_dir):
         print(f"fnserve: created the admin API key (shown once; also in {settings.state_dir / 'admin.key'}, "
               f"mode 0600):\n  {admin}", flush=True)
     app = build_app(settings, backend_kind, state, deploys or [])

@@ -81,7 +81,15 @@ class Settings:
     gpus: str | None = None
     """GPU ids the embedded backend may hand out ("0,1", "none"); unset = ask nvidia-smi."""
     redis_url: str | None = None
-    """redis://host:port/db shared by several routers for rate and concurrency limits; unset = in memory."""
+    """redis://host:port/db shared by several routers for rate and concurrency limits, daily quotas and the
+    usage ledger; unset = in memory (daily counts and usage flushed to the database every second)."""
+    pepper_file: str | None = None
+    """File holding the HMAC pepper of API keys (≥ 16 bytes; read, never created): routers that share keys
+    must share it, so in a cluster it is a mounted Secret; unset = <state dir>/pepper, created on first use."""
+    admin_key_file: str | None = None
+    """File holding the admin API key (fns_<id>_<secret>; a mounted Secret in a cluster): made to exist with
+    that secret at every start, a changed secret replacing the stored one; unset = a key generated on the
+    first start, printed once and written to <state dir>/admin.key."""
     default_rps: float | None = None
     """Rate limit for keys whose key and tenant set none (requests/s); unset = no limit."""
     default_burst: int | None = None

@@ -286,6 +286,13 @@ class StateStore:
             _bump(db, "keys")
         return changed
 
+    def set_key_secret(self, key_id: str, secret_hash: str) -> bool:
+        """Replace a key's secret with no grace period (the admin key's Secret was rotated); False if no key."""
+        with self._lock:
+            return self._db.execute(
+                "UPDATE api_keys SET secret_hash = ?, previous_hash = NULL, previous_until = NULL WHERE id = ?",
+                (secret_hash, key_id)).rowcount > 0
+
     # -- limits and daily quotas -----------------------------------------------------------------
     def set_tenant_limits(self, tenant: str, limits: dict[str, Any]) -> None:
         with self.db.transaction() as db:

@@ -89,10 +89,11 @@ def alive(pid: int) -> bool:
 
 class Router:
     """A real `fnserve up` subprocess on a free loopback port with its own state dir. ``tls``: (certificate,
-    key) to serve HTTPS with, the certificate trusted by this helper and its CLI calls."""
+    key) to serve HTTPS with, the certificate trusted by this helper and its CLI calls; ``admin_key``: the
+    admin token when it does not come from <state dir>/admin.key (FNSERVE_ADMIN_KEY_FILE)."""
 
     def __init__(self, state_dir: Path, extra: list[str] | None = None, env: dict[str, str] | None = None,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, admin_key: str = "") -> None:
         self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.state_dir = state_dir
@@ -103,7 +104,7 @@ class Router:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"FNSERVE_CA_FILE": self.ca_file} if self.ca_file else {}),
                     **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
-        self.admin_key = ""
+        self.admin_key = admin_key
 
     def start(self) -> Router:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ class Router:
             [*FNSERVE, "up", "--port", str(self.port), "--state-dir", str(self.state_dir), *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=self.env)
         wait_for(self._ready, 30, f"router on {self.url} to be ready\n{self.log()}")
-        self.admin_key = (self.state_dir / "admin.key").read_text().strip()
+        self.admin_key = self.admin_key or (self.state_dir / "admin.key").read_text().strip()
         return self
 
     @property

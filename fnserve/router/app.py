@@ -45,7 +45,7 @@ from fnserve.router.services.accounting import AccountingService
 from fnserve.router.services.admission import AdmissionService
 from fnserve.router.services.audit import AuditLog
 from fnserve.router.services.functions import DeployRejected, FunctionService
-from fnserve.router.services.keys import KeyService, load_pepper
+from fnserve.router.services.keys import KeyService, resolve_pepper
 from fnserve.router.services.sync import ChangeWatcher
 from fnserve.router.services.training import TrainingService
 from fnserve.settings import Settings
@@ -105,7 +105,7 @@ class Services:
 def build_services(settings: Settings, state: StateStore, serving: Serving, training: Training) -> Services:
     audit = AuditLog(state)
     functions = FunctionService(settings, state, serving, audit)
-    keys = KeyService(state, load_pepper(settings.state_dir), audit)
+    keys = KeyService(state, resolve_pepper(settings), audit)
     store: Store = MemoryStore()
     daily = DailyCounters(state)
     metrics_ = metrics.Metrics(functions.statuses)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import math
 import os
 import re
@@ -28,12 +29,16 @@ from fnserve.records import KeyRecord
 from fnserve.router.invocation import Principal
 from fnserve.router.quota import Limits
 from fnserve.router.services.audit import SYSTEM, Actor, AuditLog
+from fnserve.settings import Settings
 from fnserve.state import StateStore
 
 _TOKEN_RE = re.compile(r"^fns_([0-9a-f]{12})_([0-9a-f]{40})$")
 _SCOPE_RE = re.compile(r"^(admin|invoke:\*|invoke:[a-z]([-a-z0-9]*[a-z0-9])?)$")
 CACHE_SECONDS = 5.0
 TENANT_CACHE_SECONDS = 5.0
+MIN_PEPPER_BYTES = 16
+ADMIN_SCOPES = ("admin", "invoke:*")
+log = logging.getLogger("fnserve.keys")
 
 
 def valid_scope(scope: str) -> bool:
@@ -54,6 +59,47 @@ def load_pepper(state_dir: Path) -> bytes:
     if not path.exists():
         _private_file(path, secrets.token_bytes(32))
     return path.read_bytes()
+
+
+class SecretFileError(Exception):
+    """A pepper or admin-key file the router cannot start with; the message names the file and what is
+    wrong with it, never its contents."""
+
+
+def _read_secret_file(setting: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SecretFileError(f"{setting}={path}: no such file") from None
+    except IsADirectoryError:
+        raise SecretFileError(f"{setting}={path}: is a folder, not a file") from None
+    except OSError as exc:
+        raise SecretFileError(f"{setting}={path}: cannot read it ({exc.strerror})") from None
+
+
+def resolve_pepper(settings: Settings) -> bytes:
+    """The pepper every key hash of this router is made with: FNSERVE_PEPPER_FILE when set (routers sharing
+    keys must share the pepper, so it is given, never made), else the state dir's own. The one resolution
+    both the startup's admin key and the app's KeyService use."""
+    if not settings.pepper_file:
+        return load_pepper(settings.state_dir)
+    pepper = _read_secret_file("FNSERVE_PEPPER_FILE", settings.pepper_file)
+    if len(pepper) < MIN_PEPPER_BYTES:
+        raise SecretFileError(f"FNSERVE_PEPPER_FILE={settings.pepper_file}: holds {len(pepper)} bytes, a pepper "
+                              f"needs at least {MIN_PEPPER_BYTES} (make one with: head -c 32 /dev/urandom > FILE)")
+    return pepper
+
+
+def read_admin_key_file(settings: Settings) -> tuple[str, str] | None:
+    """The (key id, secret) of FNSERVE_ADMIN_KEY_FILE; None when it is not set."""
+    if not settings.admin_key_file:
+        return None
+    raw = _read_secret_file("FNSERVE_ADMIN_KEY_FILE", settings.admin_key_file)
+    match = _TOKEN_RE.match(raw.decode("ascii", errors="replace").strip())
+    if not match:
+        raise SecretFileError(f"FNSERVE_ADMIN_KEY_FILE={settings.admin_key_file}: not an API key: expected "
+                              "fns_<12 hex digits>_<40 hex digits>")
+    return match[1], match[2]
 
 
 def hash_secret(pepper: bytes, secret: str) -> str:
@@ -85,6 +131,29 @@ def bootstrap_admin_key(state: StateStore, pepper: bytes, state_dir: Path) -> st
     _, token = create_key(state, pepper, "admin", "default", ["admin", "invoke:*"])
     _private_file(state_dir / "admin.key", (token + "\n").encode())
     return token
+
+
+def install_admin_key(state: StateStore, pepper: bytes, key_id: str, secret: str) -> None:
+    """Make the admin key of a mounted Secret valid: created when absent, its hash replaced when the Secret
+    was rotated (the old secret stops at once, as the Secret's owner asked). Several routers may start
+    together on one state: an insert another router won is read back, not an error. A key revoked through
+    the API stays revoked (a restart must not undo a revocation): mount a new key id instead."""
+    digest = hash_secret(pepper, secret)
+    record = state.key(key_id)
+    if record is None:
+        try:
+            state.add_key(KeyRecord(key_id, "admin", "default", ADMIN_SCOPES, digest, created_at=time.time()))
+            return
+        except Exception:  # the store's unique-id conflict (sqlite3 or a server's driver): re-read below
+            record = state.key(key_id)
+            if record is None:
+                raise
+    if not hmac.compare_digest(record.secret_hash, digest):
+        state.set_key_secret(key_id, digest)
+        log.info("admin API key %s: secret replaced by the one in FNSERVE_ADMIN_KEY_FILE", key_id)
+    if record.revoked_at is not None:
+        log.warning("admin API key %s from FNSERVE_ADMIN_KEY_FILE was revoked at %s; it stays revoked",
+                    key_id, _when(record.revoked_at))
 
 
 class AuthError(Exception):
