@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from fnserve.backends.knative.render import (
     render_s3_access,
 )
 from fnserve.manifest import load_function, load_training_job
+from fnserve.settings import Settings
 from tests.conftest import EXAMPLE, ROOT, edit_manifest, function_copy
 
 SCHEMA_DIR = Path(os.environ.get("FNSERVE_SCHEMA_DIR", ROOT.parent / "shared" / "schemas"))
@@ -206,22 +208,101 @@ def test_render_command_prints_yaml_and_notes(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "is a folder on this machine" in bad.stderr
 
 
+def kustomized(folder: Path) -> list[dict[str, Any]]:
+    """The objects of a kustomization's resources, as written (its generators aside)."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    return [doc for name in kustomization["resources"] for doc in yaml.safe_load_all((folder / name).read_text())
+            if doc]
+
+
+def the(objects: list[dict[str, Any]], kind: str, name: str = "fnserve-router") -> dict[str, Any]:
+    (body,) = [b for b in objects if b["kind"] == kind and b["metadata"]["name"] == name]
+    return body
+
+
 def test_base_manifests_are_valid_and_the_router_may_touch_only_its_namespace() -> None:
-    base = ROOT / "manifests" / "base"
-    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
-    objects = [doc for name in kustomization["resources"] for doc in yaml.safe_load_all((base / name).read_text())
-               if doc]
+    objects = kustomized(ROOT / "manifests" / "base")
     for body in objects:
         kubernetes_validate.validate(body, KUBERNETES_VERSION, strict=True)
     kinds = {body["kind"] for body in objects}
-    assert {"Namespace", "Deployment", "Service", "PodDisruptionBudget", "Role", "RoleBinding",
-            "PersistentVolumeClaim", "ServiceAccount"} <= kinds
+    assert {"Namespace", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Role",
+            "RoleBinding", "ServiceAccount"} <= kinds
     assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
     (role,) = [b for b in objects if b["kind"] == "Role"]
     granted = {(group, resource) for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
     assert ("serving.kserve.io", "inferenceservices") in granted and ("sinks.knative.dev", "jobsinks") in granted
     assert ("batch", "jobs") in granted and not any("*" in pair for pair in granted)
-    (router,) = [b for b in objects if b["kind"] == "Deployment" and b["metadata"]["name"] == "fnserve-router"]
+    router = the(objects, "Deployment")
     assert router["spec"]["template"]["spec"]["containers"][0]["args"][:3] == ["up", "--backend", "knative"]
     features = yaml.safe_load((ROOT / "manifests" / "knative" / "config-features.yaml").read_text())["data"]
     assert {f"kubernetes.podspec-{f}" for f in ("nodeselector", "tolerations", "affinity")} == set(features)
+
+
+def test_the_router_runs_as_replicas_that_keep_nothing_on_a_volume() -> None:
+    """Many routers: state from PostgreSQL, counters in Redis, pepper and admin key from read-only Secrets;
+    scaled by an HPA on CPU, drained one at a time, and every FNSERVE_* it sets a real setting."""
+    base = ROOT / "manifests" / "base"
+    objects = kustomized(base)
+    router = the(objects, "Deployment")
+    pod = router["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert router["spec"]["replicas"] == 3 and "PersistentVolumeClaim" not in {b["kind"] for b in objects}
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FNSERVE_DATABASE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "fnserve-database", "key": "url"}}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for variable, secret in (("FNSERVE_PEPPER_FILE", "fnserve-pepper"), ("FNSERVE_ADMIN_KEY_FILE", "fnserve-admin-key")):
+        (mount,) = [m for m in container["volumeMounts"] if env[variable]["value"].startswith(m["mountPath"] + "/")]
+        assert mount["readOnly"] is True
+        assert volumes[mount["name"]]["secret"] == {"secretName": secret, "defaultMode": 0o400}
+
+    literals = dict(item.split("=", 1) for item in
+                    yaml.safe_load((base / "kustomization.yaml").read_text())["configMapGenerator"][0]["literals"])
+    redis_host = literals["FNSERVE_REDIS_URL"].split("//")[1].split(":")[0]
+    assert the(objects, "Service", redis_host)["spec"]["ports"][0]["port"] == 6379
+    settings = {f"FNSERVE_{f.name.upper()}" for f in fields(Settings)}
+    assert {*literals, *env} <= settings, {*literals, *env} - settings
+
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["resources"]["requests"]["cpu"]  # what the HPA's utilization is a share of
+    hpa = the(objects, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "fnserve-router"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 10)
+    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+    pdb = the(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= router["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_the_secrets_the_router_needs_are_made_by_the_documented_commands() -> None:
+    """Secrets are not committed: each one the Deployment reads and kustomize does not generate has its
+    `kubectl create secret` line in docs/cluster.md."""
+    base = ROOT / "manifests" / "base"
+    pod = the(kustomized(base), "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    used = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    used |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    generated = {g["name"] for g in yaml.safe_load((base / "kustomization.yaml").read_text())["secretGenerator"]}
+    guide = (ROOT / "docs" / "cluster.md").read_text()
+    assert used - generated == {"fnserve-database", "fnserve-pepper", "fnserve-admin-key"}
+    for secret in used - generated:
+        assert f"kubectl -n fnserve create secret generic {secret} " in guide, secret
+
+
+def test_the_ingress_example_is_valid_and_serves_the_router_over_tls() -> None:
+    objects = kustomized(ROOT / "manifests" / "ingress")
+    for body in objects:
+        kubernetes_validate.validate(body, KUBERNETES_VERSION, strict=True)
+    ingress = the(objects, "Ingress")
+    assert ingress["apiVersion"] == "networking.k8s.io/v1" and ingress["spec"]["ingressClassName"]
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["secretName"] == "fnserve-tls" and tls["hosts"] == [r["host"] for r in ingress["spec"]["rules"]]
+    service = the(kustomized(ROOT / "manifests" / "base"), "Service")
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == service["metadata"]["name"]
+            assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
