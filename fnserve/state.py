@@ -288,10 +288,12 @@ class StateStore:
 
     def set_key_secret(self, key_id: str, secret_hash: str) -> bool:
         """Replace a key's secret with no grace period (the admin key's Secret was rotated); False if no key."""
-        with self._lock:
-            return self._db.execute(
+        with self.db.transaction() as db:
+            changed = db.execute(
                 "UPDATE api_keys SET secret_hash = ?, previous_hash = NULL, previous_until = NULL WHERE id = ?",
                 (secret_hash, key_id)).rowcount > 0
+            _bump(db, "keys")
+        return changed
 
     # -- limits and daily quotas -----------------------------------------------------------------
     def set_tenant_limits(self, tenant: str, limits: dict[str, Any]) -> None:
