@@ -669,7 +669,9 @@ class KubeApiStandIn:
 
     Controllers run after ``status_delay`` s (InferenceService conditions Unknown, Job active, JobSink Ready); an
     InferenceService turns Ready ``ready_delay`` s later and a Job finishes ``job_seconds`` s after starting, unless
-    a test hook says otherwise. Internal failures (stand-in bugs) are re-raised on exit.
+    a test hook says otherwise. An InferenceService gets a new Knative Revision only when its revision template
+    changes, and canaryTrafficPercent splits its traffic as KServe does. Internal failures (stand-in bugs) are
+    re-raised on exit.
     """
 
     def __init__(self, *, ready_delay: float = 0.3, status_delay: float = 0.05, job_seconds: float = 0.3,
@@ -696,6 +698,7 @@ class KubeApiStandIn:
         self._job_runs: dict[str, _JobRule] = {}  # by Job uid: the rule its run follows
         self._logs: dict[tuple[str, str], dict[str, str]] = {}  # (namespace, pod) -> container -> text
         self._owner_logs: dict[tuple[str, str], str] = {}  # ("inferenceservices" | "jobs", name) -> text
+        self._templates: dict[str, tuple[str, int]] = {}  # InferenceService uid -> (revision template digest, count)
         self._pod_ips = itertools.count(10)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -1056,10 +1059,24 @@ class KubeApiStandIn:
                 "transitionStatus": "InProgress"},
                 deploymentMode=(meta.get("annotations") or {}).get("serving.kserve.io/deploymentMode", "Knative"))
             predictor = status.setdefault("components", {}).setdefault("predictor", {})
-            predictor["latestCreatedRevision"] = f"{name}-predictor-{generation:05d}"
+            predictor["latestCreatedRevision"] = self._isvc_revision(obj)
             self._status_write(res, obj, "kserve-controller")
         if (ISVC[1], name) not in self._held:
             self._scheduler.call_later(self._ready_delay, self._isvc_settle, namespace, name, generation)
+
+    def _isvc_revision(self, obj: Obj) -> str:
+        """The Knative Revision a generation runs: a new one only when the revision template changed — the
+        predictor less canaryTrafficPercent (a traffic setting), with the labels and annotations KServe copies
+        onto the template. So a canary's promotion keeps its Revision and its pods."""
+        meta = obj["metadata"]
+        predictor = {k: v for k, v in (_dig(obj, ("spec", "predictor"), {}) or {}).items() if k != "canaryTrafficPercent"}
+        digest = hashlib.sha256(json.dumps([predictor, meta.get("labels"), meta.get("annotations")],
+                                           sort_keys=True).encode()).hexdigest()
+        known, count = self._templates.get(meta["uid"], ("", 0))
+        if digest != known:
+            count += 1
+            self._templates[meta["uid"]] = (digest, count)
+        return f"{meta['name']}-predictor-{count:05d}"
 
     def _isvc_settle(self, namespace: str, name: str, generation: int) -> None:
         """The Revision came up (Ready True, URLs, a running pod) or failed (fail_next: Ready False)."""
@@ -1072,7 +1089,7 @@ class KubeApiStandIn:
                     or (ISVC[1], name) in self._held or status.get("observedGeneration") != generation
                     or _condition(status, "Ready").get("status") != "Unknown"):
                 return
-            revision = f"{name}-predictor-{generation:05d}"
+            revision = status["components"]["predictor"]["latestCreatedRevision"]
             active = _dig(status, ("modelStatus", "states", "activeModelState"))
             if name in self._fail_next:
                 reason, message = self._fail_next.pop(name)
@@ -1092,19 +1109,40 @@ class KubeApiStandIn:
             status.update(url=f"http://{name}.{namespace}.{self.domain}", address={"url": internal}, modelStatus={
                 "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"}, "transitionStatus": "UpToDate",
                 "copies": {"failedCopies": 0, "totalCopies": 1}})
-            status["components"]["predictor"].update(
-                latestReadyRevision=revision, latestRolledoutRevision=revision, address={"url": internal},
-                url=f"http://{name}-predictor.{namespace}.{self.domain}",
-                traffic=[{"revisionName": revision, "percent": 100, "latestRevision": True}])
+            predictor = status["components"]["predictor"]
+            previous = self._isvc_traffic(predictor, revision, _dig(obj, ("spec", "predictor", "canaryTrafficPercent")))
+            predictor.update(latestReadyRevision=revision, address={"url": internal},
+                             url=f"http://{name}-predictor.{namespace}.{self.domain}")
             self._status_write(res, obj, "kserve-controller")
-            self._isvc_pod(namespace, obj, revision, None)
+            self._isvc_pod(namespace, obj, revision, None, previous)
 
-    def _isvc_pod(self, namespace: str, isvc: Obj, revision: str, failure: str | None) -> None:
-        """The revision's pod (kserve-container + Knative's queue-proxy); a ready revision replaces older pods."""
+    @staticmethod
+    def _isvc_traffic(predictor: Obj, revision: str, canary: int | None) -> str | None:
+        """KServe's split (ksvc_reconciler.go, PropagateStatus): with canaryTrafficPercent, the new Revision takes
+        that share and the last Revision that had all the traffic (latestRolledoutRevision) the rest; a Revision
+        that gets 100% becomes the rolled-out one. Returns the Revision that keeps a share beside ``revision``."""
+        rolled = predictor.get("latestRolledoutRevision")
+        if canary is not None and canary < 100 and rolled and rolled != revision:
+            predictor["traffic"] = [{"revisionName": revision, "percent": canary, "latestRevision": True},
+                                    {"revisionName": rolled, "percent": 100 - canary, "latestRevision": False,
+                                     "tag": "prev"}]
+            return str(rolled)
+        predictor["traffic"] = [{"revisionName": revision, "percent": 100, "latestRevision": True}]
+        if rolled != revision:
+            if rolled:
+                predictor["previousRolledoutRevision"] = rolled
+            predictor["latestRolledoutRevision"] = revision
+        return None
+
+    def _isvc_pod(self, namespace: str, isvc: Obj, revision: str, failure: str | None, keep: str | None = None) -> None:
+        """The revision's pod (kserve-container + Knative's queue-proxy), labelled with the InferenceService's labels
+        as KServe's revision template is; a ready revision replaces the pods of every other but ``keep`` (the one
+        that keeps a share of the traffic)."""
         name = isvc["metadata"]["name"]
         for pod in self.store.objects(PODS, namespace):
             labels = pod["metadata"].get("labels") or {}
-            if labels.get(ISVC_LABEL) == name and labels.get("serving.knative.dev/revision") != revision and not failure:
+            if labels.get(ISVC_LABEL) == name and labels.get("serving.knative.dev/revision") not in (revision, keep) \
+                    and not failure:
                 self._remove(self._by_gk[PODS], namespace, pod["metadata"]["name"], "Background")
         if any((pod["metadata"].get("labels") or {}).get("serving.knative.dev/revision") == revision
                for pod in self.store.objects(PODS, namespace)):
@@ -1118,7 +1156,7 @@ class KubeApiStandIn:
         text = self._owner_logs.get((ISVC[1], name)) or (f"ERROR: {failure}\n" if failure else
                                                          "INFO: Started server process [1]\nINFO: model loaded\n"
                                                          "INFO: Uvicorn running on http://0.0.0.0:8080\n")
-        labels = {ISVC_LABEL: name, "component": "predictor", "app": revision,
+        labels = {**(isvc["metadata"].get("labels") or {}), ISVC_LABEL: name, "component": "predictor", "app": revision,
                   "serving.knative.dev/revision": revision, "serving.knative.dev/service": f"{name}-predictor",
                   "serving.knative.dev/configuration": f"{name}-predictor"}
         self._new_pod(namespace, _generate_name(f"{revision}-deployment-{_random(10)}-"),

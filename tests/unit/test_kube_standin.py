@@ -243,6 +243,41 @@ def test_pods_and_logs_of_a_ready_inferenceservice(api: KubeApiStandIn, custom: 
         "INFO: serving\n"
 
 
+def test_a_canary_shares_traffic_with_the_rolled_out_revision_and_promotion_keeps_its_revision(
+        api: KubeApiStandIn, custom: client.CustomObjectsApi) -> None:
+    """KServe's canaryTrafficPercent: the new Revision takes that share, the last one that had all the traffic the
+    rest; dropping the field is a traffic change only, so Knative keeps the Revision (and its pod)."""
+    def settled(generation: int) -> dict[str, Any]:
+        return wait_until(lambda: (lambda o: ready(o) == "True" and o["status"]["observedGeneration"] == generation
+                                   and o)(custom.get_namespaced_custom_object(*KSERVE, NS, "inferenceservices", "s")),
+                          5, f"generation {generation} Ready")
+
+    def pods() -> dict[str, str]:
+        return {p["metadata"]["name"]: p["metadata"]["labels"]["serving.knative.dev/revision"]
+                for p in api.list_objects("pods", NS, labels="serving.kserve.io/inferenceservice=s")}
+
+    apply_isvc(custom, isvc("s"))
+    settled(1)
+    canary = isvc("s", image="runtime:2")
+    canary["spec"]["predictor"]["canaryTrafficPercent"] = 10
+    apply_isvc(custom, canary)
+    predictor = settled(2)["status"]["components"]["predictor"]
+    assert predictor["traffic"] == [
+        {"revisionName": "s-predictor-00002", "percent": 10, "latestRevision": True},
+        {"revisionName": "s-predictor-00001", "percent": 90, "latestRevision": False, "tag": "prev"}]
+    assert predictor["latestRolledoutRevision"] == "s-predictor-00001"
+    running = wait_until(lambda: (lambda found: len(found) == 2 and found)(pods()), 5, "a pod of each revision")
+    assert sorted(running.values()) == ["s-predictor-00001", "s-predictor-00002"]
+
+    apply_isvc(custom, isvc("s", image="runtime:2"))  # promoted
+    predictor = settled(3)["status"]["components"]["predictor"]
+    assert predictor["latestCreatedRevision"] == "s-predictor-00002"
+    assert predictor["traffic"] == [{"revisionName": "s-predictor-00002", "percent": 100, "latestRevision": True}]
+    assert (predictor["latestRolledoutRevision"], predictor["previousRolledoutRevision"]) == (
+        "s-predictor-00002", "s-predictor-00001")
+    assert pods() == {name: revision for name, revision in running.items() if revision == "s-predictor-00002"}
+
+
 def test_fail_next_ends_the_reconcile_ready_false_with_the_message(api: KubeApiStandIn,
                                                                    custom: client.CustomObjectsApi) -> None:
     api.fail_next("inferenceservices", "sentiment", reason="RevisionFailed",
