@@ -123,6 +123,27 @@ def test_the_schemas_do_catch_mistakes() -> None:
         validate(configmap)
 
 
+@needs_schemas
+def test_a_canary_is_the_revision_plus_kserve_s_traffic_split_where_the_crd_has_it() -> None:
+    function, files = load_function(EXAMPLE), folder_files(EXAMPLE)
+    _, plain = render_function(function, files, ClusterConfig(), 2)
+    _, canary = render_function(function, files, ClusterConfig(), 2, canary=10)
+    _, pinned = render_function(function, files, ClusterConfig(), 2, canary=0)
+    schema = crd_schema("InferenceService", canary["apiVersion"])
+    assert "canaryTrafficPercent" in schema["properties"]["spec"]["properties"]["predictor"]["properties"]
+    validate(canary)
+    assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert pinned["spec"]["predictor"]["canaryTrafficPercent"] == 0  # everything on the previous revision
+    assert "canaryTrafficPercent" not in walk(plain)
+    del canary["spec"]["predictor"]["canaryTrafficPercent"]
+    assert canary == plain  # the split is all a canary adds: promoting it leaves Knative's revision as it is
+    canary["spec"]["predictor"]["canaryTrafficPercent"] = "10%"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(canary)
+    with pytest.raises(RenderError, match="canaryTrafficPercent: a percent from 0 to 100, not 101"):
+        render_function(function, files, ClusterConfig(), 2, canary=101)
+
+
 def test_cpu_function_scales_to_zero_in_knative_mode_without_gpu_fields() -> None:
     _, isvc = render_function(load_function(EXAMPLE), folder_files(EXAMPLE), ClusterConfig())
     annotations = isvc["metadata"]["annotations"]

@@ -8,10 +8,11 @@ A function becomes a ``serving.kserve.io/v1beta1`` InferenceService in Knative m
 KServe's compiled-in default is now the raw Deployment mode, which cannot scale to zero) with a
 custom predictor container ``kserve-container`` running ``runtimes.server``. Everything KServe has a
 field for goes in the field (minReplicas, maxReplicas, scaleTarget, scaleMetric,
-containerConcurrency, timeout); the other Knative knobs go in ``autoscaling.knative.dev/*``
-annotations, which KServe passes down to the revision. The model arrives through ``STORAGE_URI``
-(KServe's storage initializer downloads it to /mnt/models); the function's code arrives as an
-immutable ConfigMap named after its content. A training job becomes a ``batch/v1`` Job running the
+containerConcurrency, timeout, and a canary's canaryTrafficPercent: KServe then splits the traffic
+between this revision and the last one that had all of it); the other Knative knobs go in
+``autoscaling.knative.dev/*`` annotations, which KServe passes down to the revision. The model
+arrives through ``STORAGE_URI`` (KServe's storage initializer downloads it to /mnt/models); the
+function's code arrives as an immutable ConfigMap named after its content. A training job becomes a ``batch/v1`` Job running the
 job wrapper, wrapped in a Knative Eventing JobSink when the cluster has one, plus the CloudEvent that
 starts one run.
 """
@@ -30,6 +31,8 @@ from fnserve.replica_contract import ReplicaArgs
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fnserve"}
 FUNCTION_LABEL = "fnserve.dev/function"
+REVISION_LABEL = "fnserve.dev/revision"
+"""On the InferenceService, and so (KServe copies its labels into the revision template) on its pods."""
 JOB_LABEL = "fnserve.dev/job"
 CODE_DIR = "/opt/fnserve/function"
 MODEL_DIR = "/mnt/models"
@@ -157,16 +160,20 @@ def _placement(gpu: int, config: ClusterConfig) -> dict[str, Any]:
 
 # -- functions ----------------------------------------------------------------------------------------
 def render_function(function: Function, files: Mapping[str, bytes], config: ClusterConfig,
-                    revision: int | None = None) -> list[dict[str, Any]]:
+                    revision: int | None = None, canary: int | None = None) -> list[dict[str, Any]]:
     """The ConfigMap with the function's code, then its InferenceService.
 
     ``files`` is the function's folder (relative path → bytes); its function.yaml is replaced by the
-    manifest as given, so the replica reads exactly what was deployed (model URI pinned).
+    manifest as given, so the replica reads exactly what was deployed (model URI pinned). ``canary``
+    (0..100) renders it as a canary taking that percent of the traffic from the revision that had all
+    of it; 0 pins everything to that revision while this one starts.
     """
     import yaml
 
+    if canary is not None and not 0 <= canary <= 100:
+        raise RenderError(f"canaryTrafficPercent: a percent from 0 to 100, not {canary}")
     name, spec = function.name, function.spec
-    labels = {FUNCTION_LABEL: name, **({"fnserve.dev/revision": str(revision)} if revision else {})}
+    labels = {FUNCTION_LABEL: name, **({REVISION_LABEL: str(revision)} if revision else {})}
     code = {**files, "function.yaml": yaml.safe_dump(function.to_dict(), sort_keys=False).encode()}
     configmap = code_configmap(name, code, config, labels)
     scaling = spec.scaling
@@ -210,6 +217,7 @@ def render_function(function: Function, files: Mapping[str, bytes], config: Clus
         "scaleMetric": "concurrency",
         "containerConcurrency": scaling.container_concurrency,
         "timeout": spec.timeout,
+        **({"canaryTrafficPercent": canary} if canary is not None else {}),
         "serviceAccountName": config.service_account,
         **_placement(gpu, config),
         "containers": [container],
