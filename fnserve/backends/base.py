@@ -6,6 +6,11 @@ objects built by one factory (``fnserve.backends.local.create``, ``fnserve.backe
 which hands both what they share (the GPU inventory, the cluster API client). Errors a backend raises
 are typed and carry the HTTP status and Retry-After the router should answer with, so the router maps
 them without knowing why they happened.
+
+A function serves one revision (its main track) and may run a second beside it, a canary, that takes a
+percent of its traffic until it is promoted or dropped. Who divides the traffic differs: a cluster splits
+it itself (KServe's canaryTrafficPercent, ``splits_traffic``), on one machine the router picks a track
+per request and asks ``acquire(name, canary=True)`` for the canary's replicas.
 """
 
 from __future__ import annotations
@@ -59,12 +64,17 @@ class FunctionStatus:
     start_times_ms: list[float] = field(default_factory=list)
     url: str = ""
     """Where the backend serves the function, when it has an address of its own (a cluster)."""
+    canary_revision: int | None = None
+    """The revision running beside ``revision`` as its canary (its replicas are in ``replicas`` too)."""
+    canary_percent: int = 0
+    """The share of traffic the canary takes; 0 when there is none."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "revision": self.revision, "ready": self.ready, "message": self.message,
                 "address": self.url,
                 "replicas": [r.to_dict() for r in self.replicas], "desired": self.desired, "panic": self.panic,
-                "queued": self.queued, "startTimesMs": self.start_times_ms}
+                "queued": self.queued, "startTimesMs": self.start_times_ms,
+                "canaryRevision": self.canary_revision, "canaryPercent": self.canary_percent}
 
 
 class BackendError(Exception):
@@ -97,9 +107,18 @@ class DeployFailed(BackendError):
 
 
 class NoCanary(BackendError):
-    """Promote or drop of a function that has no canary."""
+    """Promote or drop of a function that runs no canary."""
 
     status = 409
+
+
+def canary_percent(percent: int) -> int:
+    """``percent`` as a canary's share of traffic: 0 (no canary) or 1..99. A canary at 100 would be a
+    redeploy that keeps the old revision running for nothing; the router checks users' input first, so
+    anything else here is a bug in the caller."""
+    if not 0 <= percent <= 99:
+        raise ValueError(f"a canary takes 1 to 99 percent of the traffic (0: no canary), not {percent}")
+    return percent
 
 
 class JobNotFound(BackendError):
@@ -123,18 +142,37 @@ class Serving(Protocol):
     False when each router runs replicas of its own (local), so a change another router made must be
     applied here too."""
 
+    splits_traffic: bool
+    """True when the backend divides a function's traffic between its revision and its canary itself (a
+    cluster: one address, KServe's canaryTrafficPercent); False when the router picks the track of each
+    request and says so to acquire()."""
+
     async def start(self) -> None:
         """Called once the router's event loop runs, before functions are restored."""
 
-    async def apply(self, revision: Revision, *, verify: bool = True) -> None:
-        """Make ``revision`` the one serving its function. With ``verify`` (a deploy) it returns once the
-        revision has proved it starts; without (a restore) it only has to be registered."""
+    async def apply(self, revision: Revision, *, verify: bool = True, canary: int = 0) -> None:
+        """Make ``revision`` the one serving its function (a canary, if any, is stopped too). With ``verify``
+        (a deploy) it returns once the revision has proved it starts; without (a restore) it only has to
+        be registered. If it fails to start (DeployFailed), what served before serves on.
+
+        ``canary`` 1..99: start ``revision`` beside the function's current one, as its canary taking that
+        percent of the traffic, instead; the current revision is not touched, an earlier canary is
+        replaced. A function with no current revision has no canary: FunctionNotFound."""
+
+    async def promote(self, name: str) -> None:
+        """The canary becomes the function's only revision; the previous one is drained as in a redeploy.
+        Raises FunctionNotFound, or NoCanary when there is none."""
+
+    async def drop_canary(self, name: str) -> None:
+        """Stop the canary; the current revision serves everything. Raises FunctionNotFound or NoCanary."""
 
     async def delete(self, name: str) -> None:
-        """Stop every replica of a function."""
+        """Stop every replica of a function, its canary's too."""
 
-    async def acquire(self, name: str) -> Endpoint:
-        """A ready replica for one request; raises FunctionNotFound or NoReadyReplica."""
+    async def acquire(self, name: str, canary: bool = False) -> Endpoint:
+        """A ready replica for one request, of the canary when ``canary`` (a function without one — say,
+        promoted a moment ago — answers from its current revision); raises FunctionNotFound or
+        NoReadyReplica. A backend that splits traffic itself ignores ``canary``."""
 
     def release(self, endpoint: Endpoint) -> None:
         """The request acquire() was for has finished."""

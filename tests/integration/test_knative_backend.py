@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fnserve.backends import knative
-from fnserve.backends.base import DeployFailed, FunctionNotFound, NoReadyReplica
+from fnserve.backends.base import DeployFailed, FunctionNotFound, NoCanary, NoReadyReplica
 from fnserve.manifest import load_function, load_training_job
 from fnserve.records import Revision
 from fnserve.settings import Settings
@@ -84,6 +84,89 @@ def test_apply_waits_for_ready_then_serves_its_address_and_delete_removes_it(tmp
     assert applies and all(r.content_type == "application/apply-patch+yaml" and r.query.get("fieldManager") == "fnserve"
                            for r in applies)
     assert {r.path.split("/")[-2] for r in applies} == {"configmaps", "inferenceservices"}
+
+
+def test_a_canary_is_kserve_s_traffic_split_until_promoted_or_dropped(tmp_path: Path, kube: KubeApiStandIn) -> None:
+    """The canary revision is applied with canaryTrafficPercent; dropping it applies the serving revision again
+    (pinned at 0 first, so the canary never gets everything), promoting it applies it without the field and
+    Knative keeps its pods. Both revisions' code stays while both may start pods."""
+    def isvc() -> dict[str, Any]:
+        found = kube.get_object("inferenceservices", "sentiment", NS)
+        assert found is not None
+        return found
+
+    def serving() -> tuple[str, int | None, int]:
+        """The revision the InferenceService runs, its canary share, its timeout (each revision has its own)."""
+        predictor = isvc()["spec"]["predictor"]
+        return isvc()["metadata"]["labels"]["fnserve.dev/revision"], predictor.get("canaryTrafficPercent"), \
+            predictor["timeout"]
+
+    def split() -> list[int]:
+        return sorted(t["percent"] for t in isvc()["status"]["components"]["predictor"]["traffic"])
+
+    def code() -> set[str]:
+        return {c["metadata"]["name"] for c in kube.list_objects("configmaps", NS, labels="fnserve.dev/function=sentiment")}
+
+    def pods(revision: str) -> list[str]:
+        return [p["metadata"]["name"] for p in kube.list_objects("pods", NS, labels=f"fnserve.dev/revision={revision}")]
+
+    async def until(predicate: Any, what: str) -> Any:
+        return await asyncio.to_thread(wait_for, predicate, 5, what)
+
+    async def scenario() -> None:
+        backend, _ = knative.create(settings(tmp_path, kube), StateStore(tmp_path / "db"), kube.api_client())
+        assert backend.splits_traffic
+        with pytest.raises(FunctionNotFound, match="serves no revision to run a canary beside"):
+            await backend.apply(revision(EXAMPLE, 2, timeout=45), canary=10)
+        await backend.apply(revision(EXAMPLE, 1))
+        main_code = code()
+        await backend.apply(revision(EXAMPLE, 2, timeout=45), canary=10)
+        assert serving() == ("2", 10, 45) and split() == [10, 90]
+        status = backend.status("sentiment")
+        assert (status.revision, status.canary_revision, status.canary_percent) == (1, 2, 10)
+        assert (await backend.acquire("sentiment", canary=True)).url == (await backend.acquire("sentiment")).url
+        await asyncio.to_thread(wait_for, lambda: sorted(r.revision for r in backend.status("sentiment").replicas)
+                                == [1, 2], 10, "the status to list a pod of each revision (re-read every 5 s)")
+
+        await backend.apply(revision(EXAMPLE, 3, timeout=60), canary=20)  # replaces the canary
+        assert serving() == ("3", 20, 60) and split() == [20, 80]
+        await until(lambda: len(code()) == 2 and main_code < code(), "revision 2's code to go, revision 1's to stay")
+
+        kube.fail_next("inferenceservices", "sentiment")
+        with pytest.raises(DeployFailed, match="the model did not load"):
+            await backend.apply(revision(EXAMPLE, 4, timeout=50), canary=30)
+        status = backend.status("sentiment")
+        assert (status.revision, status.canary_revision, status.canary_percent) == (1, 3, 20)
+
+        applied = len([r for r in kube.requests if r.method == "PATCH" and "inferenceservices" in r.path])
+        await backend.drop_canary("sentiment")
+        assert serving() == ("1", None, 30) and split() == [100]
+        bodies = [json.loads(r.body)["spec"]["predictor"] for r in kube.requests
+                  if r.method == "PATCH" and "inferenceservices" in r.path][applied:]
+        assert [body.get("canaryTrafficPercent") for body in bodies] == [0, None]  # pinned first
+        status = backend.status("sentiment")
+        assert (status.revision, status.canary_revision, status.canary_percent) == (1, None, 0)
+        await until(lambda: code() == main_code, "the dropped canary's code to go")
+        for action in (backend.promote, backend.drop_canary):
+            with pytest.raises(NoCanary, match="function 'sentiment' has no canary to"):
+                await action("sentiment")
+
+        await backend.apply(revision(EXAMPLE, 5, timeout=40), canary=50)
+        canary_pods = await until(lambda: pods("5"), "the canary's pod")
+        await backend.promote("sentiment")
+        assert serving() == ("5", None, 40) and split() == [100]
+        status = backend.status("sentiment")
+        assert (status.revision, status.canary_revision, status.canary_percent) == (5, None, 0)
+        await until(lambda: not pods("1"), "revision 1's pods to go")
+        assert pods("5") == canary_pods  # the same Knative revision, now with all the traffic: no cold start
+        await until(lambda: len(code()) == 1 and not code() & main_code, "revision 1's code to go")
+
+        await backend.delete("sentiment")
+        with pytest.raises(FunctionNotFound):
+            backend.status("sentiment")
+        await backend.close()
+
+    run(scenario())
 
 
 def test_failing_and_stuck_revisions_become_readable_deploy_errors(tmp_path: Path, kube: KubeApiStandIn) -> None:

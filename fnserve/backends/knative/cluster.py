@@ -7,6 +7,13 @@ turns False becomes a DeployFailed naming its reason and message. Requests go to
 cluster-local ``status.address.url``; Knative's activator buffers them across a scale from zero, so
 acquire() has nothing to wait for. Training is KnativeJobs' (jobs.py); the two share one ClusterApi
 (api.py), which this side closes.
+
+A canary is KServe's own: the canary revision is applied with ``canaryTrafficPercent`` and KServe splits
+the one address's traffic between it and the last revision that had all of it (``splits_traffic``), so
+acquire() ignores which track the router would pick. Promote applies the canary's revision without the
+field; dropping it applies the serving revision again, first pinned (canaryTrafficPercent 0) — without
+that step Knative's "latest" target would send everything to the canary, the newest ready revision,
+until the re-applied one is up. The backend remembers both revisions of each function for that.
 """
 
 from __future__ import annotations
@@ -15,21 +22,26 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 from fnserve.backends.base import (
+    BackendError,
     DeployFailed,
     Endpoint,
     FunctionNotFound,
     FunctionStatus,
+    NoCanary,
     NoReadyReplica,
     ReplicaStatus,
+    canary_percent,
 )
 from fnserve.backends.knative.api import ISVC, ClusterApi, condition
 from fnserve.backends.knative.folders import folder_files
 from fnserve.backends.knative.render import (
     FUNCTION_LABEL,
     MANAGED_BY,
+    REVISION_LABEL,
     ClusterConfig,
     RenderError,
     config_from_settings,
@@ -62,9 +74,24 @@ def readiness(obj: dict[str, Any], generation: int | None) -> tuple[str, str]:
     return "pending", ready.get("message") or ready.get("reason") or "waiting for the Ready condition"
 
 
+@dataclass(frozen=True)
+class _Applied:
+    """A revision as applied, with its code ConfigMap, which stays while the revision may start pods."""
+
+    revision: Revision
+    code: str
+
+
+def _revision_of(labels: dict[str, str]) -> int | None:
+    """The fnserve revision a pod runs, from the label KServe copies from the InferenceService."""
+    value = labels.get(REVISION_LABEL, "")
+    return int(value) if value.isdigit() else None
+
+
 class KnativeBackend:
     fetches_models = False
     shared = True
+    splits_traffic = True
 
     def __init__(self, settings: Settings, api: ClusterApi) -> None:
         self.settings = settings
@@ -72,29 +99,87 @@ class KnativeBackend:
         self.namespace = api.namespace
         self.api = api
         self._objects: dict[str, dict[str, Any]] = {}
-        self._revisions: dict[str, int] = {}
+        self._main: dict[str, _Applied] = {}
+        self._canaries: dict[str, tuple[_Applied, int]] = {}
         self._pods: dict[str, list[dict[str, Any]]] = {}
         self._tasks = BackgroundTasks()
         self._refresher: asyncio.Task[None] | None = None
 
     # -- functions -------------------------------------------------------------------------------------
-    async def apply(self, revision: Revision, *, verify: bool = True) -> None:
+    async def apply(self, revision: Revision, *, verify: bool = True, canary: int = 0) -> None:
+        percent = canary_percent(canary)
+        name = revision.name
         self._ensure_refresher()
+        if percent:
+            if name not in self._main:
+                raise FunctionNotFound(f"function {name!r} serves no revision to run a canary beside")
+            self._canaries[name] = (await self._put(revision, percent, verify), percent)
+        else:
+            self._main[name] = await self._replace(revision, verify)
+            self._canaries.pop(name, None)
+        self._collect(name)
+        log.info("%s: revision %d applied as InferenceService %s/%s%s", name, revision.number, self.namespace, name,
+                 f", a canary for {percent}% of requests" if percent else "")
+
+    async def promote(self, name: str) -> None:
+        """The canary's revision without canaryTrafficPercent: Knative keeps its revision (the template is
+        the same) and moves all traffic to it."""
+        canary = self._canary(name, "promote")
+        self._main[name] = await self._put(canary.revision, None, verify=True)
+        del self._canaries[name]
+        self._collect(name)
+        log.info("%s: canary revision %d promoted", name, canary.revision.number)
+
+    async def drop_canary(self, name: str) -> None:
+        canary = self._canary(name, "drop")
+        main = self._main[name]
+        await self._replace(main.revision, verify=True)
+        del self._canaries[name]
+        self._collect(name)
+        log.info("%s: canary revision %d dropped; revision %d serves everything", name, canary.revision.number,
+                 main.revision.number)
+
+    def _canary(self, name: str, what: str) -> _Applied:
+        if name not in self._main:
+            raise FunctionNotFound(f"function {name!r} not found")
+        if name not in self._canaries:
+            raise NoCanary(f"function {name!r} has no canary to {what}")
+        return self._canaries[name][0]
+
+    async def _replace(self, revision: Revision, verify: bool) -> _Applied:
+        """``revision`` with all the traffic. While a canary runs, a deploy is pinned first: applied with
+        canaryTrafficPercent 0, the serving revision keeps all the traffic until the new one is Ready
+        (else "latest" would mean the canary meanwhile); if it never is, the split goes back as it was."""
+        canary = self._canaries.get(revision.name)
+        if canary is not None and verify:
+            try:
+                await self._put(revision, 0, verify=True)
+            except DeployFailed:
+                with contextlib.suppress(BackendError):
+                    await self._put(canary[0].revision, canary[1], verify=False)
+                raise
+        return await self._put(revision, None, verify)
+
+    async def _put(self, revision: Revision, percent: int | None, verify: bool) -> _Applied:
+        """Render and apply ``revision`` (with canaryTrafficPercent ``percent``); with ``verify``, wait
+        until the InferenceService is Ready at the generation applied."""
         try:
             files = await asyncio.to_thread(folder_files, revision.source_dir)
-            configmap, isvc = render_function(revision.function, files, self.config, revision.number)
+            configmap, isvc = render_function(revision.function, files, self.config, revision.number, percent)
         except RenderError as exc:
             raise DeployFailed(f"{revision.name}: {exc}") from None
         await self.api.apply(configmap)
         applied = await self.api.apply(isvc)
         self._objects[revision.name] = applied
-        self._revisions[revision.name] = revision.number
         if verify:
             generation = (applied.get("metadata") or {}).get("generation")
             self._objects[revision.name] = await self._wait_ready(revision.name, generation)
-        self._tasks.spawn(self._collect_code(revision.name, configmap["metadata"]["name"]))
-        log.info("%s: revision %d applied as InferenceService %s/%s", revision.name, revision.number,
-                 self.namespace, revision.name)
+        return _Applied(revision, configmap["metadata"]["name"])
+
+    def _collect(self, name: str) -> None:
+        canary = self._canaries.get(name)
+        keep = {applied.code for applied in (self._main.get(name), canary[0] if canary else None) if applied}
+        self._tasks.spawn(self._collect_code(name, keep))
 
     async def _wait_ready(self, name: str, generation: int | None) -> dict[str, Any]:
         """Poll-free wait: a GET, then a watch on the one object until Ready (or failed, or the deadline)."""
@@ -127,14 +212,15 @@ class KnativeBackend:
 
             await self.api.call(watch_once)
 
-    async def _collect_code(self, name: str, keep: str) -> None:
-        """Delete the function's older code ConfigMaps once a revision serves (each is content-named)."""
+    async def _collect_code(self, name: str, keep: set[str]) -> None:
+        """Delete the function's older code ConfigMaps once a revision serves (each is content-named);
+        ``keep`` those of the revisions that may still start pods (the serving one and the canary)."""
         with contextlib.suppress(Exception):
             listed = await self.api.call(self.api.core.list_namespaced_config_map, self.namespace,
                                          label_selector=f"{FUNCTION_LABEL}={name}")
             for item in listed.items:
                 configmap = item.metadata.name if item.metadata else None
-                if configmap is not None and configmap != keep:
+                if configmap is not None and configmap not in keep:
                     await self.api.call(self.api.core.delete_namespaced_config_map, configmap, self.namespace)
 
     async def delete(self, name: str) -> None:
@@ -146,10 +232,12 @@ class KnativeBackend:
         except ApiException:
             raise FunctionNotFound(f"function {name!r} not found in namespace {self.namespace}") from None
         self._objects.pop(name, None)
-        self._revisions.pop(name, None)
-        self._tasks.spawn(self._collect_code(name, keep=""))
+        self._main.pop(name, None)
+        self._canaries.pop(name, None)
+        self._tasks.spawn(self._collect_code(name, keep=set()))
 
-    async def acquire(self, name: str) -> Endpoint:
+    async def acquire(self, name: str, canary: bool = False) -> Endpoint:
+        """The InferenceService's address, whichever track: Knative splits the traffic behind it."""
         obj = self._objects.get(name)
         url = ((obj or {}).get("status") or {}).get("address", {}).get("url")
         if not url:
@@ -176,11 +264,15 @@ class KnativeBackend:
         if obj is None:
             raise FunctionNotFound(f"function {name!r} not found")
         state, why = readiness(obj, None)
-        replicas = [ReplicaStatus(pod["name"], self._revisions.get(name, 0), pod["phase"].lower(), pod["ip"], None, 0,
-                                  pod["started"]) for pod in self._pods.get(name, [])]
+        main = self._main.get(name)
+        number = main.revision.number if main is not None else None
+        canary, percent = self._canaries.get(name, (None, 0))
+        replicas = [ReplicaStatus(pod["name"], pod["revision"] or number or 0, pod["phase"].lower(), pod["ip"], None,
+                                  0, pod["started"]) for pod in self._pods.get(name, [])]
         url = ((obj.get("status") or {}).get("url")) or ""
-        return FunctionStatus(name, self._revisions.get(name), state == "ready", replicas,
-                              "" if state == "ready" else why, desired=None, url=url)
+        return FunctionStatus(name, number, state == "ready", replicas, "" if state == "ready" else why,
+                              desired=None, url=url, canary_revision=canary.revision.number if canary else None,
+                              canary_percent=percent)
 
     def _ensure_refresher(self) -> None:
         if self._refresher is None:
@@ -205,6 +297,7 @@ class KnativeBackend:
         pods = await self.api.call(self.api.core.list_namespaced_pod, self.namespace,
                                    label_selector=f"serving.kserve.io/inferenceservice={name}")
         return [{"name": p.metadata.name, "phase": (p.status.phase or "Unknown") if p.status else "Unknown",
+                 "revision": _revision_of(p.metadata.labels or {}),
                  "ip": (p.status.pod_ip or "") if p.status else "",
                  "started": p.status.start_time.timestamp() if p.status and p.status.start_time else 0.0}
                 for p in pods.items if p.metadata is not None]

@@ -1,12 +1,16 @@
 """LocalBackend: the Serving protocol on this machine — replica processes, scaled like Knative scales pods.
 
-Per function: an Activator (queue + least-outstanding dispatch) and a ConcurrencyRecorder feed the pure
-KPA decider every ``autoscale_tick`` seconds, and at once when a request finds no replica (Knative's
-"poke"); reconcile() then starts or drains replicas to match the decision. A deploy proves the new
-revision starts (one replica must become ready) before it takes traffic and the old revision drains;
-with ``initialScale`` 0 that proving replica is stopped right away. A replica that exits on its own
-leaves the rotation at once and the next reconcile replaces it; failed starts back off exponentially.
-Training jobs are LocalJobs' (jobs.py); the two share only the GPU inventory.
+Per track (a function's serving revision, and its canary while one runs; tracks.py): an Activator
+(queue + least-outstanding dispatch) and a ConcurrencyRecorder feed the pure KPA decider every
+``autoscale_tick`` seconds, and at once when a request finds no replica (Knative's "poke"); reconcile()
+then starts or drains replicas to match the decision. A deploy proves the new revision starts (one
+replica must become ready) before it takes traffic and the old revision drains; with ``initialScale`` 0
+that proving replica is stopped right away. A canary is proved the same way but starts beside the
+serving revision, which is left alone; the router picks the track of each request (``splits_traffic``
+is False), promote() makes the canary's track — its running replicas — the main one, drop_canary()
+drains it. A replica that exits on its own leaves the rotation at once and the next reconcile replaces
+it; failed starts back off exponentially. Training jobs are LocalJobs' (jobs.py); the two share only
+the GPU inventory.
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ import contextlib
 import logging
 import os
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -28,14 +30,16 @@ from fnserve.backends.base import (
     Endpoint,
     FunctionNotFound,
     FunctionStatus,
+    NoCanary,
     NoReadyReplica,
     ReplicaStatus,
+    canary_percent,
 )
-from fnserve.backends.local.activator import Activator
-from fnserve.backends.local.autoscaler import ConcurrencyRecorder, Params, State, decide
+from fnserve.backends.local.autoscaler import decide
 from fnserve.backends.local.gpus import GpuInventory
 from fnserve.backends.local.processes import ForkServerClient, ProcessHandle, forking_supported, spawn
 from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed, tail_lines
+from fnserve.backends.local.tracks import Function, Track
 from fnserve.records import Revision
 from fnserve.replica_contract import MODULE
 from fnserve.settings import Settings
@@ -44,40 +48,17 @@ from fnserve.tasks import BackgroundTasks
 log = logging.getLogger("fnserve.local")
 
 _MAX_BACKOFF = 30.0
-_LIVE = ("starting", "ready")
-
-
-@dataclass
-class _Function:
-    revision: Revision
-    manifest_path: Path
-    params: Params
-    activator: Activator
-    since: float
-    scaler: State = field(default_factory=State)
-    desired: int = 0
-    panic: bool = False
-    message: str = ""
-    failures: int = 0
-    next_start_at: float = 0.0
-    start_times_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10))
-
-    @property
-    def name(self) -> str:
-        return self.revision.name
-
-    def live(self) -> list[Replica]:
-        return [r for r in self.activator.replicas if r.state in _LIVE]
 
 
 class LocalBackend:
     fetches_models = True
     shared = False
+    splits_traffic = False
 
     def __init__(self, settings: Settings, gpus: GpuInventory) -> None:
         self.settings = settings
-        self._functions: dict[str, _Function] = {}
-        self._replicas: dict[str, tuple[_Function, Replica]] = {}
+        self._functions: dict[str, Function] = {}
+        self._replicas: dict[str, tuple[Track, Replica]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks = BackgroundTasks()
         self._ticker: asyncio.Task[None] | None = None
@@ -121,49 +102,92 @@ class LocalBackend:
             self._session = aiohttp.ClientSession()
         return self._session
 
-    # -- deploy / delete ---------------------------------------------------------------------
-    def _new_function(self, revision: Revision) -> _Function:
-        params = Params.from_scaling(revision.function.spec.scaling)
-        now = time.monotonic()
-        recorder = ConcurrencyRecorder(now, params.stable_window)
-        activator = Activator(revision.name, params.container_concurrency, self.settings.activator_queue_limit,
-                              self.settings.activator_timeout, recorder)
-        return _Function(revision, self._write_manifest(revision), params, activator, since=now)
-
+    # -- deploy / canary / delete ------------------------------------------------------------
     async def start(self) -> None:
         """Nothing to start before the first deploy: fork servers and the ticker start on demand."""
 
-    async def apply(self, revision: Revision, *, verify: bool = True) -> None:
-        """Serve ``revision``. With ``verify`` (a deploy) one replica must start first; without (a
-        restore after restart) the function is registered and scaled like any other."""
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _function(self, name: str) -> Function:
+        fn = self._functions.get(name)
+        if fn is None:
+            raise FunctionNotFound(f"function {name!r} not found")
+        return fn
+
+    async def apply(self, revision: Revision, *, verify: bool = True, canary: int = 0) -> None:
+        """Serve ``revision``, or with ``canary`` run it beside the serving one. With ``verify`` (a deploy)
+        one replica must start first; without (a restore after restart) the track is registered and
+        scaled like any other."""
+        percent = canary_percent(canary)
         self._ensure_ticker()
         wanted = revision.function.spec.resources.gpu
         if wanted > len(self.gpus.ids):
             raise DeployFailed(f"{revision.name}: spec.resources.gpu asks for {wanted} GPU(s); this machine "
                                f"hands out {len(self.gpus.ids)} ({', '.join(self.gpus.ids) or 'none'})")
-        async with self._locks.setdefault(revision.name, asyncio.Lock()):
-            fn = self._new_function(revision)
+        async with self._lock(revision.name):
+            current = self._functions.get(revision.name)
+            if percent and current is None:
+                raise FunctionNotFound(f"function {revision.name!r} serves no revision to run a canary beside")
+            track = Track.of(revision, self._write_manifest(revision), self.settings.activator_queue_limit,
+                             self.settings.activator_timeout)
             if verify:
-                proof = self._new_replica(fn)
+                proof = self._new_replica(track)
                 if proof is None:  # the GPUs are held, possibly by the revision being replaced
                     log.warning("%s: no free GPU to prove revision %d before switching; it starts as GPUs "
                                 "are given back", revision.name, revision.number)
                 else:
-                    await self._start_replica(fn, proof, deploying=True)
-            old = self._functions.get(revision.name)
-            self._functions[revision.name] = fn
-            if old is not None:
-                fn.activator.adopt(old.activator)
-                for replica in old.activator.replicas:
-                    self._tasks.spawn(self._drain(old, replica))
-            scaling = revision.function.spec.scaling
-            initial = scaling.initial_scale if scaling.initial_scale is not None else scaling.min_replicas
-            if initial == 0 and verify and fn.activator.idle():
-                # the proof is done: a scale-to-zero function holds no process once deploy returns
-                await asyncio.gather(*(self._drain(fn, r) for r in fn.live()))
-            fn.desired = max(initial, len(fn.live()) if initial else 0)
-            self._start_missing(fn, fn.desired)
-        log.info("%s: revision %d serving (%d replica(s) to start with)", revision.name, revision.number, fn.desired)
+                    await self._start_replica(track, proof, deploying=True)
+            if percent and current is not None:
+                replaced, current.canary, current.canary_percent = current.canary, track, percent
+                if replaced is not None:
+                    self._retire(replaced, track)
+            else:
+                self._functions[revision.name] = Function(track)
+                for old in current.tracks() if current is not None else ():
+                    self._retire(old, track)
+            await self._initial_scale(track, verify)
+        log.info("%s: revision %d %s (%d replica(s) to start with)", revision.name, revision.number,
+                 f"running as a canary for {percent}% of requests" if percent else "serving", track.desired)
+
+    async def _initial_scale(self, track: Track, verify: bool) -> None:
+        """initialScale (else minReplicas) replicas to begin with; at 0 the proving replica goes at once."""
+        scaling = track.revision.function.spec.scaling
+        initial = scaling.initial_scale if scaling.initial_scale is not None else scaling.min_replicas
+        if initial == 0 and verify and track.activator.idle():
+            # the proof is done: a scale-to-zero revision holds no process once deploy returns
+            await asyncio.gather(*(self._drain(track, r) for r in track.live()))
+        track.desired = max(initial, len(track.live()) if initial else 0)
+        self._start_missing(track, track.desired)
+
+    def _retire(self, old: Track, successor: Track) -> None:
+        """``old`` no longer serves: its waiting requests go to ``successor``, its replicas drain."""
+        successor.activator.adopt(old.activator)
+        for replica in old.activator.replicas:
+            self._tasks.spawn(self._drain(old, replica))
+
+    def _canary(self, name: str, what: str) -> tuple[Function, Track]:
+        fn = self._function(name)
+        if fn.canary is None:
+            raise NoCanary(f"function {name!r} has no canary to {what}")
+        return fn, fn.canary
+
+    async def promote(self, name: str) -> None:
+        """The canary's track, running replicas and all, becomes the main one: no cold start."""
+        async with self._lock(name):
+            fn, canary = self._canary(name, "promote")
+            self._functions[name] = Function(canary)
+            self._retire(fn.main, canary)
+        log.info("%s: canary revision %d promoted; revision %d drains", name, canary.revision.number,
+                 fn.main.revision.number)
+
+    async def drop_canary(self, name: str) -> None:
+        async with self._lock(name):
+            fn, canary = self._canary(name, "drop")
+            fn.canary, fn.canary_percent = None, 0
+            self._retire(canary, fn.main)
+        log.info("%s: canary revision %d dropped; revision %d serves everything", name, canary.revision.number,
+                 fn.main.revision.number)
 
     def _write_manifest(self, revision: Revision) -> Path:
         """Replicas read the manifest as deployed, not whatever function.yaml holds by now. Written each
@@ -181,109 +205,119 @@ class LocalBackend:
         fn = self._functions.pop(name, None)
         if fn is None:
             raise FunctionNotFound(f"function {name!r} not found")
-        fn.activator.fail_waiting(f"function {name!r} was deleted")
-        await asyncio.gather(*(self._drain(fn, r) for r in list(fn.activator.replicas)))
+        tracks = list(fn.tracks())
+        for track in tracks:
+            track.activator.fail_waiting(f"function {name!r} was deleted")
+        await asyncio.gather(*(self._drain(t, r) for t in tracks for r in list(t.activator.replicas)))
 
     # -- replicas ------------------------------------------------------------------------------
-    def _new_replica(self, fn: _Function) -> Replica | None:
+    def _new_replica(self, track: Track) -> Replica | None:
         """Register a replica before it starts, so concurrent decisions count it as on its way; None
         when the GPUs it needs are all held (it is then started once some are given back)."""
-        revision = fn.revision
-        replica = Replica(revision, fn.manifest_path, self._log_dir(revision.name))
+        revision = track.revision
+        replica = Replica(revision, track.manifest_path, self._log_dir(revision.name))
         wanted = revision.function.spec.resources.gpu
         if wanted:
             gpus = self.gpus.take(wanted, replica.id)
             if gpus is None:
-                fn.message = f"waiting for {wanted} free GPU(s)"
+                track.message = f"waiting for {wanted} free GPU(s)"
                 return None
             replica.gpus = gpus
-        fn.activator.replicas.append(replica)
-        self._replicas[replica.id] = (fn, replica)
+        track.activator.replicas.append(replica)
+        self._replicas[replica.id] = (track, replica)
         return replica
 
-    async def _start_replica(self, fn: _Function, replica: Replica, *, deploying: bool = False) -> Replica:
-        revision = fn.revision
+    async def _start_replica(self, track: Track, replica: Replica, *, deploying: bool = False) -> Replica:
+        revision = track.revision
         started = time.monotonic()
         try:
             await replica.start(self.settings, self._launcher(revision.function.spec.runtime))
             await replica.wait_ready(self.session, self.settings.replica_ready_timeout)
         except (ReplicaFailed, OSError) as exc:
             await replica.stop(self.settings.replica_stop_timeout)
-            self._forget(fn, replica)
-            fn.failures += 1
-            fn.next_start_at = time.monotonic() + min(_MAX_BACKOFF, 0.5 * 2 ** (fn.failures - 1))
-            fn.message = f"{revision.name} revision {revision.number} did not start: {exc}"
-            if not deploying and not fn.live():
-                fn.activator.fail_waiting(fn.message)
-            raise DeployFailed(fn.message) from None
-        fn.failures, fn.message = 0, ""
-        fn.start_times_ms.append((time.monotonic() - started) * 1000)
-        self._tasks.spawn(self._watch(fn, replica))
-        fn.activator.dispatch()
+            self._forget(track, replica)
+            track.failures += 1
+            track.next_start_at = time.monotonic() + min(_MAX_BACKOFF, 0.5 * 2 ** (track.failures - 1))
+            track.message = f"{revision.name} revision {revision.number} did not start: {exc}"
+            if not deploying and not track.live():
+                track.activator.fail_waiting(track.message)
+            raise DeployFailed(track.message) from None
+        track.failures, track.message = 0, ""
+        track.start_times_ms.append((time.monotonic() - started) * 1000)
+        self._tasks.spawn(self._watch(track, replica))
+        track.activator.dispatch()
         return replica
 
-    async def _start_in_background(self, fn: _Function, replica: Replica) -> None:
+    async def _start_in_background(self, track: Track, replica: Replica) -> None:
         with contextlib.suppress(DeployFailed):
-            await self._start_replica(fn, replica)
+            await self._start_replica(track, replica)
 
-    def _start_missing(self, fn: _Function, desired: int) -> None:
-        missing = desired - len(fn.live())
-        if missing > 0 and time.monotonic() >= fn.next_start_at and not self._closing:
+    def _start_missing(self, track: Track, desired: int) -> None:
+        missing = desired - len(track.live())
+        if missing > 0 and time.monotonic() >= track.next_start_at and not self._closing:
             for _ in range(missing):
-                replica = self._new_replica(fn)
+                replica = self._new_replica(track)
                 if replica is None:
                     break
-                self._tasks.spawn(self._start_in_background(fn, replica))
+                self._tasks.spawn(self._start_in_background(track, replica))
 
-    def _forget(self, fn: _Function, replica: Replica) -> None:
-        if replica in fn.activator.replicas:
-            fn.activator.replicas.remove(replica)
+    def _forget(self, track: Track, replica: Replica) -> None:
+        if replica in track.activator.replicas:
+            track.activator.replicas.remove(replica)
         if replica.outstanding == 0:
             self._replicas.pop(replica.id, None)
         if replica.gpus:
             replica.gpus = []
             self.gpus.give_back(replica.id)  # waiting replicas, then queued jobs, are told
 
+    def _tracks(self) -> list[Track]:
+        """Every track that serves (main and canary of every function)."""
+        return [track for fn in list(self._functions.values()) for track in fn.tracks()]
+
+    def _serves(self, track: Track) -> bool:
+        fn = self._functions.get(track.name)
+        return fn is not None and fn.holds(track)
+
     def _gpus_freed(self) -> None:
         """Replicas waiting for GPUs start as soon as a replica or a job gives some back."""
-        for other in list(self._functions.values()):
+        for other in self._tracks():
             if other.revision.function.spec.resources.gpu and len(other.live()) < other.desired:
                 self._start_missing(other, other.desired)
 
-    async def _drain(self, fn: _Function, replica: Replica) -> None:
+    async def _drain(self, track: Track, replica: Replica) -> None:
         """Take a replica out of rotation, let in-flight requests finish (up to drain_timeout), stop it."""
         if replica.state == "ready":
             replica.state = "draining"
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(replica.idle.wait(), self.settings.drain_timeout)
         await replica.stop(self.settings.replica_stop_timeout)
-        self._forget(fn, replica)
+        self._forget(track, replica)
 
-    async def _watch(self, fn: _Function, replica: Replica) -> None:
+    async def _watch(self, track: Track, replica: Replica) -> None:
         """A replica that exits on its own leaves the rotation at once; reconcile replaces it."""
         assert replica.process is not None
         code = await replica.process.wait()
         if not self._closing:
-            self._fail(fn, replica, f"exited with code {code}")  # no-op for a replica we stopped ourselves
+            self._fail(track, replica, f"exited with code {code}")  # no-op for a replica we stopped ourselves
 
-    def _fail(self, fn: _Function, replica: Replica, why: str) -> None:
+    def _fail(self, track: Track, replica: Replica, why: str) -> None:
         """Out of rotation now, killed, replaced by the next reconcile (once: a stopped or failed replica
         is left alone)."""
         if replica.state in ("stopped", "failed"):
             return
         replica.kill()
-        self._forget(fn, replica)
-        fn.message = f"replica {replica.id} {why}"
-        log.warning("%s: %s; replacing it", fn.name, fn.message)
-        if self._functions.get(fn.name) is fn and not self._closing:
-            self.reconcile(fn)
+        self._forget(track, replica)
+        track.message = f"replica {replica.id} {why}"
+        log.warning("%s: %s; replacing it", track.name, track.message)
+        if self._serves(track) and not self._closing:
+            self.reconcile(track)
 
     def unreachable(self, endpoint: Endpoint) -> None:
         found = self._replicas.get(endpoint.replica)
         if found is not None:
             self._fail(found[0], found[1], "failed a connection")
 
-    async def _probe(self, fn: _Function, replica: Replica) -> None:
+    async def _probe(self, track: Track, replica: Replica) -> None:
         replica.probing = True
         try:
             alive = await replica.answers(self.session, self.settings.liveness_timeout)
@@ -294,25 +328,25 @@ class LocalBackend:
             return
         replica.probe_failures += 1
         if replica.probe_failures >= self.settings.liveness_failures and replica.state == "ready":
-            self._fail(fn, replica, f"stopped answering ({replica.probe_failures} health checks failed)")
+            self._fail(track, replica, f"stopped answering ({replica.probe_failures} health checks failed)")
 
     # -- scaling ---------------------------------------------------------------------------------
-    def reconcile(self, fn: _Function, *, poke: bool = False) -> None:
-        """One autoscaler decision for ``fn``, then start or drain replicas to match it."""
+    def reconcile(self, track: Track, *, poke: bool = False) -> None:
+        """One autoscaler decision for ``track``, then start or drain replicas to match it."""
         now = time.monotonic()
-        decision = decide(fn.activator.recorder.samples(now), fn.activator.ready_count(), fn.params, now,
-                          fn.scaler, fn.since)
-        fn.scaler, fn.panic = decision.state, decision.panic
+        decision = decide(track.activator.recorder.samples(now), track.activator.ready_count(), track.params, now,
+                          track.scaler, track.since)
+        track.scaler, track.panic = decision.state, decision.panic
         desired = max(decision.desired, 1) if poke else decision.desired
-        fn.desired = desired
-        live = fn.live()
+        track.desired = desired
+        live = track.live()
         if len(live) < desired:
-            self._start_missing(fn, desired)
+            self._start_missing(track, desired)
         elif len(live) > desired:
             # stop idle ready replicas first, newest first; a starting one only if nothing else is left
             victims = sorted(live, key=lambda r: (r.state != "ready", r.outstanding, -r.started_at))
             for replica in victims[:len(live) - desired]:
-                self._tasks.spawn(self._drain(fn, replica))
+                self._tasks.spawn(self._drain(track, replica))
 
     def _ensure_ticker(self) -> None:
         if self._ticker is None:
@@ -321,47 +355,52 @@ class LocalBackend:
     async def _tick_forever(self) -> None:
         while not self._closing:
             await asyncio.sleep(self.settings.autoscale_tick)
-            for fn in list(self._functions.values()):
+            for track in self._tracks():
                 try:
-                    self.reconcile(fn)
+                    self.reconcile(track)
                 except Exception:  # one function's bug must not stop scaling for the others
-                    log.exception("%s: autoscaler tick failed", fn.name)
-                for replica in fn.activator.replicas:
+                    log.exception("%s: autoscaler tick failed", track.name)
+                for replica in track.activator.replicas:
                     if replica.state == "ready" and not replica.probing:
-                        self._tasks.spawn(self._probe(fn, replica))
+                        self._tasks.spawn(self._probe(track, replica))
 
     # -- the request path ---------------------------------------------------------------------
-    async def acquire(self, name: str) -> Endpoint:
-        fn = self._functions.get(name)
-        if fn is None:
-            raise FunctionNotFound(f"function {name!r} not found")
-        if not fn.live():
-            if time.monotonic() < fn.next_start_at and fn.message:
-                raise NoReadyReplica(f"function {name!r} has no ready replica: {fn.message}")
-            self.reconcile(fn, poke=True)
-        replica, cold_ms = await fn.activator.acquire()
+    async def acquire(self, name: str, canary: bool = False) -> Endpoint:
+        """A replica of the track the router picked; a canary promoted or dropped since it picked one is
+        the main track's business now, so those requests go there."""
+        fn = self._function(name)
+        track = (fn.canary if canary else None) or fn.main
+        if not track.live():
+            if time.monotonic() < track.next_start_at and track.message:
+                raise NoReadyReplica(f"function {name!r} has no ready replica: {track.message}")
+            self.reconcile(track, poke=True)
+        replica, cold_ms = await track.activator.acquire()
         return Endpoint(name, replica.id, replica.url, cold_ms)
 
     def release(self, endpoint: Endpoint) -> None:
-        found = self._replicas.get(endpoint.replica)
+        found = self._replicas.get(endpoint.replica)  # the replica id names its track, whichever it is now
         if found is None:
             return
-        fn, replica = found
-        fn.activator.release(replica)
+        track, replica = found
+        track.activator.release(replica)
         if replica.state in ("stopped", "failed") and replica.outstanding == 0:
             self._replicas.pop(replica.id, None)
 
     # -- inspection ------------------------------------------------------------------------------
     def status(self, name: str) -> FunctionStatus:
-        fn = self._functions.get(name)
-        if fn is None:
-            raise FunctionNotFound(f"function {name!r} not found")
+        """The main track's readiness; replicas, wishes and queues of both tracks together."""
+        fn = self._function(name)
+        main, canary, tracks = fn.main, fn.canary, list(fn.tracks())
         replicas = [ReplicaStatus(r.id, r.revision.number, r.state, r.url, r.pid, r.outstanding, r.started_at, r.gpus)
                     for _, r in self._replicas.values() if r.revision.name == name and r.state != "stopped"]
-        ready = fn.activator.ready_count() > 0 or (fn.desired == 0 and not fn.message)
-        return FunctionStatus(name, fn.revision.number, ready,
-                              replicas, fn.message, desired=fn.desired, panic=fn.panic,
-                              queued=fn.activator.queued, start_times_ms=[round(t) for t in fn.start_times_ms])
+        ready = main.activator.ready_count() > 0 or (main.desired == 0 and not main.message)
+        message = main.message or (f"canary: {canary.message}" if canary is not None and canary.message else "")
+        return FunctionStatus(name, main.revision.number, ready, replicas, message,
+                              desired=sum(t.desired for t in tracks), panic=any(t.panic for t in tracks),
+                              queued=sum(t.activator.queued for t in tracks),
+                              start_times_ms=[round(t) for t in main.start_times_ms],
+                              canary_revision=canary.revision.number if canary is not None else None,
+                              canary_percent=fn.canary_percent)
 
     async def logs(self, name: str, tail: int) -> str:
         if name not in self._functions:
