@@ -12,7 +12,8 @@ from typing import Any
 from bench.common import RESULTS
 
 # the order of the sections; any other <name>.md found in bench/results follows, by name
-ORDER = ("router_overhead", "load_curve", "auth_overhead", "cold_start", "batching", "quota_accuracy", "streaming")
+ORDER = ("router_overhead", "load_curve", "auth_overhead", "cold_start", "batching", "quota_accuracy", "shared_quota",
+         "streaming")
 PLOT = "latency_vs_load.png"
 
 
@@ -78,6 +79,16 @@ def _quota_accuracy(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str
             ("Retry-After on every 429", "yes" if s["retry_after_on_every_429"] else "**no**")]
 
 
+def _shared_quota(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
+    revocation = (f"{s['revocation_median_s'] * 1000:.0f} / {s['revocation_max_s'] * 1000:.0f} ms"
+                  if s["revocation_median_s"] is not None else "never")
+    return [(f"Daily quota {s['daily']} across 3 routers sharing Redis: admitted (min–max over rounds)",
+             f"{s['admitted_min']}–{s['admitted_max']} ({s['overshoot_max_pct']:+.2f}% at most"
+             + (", usage exact" if s["usage_exact_every_round"] else ", **usage off**") + ")"),
+            ("Key revocation reaching the other routers (median / max)",
+             revocation + ("" if s["revocation_all_refused"] else " (**not everywhere**)"))]
+
+
 def _streaming(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
     hold, quota = s["hold"], s["token_quota"]
     return [("Streaming: router's added time to first token (p50) / per chunk (p50 gap)",
@@ -93,7 +104,8 @@ def _streaming(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
 
 HEADLINES: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[tuple[str, str]]]] = {
     "router_overhead": _router_overhead, "load_curve": _load_curve, "auth_overhead": _auth_overhead,
-    "cold_start": _cold_start, "batching": _batching, "quota_accuracy": _quota_accuracy, "streaming": _streaming,
+    "cold_start": _cold_start, "batching": _batching, "quota_accuracy": _quota_accuracy,
+    "shared_quota": _shared_quota, "streaming": _streaming,
 }
 
 

@@ -82,7 +82,7 @@ class SQLiteDatabase:
             cursor = self._db.cursor()
             cursor.execute("BEGIN IMMEDIATE")
             try:
-                yield cursor  # type: ignore[misc]
+                yield cursor
             except BaseException:
                 cursor.execute("ROLLBACK")
                 raise

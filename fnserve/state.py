@@ -364,7 +364,7 @@ class StateStore:
     def audit(self, since: float | None = None, actor: str | None = None, action: str | None = None,
               limit: int = 1000) -> list[AuditEntry]:
         """Entries oldest first; ``action`` matches a whole action or a prefix ending in a dot ("key.")."""
-        query, params = f"SELECT id, {', '.join(_AUDIT_COLUMNS)} FROM audit WHERE 1 = 1", []
+        query, params = f"SELECT id, {', '.join(_AUDIT_COLUMNS)} FROM audit WHERE 1 = 1", list[Any]()
         if since is not None:
             query += " AND at >= ?"
             params.append(since)

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from fnserve.cli.client import AdminClient
+from tests.services import descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "functions" / "sentiment"
@@ -59,24 +60,6 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
     if "json" in (head.get("Content-Type") or ""):
         return status, head, json.loads(payload)
     return status, head, payload
-
-
-def descendants(pid: int) -> set[int]:
-    """All live processes below ``pid`` (replicas run in their own sessions, so walk parent links)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = set(), [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
 
 
 def alive(pid: int) -> bool:

@@ -28,6 +28,24 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def descendants(pid: int) -> set[int]:
+    """All live processes below ``pid`` (replicas run in their own sessions, so walk parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = set(), [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
 def ensure_debian_package(binary: str, package: str, folders: tuple[str, ...] = ()) -> str:
     """The path of ``binary`` (on PATH or in one of ``folders``), installing ``package`` if it is missing."""
     def find() -> str | None:

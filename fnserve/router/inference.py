@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fnserve.backends.base import BackendError, NoCanary, Serving
+from fnserve.backends.base import BackendError, Serving
 from fnserve.router import generative
 from fnserve.router import invocation as invocations
 from fnserve.router.body import parse_json
@@ -149,10 +149,9 @@ class Inference:
             return
         for attempt in (1, 2):  # a connection refused before any byte was sent is retried once elsewhere
             try:
+                # a canary promoted or dropped since this request was routed: the backend serves it from the
+                # function's revision
                 endpoint = await self.serving.acquire(name, canary=invocation.canary)
-            except NoCanary:  # promoted or dropped since this request was routed: the function serves it
-                invocation.canary = False
-                continue
             except BackendError as exc:
                 await respond_error(invocation, send, exc.status, str(exc), retry_after=exc.retry_after)
                 return

@@ -11,7 +11,8 @@ restart without persistence) starts again from that copy.
 router dies a moment later. Any router merges the hash into the database every second: a script
 renames it to a batch of its own (atomically, so no increment is lost or counted twice), the batch is
 merged with its id in one database transaction (a batch merged once is never merged again), and only
-then deleted. A router that dies holding a batch leaves it behind; another merges it after 30 s.
+then deleted. A router that dies holding a batch leaves it behind; another merges it once it is 2 s
+old (its owner takes milliseconds; were it only slow, the batch id keeps the second merge out).
 
 When Redis cannot be reached both fall back to this router's own counting (fnserve/router/quota.py's
 DailyCounters, the in-memory ledger), flushed to the database every second like a router without
@@ -24,7 +25,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import redis
 import redis.asyncio as aioredis
@@ -37,7 +38,7 @@ from fnserve.state import StateStore
 log = logging.getLogger("fnserve.router")
 
 GRACE_SECONDS = 3600
-ORPHAN_SECONDS = 30.0
+ORPHAN_SECONDS = 2.0
 _PENDING = "fnserve:usage:pending"
 _CLAIMS = "fnserve:usage:claims"
 
@@ -178,11 +179,12 @@ def _fields(tally_row: tuple[str, str, str], status: int, ms: float, predictor_m
     return fields
 
 
-def tallies_of(fields: dict[bytes, bytes]) -> dict[tuple[str, str, str], Tally]:
+def tallies_of(fields: Mapping[bytes | str, bytes | str]) -> dict[tuple[str, str, str], Tally]:
     """A batch's hash as tallies per key × function × day."""
     tallies: dict[tuple[str, str, str], Tally] = {}
     for raw_name, raw_value in fields.items():
-        key_id, function, day, field = raw_name.decode().split("|")
+        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+        key_id, function, day, field = name.split("|")
         tally = tallies.setdefault((key_id, function, day), Tally())
         value = float(raw_value)
         if field.startswith("h"):
@@ -234,7 +236,7 @@ class RedisUsage:
                 self._merge_batch(batch)
             now = float(self.sync_client.time()[0])
             for orphan in self.sync_client.zrangebyscore(_CLAIMS, "-inf", now - ORPHAN_SECONDS):
-                self._merge_batch(orphan.decode())
+                self._merge_batch(orphan.decode() if isinstance(orphan, bytes) else str(orphan))
         except (RedisError, OSError) as exc:
             self._outage.failed(exc)
 

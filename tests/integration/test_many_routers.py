@@ -77,11 +77,13 @@ def test_keys_and_deploys_made_through_one_router_hold_on_every_router(
         assert invoke(c, auth)[0] == 401
 
         rotated_id, rotated = key(a)
-        token = json.loads(b.cli("keys", "rotate", rotated_id, "--grace", "0s", "--json", check=True).stdout)["token"]
+        assert all(serving(r, rotated) for r in (a, c))  # verified, so cached, on both
+        token = json.loads(b.cli("keys", "rotate", rotated_id, "--grace", "1s", "--json", check=True).stdout)["token"]
         new_auth = {"Authorization": f"Bearer {token}"}
-        for other in (a, c):  # the rotated secret is refused everywhere within 1 s, the new one works
-            elapsed_until(lambda r=other: invoke(r, rotated)[0] == 401 and serving(r, new_auth), 1.0,
-                          "the rotation to reach a router")
+        for other in (a, c):  # the new secret works everywhere within 1 s; the old one ends with its grace
+            elapsed_until(lambda r=other: serving(r, new_auth), 1.0, "the rotation to reach a router")
+        for other in (a, c):
+            elapsed_until(lambda r=other: invoke(r, rotated)[0] == 401, 2.0, "the old secret's grace to end")
 
         b.cli("rm", "private", check=True)
         gone = [elapsed_until(lambda r=r: invoke(r, r.admin)[0] == 404, 2, "the removal to reach a router")
@@ -104,7 +106,7 @@ def load(targets: list[Router], auth: dict[str, str], total: int, threads: int) 
                     return
             try:
                 code: Any = invoke(target, auth, timeout=30)[0]
-            except OSError as exc:
+            except Exception as exc:  # no answer: refused, reset, or cut off mid-answer (IncompleteRead)
                 code = type(exc).__name__
             with lock:
                 answers[target.url][code] += 1
@@ -167,10 +169,15 @@ def test_a_router_killed_mid_load_loses_no_answered_request(
         assert all(set(answers[url]) == {200} for url in survivors), answers  # the others kept serving
         answered = sum(answers[url][200] for url in answers)
         unanswered = sum(n for code, n in answers[victim.url].items() if code != 200)
-        usage = usage_of(three[0], key_id)
-        successes = usage["requests"] - usage["clientErrors"] - usage["serverErrors"]
-        # every answer a client saw is on record; at most the requests the dead router held are extra
-        assert answered <= successes <= answered + unanswered, (usage, answers)
+
+        def successes() -> int:
+            usage = usage_of(three[0], key_id)
+            return usage["requests"] - usage["clientErrors"] - usage["serverErrors"]
+
+        # every answer a client saw is on record once the batch the dead router held, if any, is merged by
+        # another (2 s after it was taken); at most the requests the dead router held are extra
+        wait_for(lambda: successes() >= answered, 10, f"the usage ledger to count {answered} answers")
+        assert successes() <= answered + unanswered, answers
         assert unanswered > 0, answers  # the kill did land mid-load
 
 

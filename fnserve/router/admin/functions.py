@@ -68,8 +68,8 @@ class FunctionRoutes:
         revision, created = await self.functions.deploy(body.manifest, await source_dir(self.settings, body),
                                                         body.source or "manifest", canary=body.canary or 0,
                                                         actor=actor_of(request))
-        current = self.functions.current(revision.name)
-        return JSONResponse({**revision.to_dict(), **self._summary(current)}, 201 if created else 200)
+        current = self.functions.current(revision.name)  # a canary's function: its current revision serves too
+        return JSONResponse({**self._summary(current), **revision.to_dict()}, 201 if created else 200)
 
     async def get(self, request: Request) -> Response:
         """One function: its current revision, manifest and replicas."""

@@ -74,10 +74,10 @@ class AccountingService:
             self.metrics.observe_stream(invocation.function, invocation.ttft_ms, invocation.chunk_gaps_ms,
                                         invocation.prompt_tokens, invocation.completion_tokens)
         if invocation.revision is not None:
-            row = (invocation.function, invocation.revision.number)
-            tally = self.by_revision.get(row)
+            which = (invocation.function, invocation.revision.number)
+            tally = self.by_revision.get(which)
             if tally is None:
-                tally = self.by_revision[row] = Tally()
+                tally = self.by_revision[which] = Tally()
             tally.add(invocation.status, elapsed_ms, invocation.upstream_ms)
         row = (invocation.key_id, invocation.function, invocation.status, elapsed_ms, invocation.upstream_ms,
                invocation.now, invocation.prompt_tokens, invocation.completion_tokens)
