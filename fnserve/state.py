@@ -174,6 +174,20 @@ class StateStore:
         db.execute(_REVISION_UPSERT, (revision.name, revision.number, dumps(revision.function.to_dict()),
                                       str(revision.source_dir), str(revision.model_dir), revision.created_at))
 
+    def reserve_revision(self, revision: Revision) -> bool:
+        """Record a revision about to start, if its number is still free (False: another router took it)."""
+        with self.db.transaction() as db:
+            return db.execute("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (function, number) DO NOTHING",
+                              (revision.name, revision.number, dumps(revision.function.to_dict()),
+                               str(revision.source_dir), str(revision.model_dir), revision.created_at)).rowcount > 0
+
+    def forget_revision(self, name: str, number: int) -> None:
+        """Drop a reserved revision that never served (its deploy failed)."""
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM revisions WHERE function = ? AND number = ? AND NOT EXISTS "
+                       "(SELECT 1 FROM functions WHERE name = ? AND (revision = ? OR canary = ?))",
+                       (name, number, name, number, number))
+
     def publish(self, revision: Revision) -> None:
         """Record a revision that is serving and make it the function's only one (a canary ends), atomically."""
         with self.db.transaction() as db:

@@ -51,6 +51,12 @@ def serving(router: Router, auth: dict[str, str], name: str = "private") -> bool
     return invoke(router, auth, name)[0] == 200
 
 
+def answered_by(router: Router, requests: int = 10) -> set[str]:
+    """The revisions that answered ``requests`` calls (X-Fnserve-Revision)."""
+    return {http("POST", f"{router.url}/v1/models/private:predict", {"instances": ["fine"]},
+                 headers=router.admin)[1].get("X-Fnserve-Revision", "") for _ in range(requests)}
+
+
 def elapsed_until(predicate: Any, timeout: float, what: str) -> float:
     """Seconds until ``predicate()`` holds, polled every 20 ms."""
     start = time.monotonic()
@@ -85,10 +91,28 @@ def test_keys_and_deploys_made_through_one_router_hold_on_every_router(
         for other in (a, c):
             elapsed_until(lambda r=other: invoke(r, rotated)[0] == 401, 2.0, "the old secret's grace to end")
 
+        folder = tmp_path / "fn"
+        a.cli("deploy", str(folder), check=True)  # revision 2 through a ...
+        c.cli("rollback", "private", check=True)  # ... rolled back to 1 through c
+        rolled = [elapsed_until(lambda r=r: r.api.function("private")["revision"] == 1, 2,
+                                "the rollback to reach another router") for r in (a, b)]
+        for other in (a, b):
+            wait_for(lambda r=other: answered_by(r) == {"1"}, 30, "revision 1 to answer everywhere")
+
+        a.cli("deploy", str(folder), "--canary", "50", check=True)  # revision 3 as a canary, through a
+        for other in (b, c):  # every router splits, each with a canary replica of its own
+            elapsed_until(lambda r=other: len(r.api.function("private")["traffic"]) == 2, 2,
+                          "the canary to reach another router")
+            wait_for(lambda r=other: answered_by(r) == {"1", "3"}, 30, "both revisions to answer")
+        b.cli("promote", "private", check=True)
+        for other in (a, c):
+            wait_for(lambda r=other: answered_by(r) == {"3"}, 30, "the promotion to reach another router")
+
         b.cli("rm", "private", check=True)
         gone = [elapsed_until(lambda r=r: invoke(r, r.admin)[0] == 404, 2, "the removal to reach a router")
                 for r in (a, c)]
-        print(f"deploy seen after {seen} s, revocation after {refused} s, removal after {gone} s")
+        print(f"deploy seen after {seen} s, revocation after {refused} s, rollback after {rolled} s, "
+              f"removal after {gone} s")
 
 
 def load(targets: list[Router], auth: dict[str, str], total: int, threads: int) -> dict[str, Counter[Any]]:

@@ -162,3 +162,15 @@ def test_values_come_back_as_json_types(store: StateStore) -> None:
     (key,) = store.keys()
     json.dumps(key.to_dict(), allow_nan=False)
     assert isinstance(key.created_at, float) and key.limits == {"rps": 2.5}
+
+
+def test_a_revision_number_is_taken_once(store: StateStore) -> None:
+    """Two routers deploying one function at the same moment: the second gets the next number."""
+    assert store.reserve_revision(revision("sentiment", number=1))
+    assert not store.reserve_revision(revision("sentiment", number=1))
+    assert store.next_number("sentiment") == 2
+    store.forget_revision("sentiment", 1)  # its deploy failed: the number is free again
+    assert store.next_number("sentiment") == 1 and store.revisions("sentiment") == []
+    store.publish(revision("sentiment", number=1))
+    store.forget_revision("sentiment", 1)  # a revision that serves is never forgotten
+    assert [r.number for r in store.revisions("sentiment")] == [1]

@@ -21,9 +21,9 @@ def parse_since(text: str) -> float:
     except ValueError:
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
+            return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+        except (ValueError, OverflowError):  # not a date, or one before year 1 once its offset is applied
             raise BadRequest(f"since must be unix seconds or an ISO-8601 date or time (got {text!r})") from None
-        return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
     if not math.isfinite(value):
         raise BadRequest(f"since must be a finite number of seconds (got {text!r})")
     return value

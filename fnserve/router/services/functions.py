@@ -138,16 +138,28 @@ class FunctionService:
         code_dir, model_dir = await asyncio.to_thread(self._snapshot, folder, model)
 
         async with self._lock(function.name):
-            number = await asyncio.to_thread(self.state.next_number, function.name)
-            revision = Revision(function, number, code_dir, model_dir, time.time())
+            revision = await asyncio.to_thread(self._reserve, function, code_dir, model_dir)
             created = function.name not in self.table
-            if canary:
-                await self.serving.apply(revision, canary=canary)
-                await asyncio.to_thread(self.state.publish_canary, revision, canary)
-                self.canaries[revision.name] = (revision, canary)
-            else:
-                await self._switch(revision, created)
+            try:
+                if canary:
+                    await self.serving.apply(revision, canary=canary)
+                    await asyncio.to_thread(self.state.publish_canary, revision, canary)
+                    self.canaries[revision.name] = (revision, canary)
+                else:
+                    await self._switch(revision, created)
+            except BaseException:  # a revision that never served is not one: its number is free again
+                await asyncio.shield(asyncio.to_thread(self.state.forget_revision, revision.name, revision.number))
+                raise
         return revision, created
+
+    def _reserve(self, function: Function, code_dir: Path, model_dir: Path) -> Revision:
+        """The next revision number, taken in the database: another router deploying the same function at
+        the same moment gets the one after (blocking: a worker thread)."""
+        while True:
+            number = self.state.next_number(function.name)
+            revision = Revision(function, number, code_dir, model_dir, time.time())
+            if self.state.reserve_revision(revision):
+                return revision
 
     async def _switch(self, revision: Revision, created: bool) -> None:
         """Start ``revision``, and once it serves make it current (callers hold the function's lock)."""
