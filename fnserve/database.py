@@ -129,44 +129,75 @@ class _PgCursor:
 
 
 class PostgresDatabase:
-    """A small pool of psycopg connections; each is checked before use, so a restarted server costs one
-    failed call rather than a pool of dead connections."""
+    """psycopg connections, opened on demand and kept idle for reuse (a reused one is checked first).
+
+    Not psycopg_pool: its background reconnection backs off exponentially, so after a long outage the
+    router would wait tens of seconds to notice the server is back, and every call during the outage
+    waited the pool's timeout. Here a call during an outage fails at once (connection refused) and the
+    first call after it connects again."""
 
     dialect = "postgresql"
     shared = True
 
-    def __init__(self, url: str, *, connect_timeout: float = 3.0, max_size: int = 8) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 3.0, max_idle: int = 8) -> None:
         import psycopg
-        from psycopg_pool import ConnectionPool, PoolTimeout
 
-        self._errors: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, timeout=connect_timeout, open=False,
-                                    kwargs={"connect_timeout": max(1, round(connect_timeout))},
-                                    check=ConnectionPool.check_connection, name="fnserve")
-        self._pool.open(wait=False)
-        self._url = _redacted(url)
+        self._psycopg = psycopg
+        self._url, self._shown = url, _redacted(url)
+        self._connect_timeout = max(1, round(connect_timeout))
+        self._max_idle = max_idle
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._errors: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
 
-    @contextlib.contextmanager
-    def _unavailable_as_error(self) -> Iterator[None]:
-        try:
-            yield
-        except self._errors as exc:
-            raise StoreUnavailable(f"the state database ({self._url}) cannot be reached: "
-                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-                                   ) from None
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return StoreUnavailable(f"the state database ({self._shown}) cannot be reached: {first}")
+
+    def _connection(self) -> Any:
+        """An idle connection that still answers, or a new one."""
+        while True:
+            with self._lock:
+                connection = self._idle.pop() if self._idle else None
+            if connection is None:
+                return self._psycopg.connect(self._url, connect_timeout=self._connect_timeout)
+            try:
+                connection.execute("SELECT 1")
+                connection.rollback()
+                return connection
+            except self._errors:  # the server restarted since: drop it, try the next
+                connection.close()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
-        with self._unavailable_as_error(), self._pool.connection() as connection, connection.transaction():
-            with connection.cursor() as cursor:
+        try:
+            connection = self._connection()
+        except self._errors as exc:
+            raise self._unavailable(exc) from None
+        healthy = False
+        try:
+            with connection.transaction(), connection.cursor() as cursor:
                 yield _PgCursor(cursor)
+            healthy = True
+        except self._errors as exc:
+            raise self._unavailable(exc) from None
+        finally:
+            with self._lock:
+                keep = healthy and not connection.broken and len(self._idle) < self._max_idle
+                if keep:
+                    self._idle.append(connection)
+            if not keep:
+                connection.close()
 
     def query(self, sql: str, params: Params = ()) -> list[Any]:
         with self.transaction() as cursor:
             return cursor.execute(sql, params).fetchall()
 
     def close(self) -> None:
-        self._pool.close()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
 
 def _redacted(url: str) -> str:

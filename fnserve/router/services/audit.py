@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from fnserve.database import StoreUnavailable
 from fnserve.records import AuditEntry
 from fnserve.state import StateStore
 
@@ -68,6 +69,9 @@ class AuditLog:
                            actor.client, detail)
         try:
             await asyncio.to_thread(self.state.append_audit, entry)
+        except StoreUnavailable:  # the action's caller gets the 503; nothing else to say here
+            log.warning("could not append to the audit log (the database is down): %s", entry)
+            raise
         except Exception:
             log.exception("could not append to the audit log: %s", entry)
             raise

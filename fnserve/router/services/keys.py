@@ -183,6 +183,8 @@ class KeyService:
         self._records: dict[str, tuple[float, KeyRecord | None]] = {}
         # token → (cached at, principal, valid until): skips the HMAC for a token seen in the last seconds
         self._verified: dict[str, tuple[float, Principal, float]] = {}
+        self._fresh_after = -math.inf
+        """Verifications older than this (monotonic) are checked again before use (another router changed a key)."""
         self._tenants: tuple[float, dict[str, Limits]] = (-math.inf, {})
         self.tenant_generation = 0
         """Bumped whenever the tenants' limits are re-read, so limits resolved from older ones are redone."""
@@ -191,13 +193,17 @@ class KeyService:
     async def verify(self, token: str) -> Principal:
         """The principal of a valid token; raises AuthError (401) saying what is wrong with it."""
         seen = self._verified.get(token)
-        if seen is not None and time.monotonic() - seen[0] < CACHE_SECONDS and time.time() < seen[2]:
+        if seen is not None and seen[0] > self._fresh_after and time.monotonic() - seen[0] < CACHE_SECONDS \
+                and time.time() < seen[2]:
             return seen[1]
         try:
             principal, valid_until = await self._verify(token)
         except StoreUnavailable:
             if seen is not None and time.time() < seen[2]:
-                return seen[1]  # the database is down: a key verified before keeps working (docs/cluster.md)
+                return seen[1]  # the database is down: a key verified before keeps working (docs/routers.md)
+            raise
+        except AuthError:
+            self._verified.pop(token, None)  # never a fallback for a key found revoked, expired or wrong
             raise
         if len(self._verified) > 10_000:
             self._verified.clear()
@@ -253,12 +259,14 @@ class KeyService:
 
     def _forget(self, key_id: str) -> None:
         self._records.pop(key_id, None)
-        self._verified.clear()  # revocations and rotations are rare; start over
+        for token in [t for t, (_, principal, _) in self._verified.items() if principal.key_id == key_id]:
+            del self._verified[token]
 
     def forget_all(self) -> None:
-        """Another router changed a key: verify every token afresh."""
+        """Another router changed a key: verify every token afresh at its next use. The verifications are
+        kept, as the fallback while the database is down; one that fails afresh is dropped."""
         self._records.clear()
-        self._verified.clear()
+        self._fresh_after = time.monotonic()
 
     def forget_tenants(self) -> None:
         """Another router changed a tenant's limits: re-read them at the next request (the old ones stay
