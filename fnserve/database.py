@@ -1,10 +1,10 @@
 """One SQL database behind the state store: SQLite in the state dir (the embedded default) or PostgreSQL
 shared by every router (``FNSERVE_DATABASE_URL=postgresql://…``).
 
-The store writes one dialect of SQL — ``?`` placeholders, ``INSERT … ON CONFLICT``, ``DOUBLE PRECISION``,
-``RETURNING`` — which both engines accept; this module translates the placeholders for psycopg, opens
-connections, runs transactions and brings the schema up to date. Where the two differ (an identity
-column, a row lock, an append-only trigger) the migration or the call names both spellings.
+The store writes one dialect of SQL — ``?`` placeholders, ``INSERT … ON CONFLICT``, ``DOUBLE PRECISION``
+— which both engines accept; this module translates the placeholders for psycopg, opens connections,
+runs transactions and brings the schema up to date. Where the two differ (an identity column, a row
+lock, an append-only trigger, GREATEST or MAX) the migration or the call names both spellings.
 
 Migrations are a small ordered list in fnserve/migrations.py, applied in one transaction each and
 recorded in ``schema_migrations``: no Alembic, because the store has no ORM for it to diff against, its
@@ -22,6 +22,7 @@ import re
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +31,15 @@ Params = Sequence[Any]
 
 
 class StoreUnavailable(Exception):
-    """The state database cannot be reached (PostgreSQL down, or its pool exhausted for too long)."""
+    """The state database cannot be reached (PostgreSQL down, or refusing connections)."""
+
+
+class StoreRefused(ValueError):
+    """A value the database cannot hold (PostgreSQL refuses a NUL character in text): the caller's mistake."""
+
+
+class UnsupportedDatabase(ValueError):
+    """FNSERVE_DATABASE_URL names a kind of database fnserve does not speak."""
 
 
 class Cursor(Protocol):
@@ -149,6 +158,7 @@ class PostgresDatabase:
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._errors: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+        self._refused: type[Exception] = psycopg.DataError
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -181,6 +191,10 @@ class PostgresDatabase:
             healthy = True
         except self._errors as exc:
             raise self._unavailable(exc) from None
+        except self._refused as exc:
+            healthy = True  # the transaction was rolled back; the connection is fine
+            raise StoreRefused(f"a value the state database cannot store: {str(exc).strip().splitlines()[0]}") \
+                from None
         finally:
             with self._lock:
                 keep = healthy and not connection.broken and len(self._idle) < self._max_idle
@@ -201,13 +215,24 @@ class PostgresDatabase:
 
 
 def _redacted(url: str) -> str:
-    """A database URL without its password, for messages."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """A database URL without its password (in the authority or as a parameter), for messages."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    netloc = f"{user}:***@{host}" if parts.password is not None else (f"{user}@{host}" if user else host)
+    query = "&".join(f"{k}=***" if k.lower() == "password" else f"{k}={v}"
+                     for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def open_database(location: Path | str) -> Database:
-    """SQLite at a path, or PostgreSQL at a ``postgresql://`` (or ``postgres://``) URL."""
-    if isinstance(location, str) and re.match(r"^postgres(ql)?://", location):
+    """SQLite at a path, or PostgreSQL at a ``postgresql://`` (or ``postgres://``) URL; any other URL is
+    refused rather than taken for a file name."""
+    if isinstance(location, str) and "://" in location:
+        scheme = location.split("://", 1)[0].lower()
+        if scheme not in ("postgresql", "postgres"):
+            raise UnsupportedDatabase(f"FNSERVE_DATABASE_URL: {scheme}:// is not a database fnserve can use "
+                                      f"(expected postgresql://user:password@host:port/database)")
         return PostgresDatabase(location)
     return SQLiteDatabase(Path(location))
 

@@ -91,6 +91,7 @@ def many_routers(cursor: Cursor, dialect: str) -> None:
     cursor.execute("ALTER TABLE functions ADD COLUMN canary_percent INTEGER NOT NULL DEFAULT 0")
     cursor.execute("CREATE TABLE changes (topic TEXT PRIMARY KEY, version BIGINT NOT NULL)")
     cursor.execute("CREATE TABLE usage_batches (id TEXT PRIMARY KEY, merged_at DOUBLE PRECISION NOT NULL)")
+    cursor.execute("CREATE INDEX usage_batches_merged_at ON usage_batches (merged_at)")
     identity = ("INTEGER PRIMARY KEY AUTOINCREMENT" if dialect == "sqlite"
                 else "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
     cursor.execute(f"""CREATE TABLE audit (

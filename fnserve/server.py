@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 
 from fnserve import __version__
 from fnserve.backends.base import Serving, Training
-from fnserve.database import StoreUnavailable
+from fnserve.database import StoreUnavailable, UnsupportedDatabase
 from fnserve.router.app import StartupDeploy, create_app
 from fnserve.router.http_server import protocol_with
 from fnserve.router.services.keys import (
@@ -131,7 +131,7 @@ def serve(settings: Settings, backend_kind: str = "local", deploys: list[Startup
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         state = StateStore(settings.state_location())
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, UnsupportedDatabase) as exc:
         raise CannotStart(str(exc)) from None
     if admin_file:
         install_admin_key(state, pepper, *admin_file)

@@ -331,10 +331,12 @@ class StateStore:
                            [(subject, day, n) for (subject, day), n in counts.items()])
 
     def set_daily_counts(self, counts: dict[tuple[str, str], int]) -> None:
-        """Copy counts kept elsewhere (Redis, shared by routers) as they are, not added."""
+        """Copy counts kept elsewhere (Redis, shared by routers), never moving one down: two routers' copies
+        taken a moment apart may arrive out of order, and a count too high only errs on the safe side."""
+        greatest = "MAX" if self.db.dialect == "sqlite" else "GREATEST"
         with self.db.transaction() as db:
             db.executemany("INSERT INTO daily_counts VALUES (?, ?, ?) ON CONFLICT (subject, day) "
-                           "DO UPDATE SET requests = excluded.requests",
+                           f"DO UPDATE SET requests = {greatest}(daily_counts.requests, excluded.requests)",
                            [(subject, day, n) for (subject, day), n in counts.items()])
 
     def merge_usage(self, tallies: dict[tuple[str, str, str], Tally], batch: str | None = None) -> bool:
@@ -355,6 +357,11 @@ class StateStore:
                 db.execute("UPDATE usage SET tally = ? WHERE key_id = ? AND function = ? AND day = ?",
                            (merged.to_json(), key_id, function, day))
         return True
+
+    def forget_usage_batches(self, before: float) -> None:
+        """Batch ids are needed only while a batch may still be merged (seconds); older ones go."""
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM usage_batches WHERE merged_at < ?", (before,))
 
     def usage(self, key_id: str | None, function: str | None, since: str | None) -> list[tuple[str, str, str, str]]:
         query, params = "SELECT key_id, function, day, tally FROM usage WHERE 1 = 1", []
@@ -385,9 +392,10 @@ class StateStore:
         if actor:
             query += " AND actor = ?"
             params.append(actor)
-        if action:
-            query += " AND (action = ? OR action LIKE ?)"
-            params.extend([action, action.rstrip(".") + ".%"])
+        if action:  # a family ("key.") is a prefix, compared as text (LIKE differs in case between engines)
+            family = action.rstrip(".") + "."
+            query += " AND (action = ? OR substr(action, 1, ?) = ?)"
+            params.extend([action, len(family), family])
         rows = self.db.query(f"SELECT * FROM ({query} ORDER BY id DESC LIMIT ?) newest ORDER BY id", [*params, limit])
         return [AuditEntry(at, who, what, target, outcome, status, request_id, client, json.loads(detail), entry_id)
                 for entry_id, at, who, what, target, outcome, status, request_id, client, detail in rows]

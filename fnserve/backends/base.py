@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fnserve.manifest import TrainingJob
-from fnserve.records import JobRecord, Revision
+from fnserve.records import JobRecord, Revision, Rollout
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,11 @@ class Serving(Protocol):
         ``canary`` 1..99: start ``revision`` beside the function's current one, as its canary taking that
         percent of the traffic, instead; the current revision is not touched, an earlier canary is
         replaced. A function with no current revision has no canary: FunctionNotFound."""
+
+    def follow(self, name: str, rollout: Rollout | None) -> None:
+        """A shared backend (``shared``): another router applied ``rollout`` (None: removed the function);
+        take it as this backend's state without applying anything. Backends that are not shared are
+        never asked (each router applies changes to its own replicas)."""
 
     async def promote(self, name: str) -> None:
         """The canary becomes the function's only revision; the previous one is drained as in a redeploy.

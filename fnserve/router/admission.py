@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fnserve.database import StoreUnavailable
 from fnserve.router import invocation as invocations
 from fnserve.router.proxy import respond_error
 from fnserve.router.services.accounting import AccountingService
@@ -27,7 +28,12 @@ class AdmissionMiddleware:
         client = scope.get("client") or ("unknown", 0)
         recorded = False
         try:
-            refusal = await self.admission.admit(invocation, client[0])
+            try:
+                refusal = await self.admission.admit(invocation, client[0])
+            except StoreUnavailable:  # a daily count never read yet, and no database to read it from
+                await respond_error(invocation, send, 503, "the daily quota cannot be checked now: the state "
+                                                           "database is unavailable", retry_after=2)
+                return
             if refusal is not None:
                 fields = {"limit": refusal.limit}
                 if invocation.principal is not None:

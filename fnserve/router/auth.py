@@ -10,6 +10,7 @@ API does: which functions exist is no stranger's business. Keys themselves
 
 from __future__ import annotations
 
+import logging
 import re
 
 from starlette.requests import Request
@@ -24,6 +25,8 @@ from fnserve.router.services.keys import AuthError, KeyService
 
 # A path under a function that is no inference request of it still needs that function's key: its answer
 # (404, 405) is the caller's business only.
+log = logging.getLogger("fnserve.router")
+
 _UNDER_FUNCTION = re.compile(r"^/v[12]/models/([^/:]+)")
 
 
@@ -82,7 +85,9 @@ class AuthMiddleware:
                 raise AuthError(403, f"API key {principal.key_id} may not invoke {function!r} "
                                      f"(scopes: {', '.join(principal.scopes)})", principal.key_id)
         except StoreUnavailable as exc:  # a key this router has not seen yet, and no database to look it up
-            await (await store_unavailable(Request(scope), exc))(scope, receive, send)
+            log.warning("cannot check an API key: %s", exc)  # the details are the operator's, not the caller's
+            generic = StoreUnavailable("the API key cannot be checked now: the state database is unavailable")
+            await (await store_unavailable(Request(scope), generic))(scope, receive, send)
             return
         except AuthError as exc:
             response = error_response(Request(scope), exc.status, str(exc),

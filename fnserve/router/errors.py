@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fnserve.backends.base import BackendError
-from fnserve.database import StoreUnavailable
+from fnserve.database import StoreRefused, StoreUnavailable
 from fnserve.manifest import Problem
 from fnserve.replica_contract import OPENAI_PREFIX
 from fnserve.replica_contract import openai_error as contract_openai_error
@@ -87,6 +87,10 @@ async def _bad_request(request: Request, exc: Exception) -> Response:
     return error_response(request, 400, str(exc), fields={"problems": problems(exc.problems)} if exc.problems else None)
 
 
+async def _store_refused(request: Request, exc: Exception) -> Response:
+    return error_response(request, 400, str(exc))
+
+
 async def store_unavailable(request: Request, exc: Exception) -> Response:
     """The state database is down: the admin API cannot read or change anything, and says so."""
     return error_response(request, 503, str(exc), retry_after=2, fields={"reason": "StoreUnavailable"})
@@ -107,7 +111,7 @@ def exception_handlers() -> dict[Any, Any]:
         return error_response(request, 400, str(exc), fields=fields)
 
     return {BadRequest: _bad_request, BackendError: _backend_error, DeployRejected: rejected,
-            StoreUnavailable: store_unavailable}
+            StoreUnavailable: store_unavailable, StoreRefused: _store_refused}
 
 
 class RequestIdMiddleware:

@@ -103,7 +103,8 @@ class Inference:
                 groups = match.groupdict()
                 name, version = groups.get("name", ""), groups.get("version")
                 upstream = path if version is None else path.replace(f"/versions/{version}", "", 1)
-                revision, canary = self.functions.pick(name) if name else (None, False)
+                revision, canary = (self.functions.pinned(name, version) if version is not None else
+                                    self.functions.pick(name)) if name else (None, False)
                 return Invocation(name, revision, action.action, version, upstream, request_id(scope),
                                   openai=path.startswith(generative.OPENAI), canary=canary)
         return None

@@ -148,8 +148,10 @@ class DailyCounters:
             return self._counts[key]
         if key not in self._loading:
             self._loading[key] = asyncio.ensure_future(asyncio.to_thread(self.state.daily_count, subject, day))
-        stored = await self._loading[key]
-        self._loading.pop(key, None)
+        try:
+            stored = await self._loading[key]
+        finally:
+            self._loading.pop(key, None)  # a failed read (the database down) is tried again next time
         self._counts.setdefault(key, stored)
         return self._counts[key]
 

@@ -26,6 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 
 import redis
 import redis.asyncio as aioredis
@@ -52,6 +53,13 @@ v = tonumber(v)
 local cost = tonumber(ARGV[2])
 if v + math.max(cost, 1) > tonumber(ARGV[1]) then return {0, v} end
 return {1, redis.call('INCRBY', KEYS[1], cost)}
+"""
+
+# a settled reservation: the counter moves by the difference, recreated from the database's copy (and
+# given its expiry) if Redis lost it meanwhile
+_ADD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[2], 'EXAT', ARGV[3]) end
+return redis.call('INCRBY', KEYS[1], ARGV[1])
 """
 
 _CLAIM = """
@@ -94,6 +102,9 @@ class RedisDailyCounters(DailyCounters):
         self.client = client
         self.sync_client = sync_client
         self._take = client.register_script(_TAKE)
+        self._add_script = client.register_script(_ADD)
+        self._seen: dict[tuple[str, str], int] = {}
+        """The last count Redis gave for each counter: where this router's own counting starts in an outage."""
         self._stored: dict[tuple[str, str], int] = {}
         """The database's copy of each counter this router touched: where a lost counter starts again."""
         self._touched: set[tuple[str, str]] = set()
@@ -105,35 +116,47 @@ class RedisDailyCounters(DailyCounters):
         return f"fnserve:daily:{day}:{subject}"
 
     async def take(self, subject: str, limit: int, now: float, cost: int = 1) -> tuple[bool, int]:
-        if self._outage.down():
-            return await super().take(subject, limit, now, cost)
         day = utc_day(now)
         row = (subject, day)
         if row not in self._stored:
             self._stored[row] = await self._count(subject, day)  # the database's copy, read once
-        try:
-            allowed, count = await self._take(keys=[self._key(subject, day)],
-                                              args=[limit, cost, self._stored[row], _day_end(int(now // 86400))
-                                                    + GRACE_SECONDS])
-        except (RedisError, OSError) as exc:
-            self._outage.failed(exc)
-            return await super().take(subject, limit, now, cost)
-        with self._lock:
-            self._touched.add(row)
-        count = int(count)
-        return bool(allowed), max(0, limit - count)
+        if not self._outage.down():
+            try:
+                allowed, count = await self._take(keys=[self._key(subject, day)],
+                                                  args=[limit, cost, self._stored[row],
+                                                        _day_end(int(now // 86400)) + GRACE_SECONDS])
+                with self._lock:
+                    self._touched.add(row)
+                self._seen[row] = int(count)
+                return bool(allowed), max(0, limit - int(count))
+            except (RedisError, OSError) as exc:
+                self._outage.failed(exc)
+        self._from_last_count(row)
+        return await super().take(subject, limit, now, cost)
+
+    def _from_last_count(self, row: tuple[str, str]) -> None:
+        """This router's own count continues from the highest it knows (Redis's last, the database's)."""
+        known = max(self._seen.get(row, 0), self._stored.get(row, 0))
+        if self._counts.get(row, 0) < known:
+            self._counts[row] = known
 
     async def add(self, subject: str, day: str, delta: int) -> None:
         if not delta:
             return
+        row = (subject, day)
         if not self._outage.down():
             try:
-                await self.client.incrby(self._key(subject, day), delta)
+                day_end = _day_end(int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+                                       // 86400))
+                self._seen[row] = int(await self._add_script(keys=[self._key(subject, day)],
+                                                             args=[delta, self._stored.get(row, 0),
+                                                                   day_end + GRACE_SECONDS]))
                 with self._lock:
-                    self._touched.add((subject, day))
+                    self._touched.add(row)
                 return
             except (RedisError, OSError) as exc:
                 self._outage.failed(exc)
+        self._from_last_count(row)
         await super().add(subject, day, delta)
 
     def flush(self) -> None:
@@ -208,6 +231,7 @@ class RedisUsage:
         self.fallback = fallback
         self._claim = sync_client.register_script(_CLAIM)
         self._outage = _Outage("usage is kept by each router and merged every second until it is back")
+        self._pruned_at = float("-inf")
 
     async def record(self, key_id: str, function: str, status: int, ms: float, predictor_ms: float, now: float,
                      prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
@@ -230,6 +254,9 @@ class RedisUsage:
         """Move what every router recorded into the database (blocking: a worker thread)."""
         if self._outage.down():
             return
+        if time.monotonic() - self._pruned_at > 60:
+            self._pruned_at = time.monotonic()
+            self.state.forget_usage_batches(time.time() - 3600)
         try:
             batch = f"fnserve:usage:batch:{secrets.token_hex(8)}"
             if self._claim(keys=[_PENDING, batch, _CLAIMS]):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fnserve.accounting import Tally
-from fnserve.database import StoreUnavailable
+from fnserve.database import StoreRefused, StoreUnavailable, UnsupportedDatabase, _redacted
 from fnserve.records import AuditEntry, JobRecord, KeyRecord
 from fnserve.state import StateStore
 from tests.unit.test_admission_service import revision
@@ -103,8 +103,10 @@ def test_daily_counts_add_up_or_are_copied(store: StateStore) -> None:
     store.add_daily_counts({("k", "2026-12-06"): 3})
     store.add_daily_counts({("k", "2026-12-06"): 4})
     assert store.daily_count("k", "2026-12-06") == 7
-    store.set_daily_counts({("k", "2026-12-06"): 5})  # a copy of Redis's count replaces, never adds
-    assert store.daily_count("k", "2026-12-06") == 5
+    store.set_daily_counts({("k", "2026-12-06"): 9})  # a copy of Redis's count replaces, never adds ...
+    assert store.daily_count("k", "2026-12-06") == 9
+    store.set_daily_counts({("k", "2026-12-06"): 5})  # ... and an older copy arriving late moves nothing
+    assert store.daily_count("k", "2026-12-06") == 9
 
 
 def test_jobs_round_trip(store: StateStore) -> None:
@@ -174,3 +176,23 @@ def test_a_revision_number_is_taken_once(store: StateStore) -> None:
     store.publish(revision("sentiment", number=1))
     store.forget_revision("sentiment", 1)  # a revision that serves is never forgotten
     assert [r.number for r in store.revisions("sentiment")] == [1]
+
+
+def test_a_value_postgresql_cannot_hold_is_the_callers_mistake(location: str | Path, store: StateStore) -> None:
+    if isinstance(location, Path):  # SQLite keeps a NUL in text as it is
+        store.set_tenant_limits("a\x00b", {})
+        assert "a\x00b" in store.tenant_limits()
+        return
+    with pytest.raises(StoreRefused, match="cannot store"):
+        store.set_tenant_limits("a\x00b", {})
+    store.set_tenant_limits("acme", {"rps": 1})  # the connection is fine afterwards
+    assert store.tenant_limits() == {"acme": {"rps": 1}}
+
+
+def test_database_urls_are_shown_without_passwords_and_unknown_kinds_refused(tmp_path: Path) -> None:
+    assert _redacted("postgresql://fnserve:s3cr@t@db:5432/x?sslmode=require&password=p2") == \
+        "postgresql://fnserve:***@db:5432/x?sslmode=require&password=***"
+    assert _redacted("postgresql://:onlypw@db/x") == "postgresql://:***@db/x"
+    with pytest.raises(UnsupportedDatabase, match="mysql:// is not a database"):
+        StateStore("mysql://u:pw@db/x")
+    assert not any(tmp_path.iterdir())

@@ -36,6 +36,9 @@ class RecordingServing(ScriptedServing):
     async def delete(self, name: str) -> None:
         self.calls.append(("delete", name))
 
+    def follow(self, name: str, rollout: Any) -> None:
+        self.calls.append(("follow", name, rollout.current.number if rollout else None))
+
 
 def service(tmp_path: Path, serving: RecordingServing) -> FunctionService:
     state = StateStore(tmp_path / "fnserve.db")
@@ -88,13 +91,30 @@ def test_another_routers_changes_are_applied_to_this_routers_replicas(tmp_path: 
     assert here.table == {} and here.canaries == {}
 
 
-def test_a_shared_backend_only_updates_the_table(tmp_path: Path) -> None:
+def test_a_shared_backend_follows_what_another_router_applied(tmp_path: Path) -> None:
     serving = RecordingServing(splits_traffic=True)
     serving.shared = True
     here = service(tmp_path, serving)
-    StateStore(tmp_path / "fnserve.db").publish(revision("sentiment", number=4))
+    elsewhere = StateStore(tmp_path / "fnserve.db")
+    elsewhere.publish(revision("sentiment", number=4))
     asyncio.run(here.sync())
-    assert serving.calls == [] and here.table["sentiment"].number == 4
+    elsewhere.delete("sentiment")
+    asyncio.run(here.sync())
+    assert serving.calls == [("follow", "sentiment", 4), ("follow", "sentiment", None)] and here.table == {}
+
+
+def test_a_function_this_router_is_changing_is_left_for_the_next_look(tmp_path: Path) -> None:
+    serving = RecordingServing()
+    here = service(tmp_path, serving)
+    StateStore(tmp_path / "fnserve.db").publish(revision("sentiment", number=1))
+
+    async def steps() -> tuple[bool, bool]:
+        async with here._lock("sentiment"):  # a deploy in progress here
+            busy = await here.sync()
+        return busy, await here.sync()
+
+    assert asyncio.run(steps()) == (False, True)
+    assert serving.calls == [("apply", 1, 0)]
 
 
 def test_a_usage_batch_reads_back_as_the_tallies_that_made_it() -> None:

@@ -105,3 +105,25 @@ def test_usage_tally_p95_is_within_ten_percent() -> None:
     assert 950 <= p95 <= 950 * 1.1
     summary = Tally.from_json(tally.to_json()).summary()
     assert summary["requests"] == 1000 and summary["serverErrors"] == 100 and summary["p95Ms"] == p95
+
+
+def test_a_daily_count_that_could_not_be_read_is_read_again(tmp_path: Path) -> None:
+    """The database down at a subject's first request of the day: that request fails, the next reads."""
+    from fnserve.database import StoreUnavailable
+
+    state = StateStore(tmp_path / "db")
+    state.add_daily_counts({("k", utc_day(1_800_000_000.0)): 4})
+    counters = DailyCounters(state)
+    real = state.daily_count
+    calls = []
+
+    def flaky(subject: str, day: str) -> int:
+        calls.append(subject)
+        if len(calls) == 1:
+            raise StoreUnavailable("down")
+        return real(subject, day)
+
+    state.daily_count = flaky  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(counters.take("k", 5, 1_800_000_000.0))
+    assert asyncio.run(counters.take("k", 5, 1_800_000_000.0)) == (True, 0)

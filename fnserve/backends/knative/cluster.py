@@ -47,7 +47,7 @@ from fnserve.backends.knative.render import (
     config_from_settings,
     render_function,
 )
-from fnserve.records import Revision
+from fnserve.records import Revision, Rollout
 from fnserve.settings import Settings
 from fnserve.tasks import BackgroundTasks
 
@@ -121,6 +121,20 @@ class KnativeBackend:
         log.info("%s: revision %d applied as InferenceService %s/%s%s", name, revision.number, self.namespace, name,
                  f", a canary for {percent}% of requests" if percent else "")
 
+    def follow(self, name: str, rollout: Rollout | None) -> None:
+        """Another router applied this (one InferenceService for all): remember it as applied. Its code
+        ConfigMaps are unknown here (they are named by the files' digest), so none is collected until
+        this router applies the function itself."""
+        if rollout is None:
+            self._main.pop(name, None)
+            self._canaries.pop(name, None)
+            return
+        self._main[name] = _Applied(rollout.current, "")
+        if rollout.canary is None:
+            self._canaries.pop(name, None)
+        else:
+            self._canaries[name] = (_Applied(rollout.canary, ""), rollout.percent)
+
     async def promote(self, name: str) -> None:
         """The canary's revision without canaryTrafficPercent: Knative keeps its revision (the template is
         the same) and moves all traffic to it."""
@@ -179,6 +193,8 @@ class KnativeBackend:
     def _collect(self, name: str) -> None:
         canary = self._canaries.get(name)
         keep = {applied.code for applied in (self._main.get(name), canary[0] if canary else None) if applied}
+        if "" in keep:  # a revision another router applied: its ConfigMap's name is not known here
+            return
         self._tasks.spawn(self._collect_code(name, keep))
 
     async def _wait_ready(self, name: str, generation: int | None) -> dict[str, Any]:

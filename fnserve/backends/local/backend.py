@@ -40,7 +40,7 @@ from fnserve.backends.local.gpus import GpuInventory
 from fnserve.backends.local.processes import ForkServerClient, ProcessHandle, forking_supported, spawn
 from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed, tail_lines
 from fnserve.backends.local.tracks import Function, Track
-from fnserve.records import Revision
+from fnserve.records import Revision, Rollout
 from fnserve.replica_contract import MODULE
 from fnserve.settings import Settings
 from fnserve.tasks import BackgroundTasks
@@ -171,6 +171,11 @@ class LocalBackend:
         if fn.canary is None:
             raise NoCanary(f"function {name!r} has no canary to {what}")
         return fn, fn.canary
+
+    def follow(self, name: str, rollout: Rollout | None) -> None:
+        """Never asked: each router runs replicas of its own, so another router's change is applied here
+        (FunctionService.sync), not followed."""
+        raise NotImplementedError("the embedded backend is not shared between routers")
 
     async def promote(self, name: str) -> None:
         """The canary's track, running replicas and all, becomes the main one: no cold start."""

@@ -48,6 +48,15 @@ def _status(exc: BaseException) -> int:
     return 500
 
 
+def _printable(text: str) -> str:
+    """A client's text as the log can keep it (PostgreSQL refuses NUL; an entry is never lost for one)."""
+    return text.replace("\x00", "\\x00")
+
+
+def _printable_values(detail: dict[str, Any]) -> dict[str, Any]:
+    return {k: _printable(v) if isinstance(v, str) else v for k, v in detail.items()}
+
+
 class AuditLog:
     def __init__(self, state: StateStore) -> None:
         self.state = state
@@ -65,8 +74,8 @@ class AuditLog:
 
     async def _append(self, actor: Actor, action: str, target: str, outcome: str, status: int,
                       detail: dict[str, Any]) -> None:
-        entry = AuditEntry(time.time(), actor.key_id, action, target, outcome[:2000], status, actor.request_id,
-                           actor.client, detail)
+        entry = AuditEntry(time.time(), actor.key_id, action, _printable(target), _printable(outcome[:2000]), status,
+                           actor.request_id, actor.client, _printable_values(detail))
         try:
             await asyncio.to_thread(self.state.append_audit, entry)
         except StoreUnavailable:  # the action's caller gets the 503; nothing else to say here

@@ -76,6 +76,14 @@ class FunctionService:
             return revision, True
         return self.table.get(name), False
 
+    def pinned(self, name: str, version: str) -> tuple[Revision | None, bool]:
+        """The revision a request naming ``version`` goes to: the canary when it names the canary's number
+        (where this router splits), else the current one (which then checks the number); no split counted."""
+        canary = self.canaries.get(name)
+        if canary is not None and not self.serving.splits_traffic and version == str(canary[0].number):
+            return canary[0], True
+        return self.table.get(name), False
+
     def rollout(self, name: str) -> Rollout:
         """What ``name`` serves (raises FunctionNotFound)."""
         current = self.current(name)
@@ -184,10 +192,10 @@ class FunctionService:
             if canary is None:
                 raise DeployRejected(f"{name}: no canary to promote (deploy one with --canary N)")
             revision = canary[0]
-            self.table[name] = revision  # new requests go to it from here on; those already routed finish
-            self.canaries.pop(name, None)
-            await self.serving.promote(name)
+            await self.serving.promote(name)  # requests already routed to the canary find it as the function
             await asyncio.to_thread(self.state.end_canary, name, True)
+            self.table[name] = revision
+            self.canaries.pop(name, None)
             detail["revision"] = revision.number
         log.info("%s: promoted revision %d", name, revision.number)
         return revision
@@ -198,9 +206,10 @@ class FunctionService:
         async with self.audit.action(actor, "function.rollback", name, to=to) as detail, self._lock(name):
             current = self.current(name)
             if name in self.canaries and to is None:
-                dropped = self.canaries.pop(name)[0]
+                dropped = self.canaries[name][0]
                 await self.serving.drop_canary(name)
                 await asyncio.to_thread(self.state.end_canary, name, False)
+                self.canaries.pop(name, None)
                 detail.update(droppedCanary=dropped.number, revision=current.number)
                 log.info("%s: dropped canary revision %d", name, dropped.number)
                 return current
@@ -258,13 +267,13 @@ class FunctionService:
         async with self.audit.action(actor, "function.delete", name), self._lock(name):
             if name not in self.table:
                 raise FunctionNotFound(f"function {name!r} not found")
-            self.table.pop(name)
-            self.canaries.pop(name, None)
             await asyncio.to_thread(self.state.delete, name)
             try:
                 await self.serving.delete(name)
             except FunctionNotFound:
                 pass
+            self.table.pop(name)
+            self.canaries.pop(name, None)
 
     def restore(self) -> asyncio.Future[None]:
         """Bring back every function deployed before the last shutdown, concurrently.
@@ -278,10 +287,24 @@ class FunctionService:
             self._remember(rollout)
 
         async def all_of() -> None:
-            await asyncio.gather(*(self._apply_here(r, None) for r in rollouts))
+            await asyncio.gather(*(self._restore(r) for r in rollouts))
             self.restored = True
 
         return asyncio.ensure_future(all_of())
+
+    async def _restore(self, rollout: Rollout) -> None:
+        if not self.serving.shared:
+            await self._apply_here(rollout, None)
+            return
+        # one InferenceService for every router: it is applied as it stands now, canary and all, in one step
+        self.serving.follow(rollout.name, rollout)
+        try:
+            if rollout.canary is not None:
+                await self.serving.apply(rollout.canary, verify=False, canary=rollout.percent)
+            else:
+                await self.serving.apply(rollout.current, verify=False)
+        except BackendError as exc:
+            log.error("could not restore %s: %s", rollout.name, exc)
 
     def _remember(self, rollout: Rollout) -> None:
         self.table[rollout.name] = rollout.current
@@ -308,34 +331,55 @@ class FunctionService:
         except BackendError as exc:
             log.error("could not bring %s here: %s", name, exc)
 
-    async def sync(self) -> None:
-        """Take in what other routers changed in the function table (services/sync.py calls this)."""
-        rollouts = {r.name: r for r in await asyncio.to_thread(self.state.rollouts)}
-        for name in sorted(set(rollouts) | set(self.table)):
-            async with self._lock(name):
-                known = self.table.get(name)
-                before = Rollout(known, *self.canaries.get(name, (None, 0))) if known is not None else None
-                after = rollouts.get(name)
-                if _same(before, after):
-                    continue
-                if after is None:
-                    self.table.pop(name, None)
-                    self.canaries.pop(name, None)
-                    if not self.serving.shared:
-                        with contextlib.suppress(FunctionNotFound):
-                            await self.serving.delete(name)
-                    log.info("%s: removed by another router", name)
-                    continue
-                if not self.serving.shared:
-                    await self._apply_here(after, before)
-                self._remember(after)
-                log.info("%s: now revision %d%s (changed by another router)", name, after.current.number,
-                         f", canary {after.canary.number} at {after.percent}%" if after.canary else "")
+    async def sync(self) -> bool:
+        """Take in what other routers changed in the function table (services/sync.py calls this). A
+        function this router is changing itself is left for the next call (its lock is held: waiting
+        would hold up the watcher, and the row read before would be stale); False when any was."""
+        names = {r.name for r in await asyncio.to_thread(self.state.rollouts)} | set(self.table)
+        complete = True
+        for name in sorted(names):
+            lock = self._lock(name)
+            if lock.locked():
+                complete = False
+                continue
+            async with lock:
+                await self._sync_one(name)
+        return complete
+
+    async def _sync_one(self, name: str) -> None:
+        """(The caller holds the function's lock.)"""
+        known = self.table.get(name)
+        before = Rollout(known, *self.canaries.get(name, (None, 0))) if known is not None else None
+        after = await asyncio.to_thread(self.state.rollout, name)  # read under the lock: never stale
+        if _same(before, after):
+            return
+        if after is None:
+            if self.serving.shared:
+                self.serving.follow(name, None)
+            else:
+                with contextlib.suppress(FunctionNotFound):
+                    await self.serving.delete(name)
+            self.table.pop(name, None)
+            self.canaries.pop(name, None)
+            log.info("%s: removed by another router", name)
+            return
+        if self.serving.shared:
+            self.serving.follow(name, after)
+        else:
+            await self._apply_here(after, before)
+        self._remember(after)
+        log.info("%s: now revision %d%s (changed by another router)", name, after.current.number,
+                 f", canary {after.canary.number} at {after.percent}%" if after.canary else "")
 
 
 def _same(a: Rollout | None, b: Rollout | None) -> bool:
-    def shape(r: Rollout | None) -> tuple[int, int, int] | None:
-        return None if r is None else (r.current.number, r.canary.number if r.canary else 0, r.percent)
+    """The same revisions serving (a function removed and deployed again starts at number 1 once more: the
+    creation times tell them apart)."""
+    def shape(r: Rollout | None) -> tuple[int, float, int, float, int] | None:
+        if r is None:
+            return None
+        canary = (r.canary.number, r.canary.created_at) if r.canary else (0, 0.0)
+        return r.current.number, r.current.created_at, *canary, r.percent
 
     return shape(a) == shape(b)
 

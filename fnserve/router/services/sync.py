@@ -40,8 +40,8 @@ class ChangeWatcher:
             self.keys.forget_all()
         if "tenants" in moved:
             self.keys.forget_tenants()
-        if "functions" in moved:
-            await self.functions.sync()
+        if "functions" in moved and not await self.functions.sync():
+            versions["functions"] = self._seen.get("functions", -1)  # one was busy here: look again next time
         self._seen = versions
 
     async def run(self) -> None:
