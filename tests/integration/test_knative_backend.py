@@ -16,7 +16,7 @@ import pytest
 from fnserve.backends import knative
 from fnserve.backends.base import DeployFailed, FunctionNotFound, NoCanary, NoReadyReplica
 from fnserve.manifest import load_function, load_training_job
-from fnserve.records import Revision
+from fnserve.records import Revision, Rollout
 from fnserve.settings import Settings
 from fnserve.state import StateStore
 from fnserve.storage import describe_folder, open_store, publish
@@ -165,6 +165,33 @@ def test_a_canary_is_kserve_s_traffic_split_until_promoted_or_dropped(tmp_path: 
         with pytest.raises(FunctionNotFound):
             backend.status("sentiment")
         await backend.close()
+
+    run(scenario())
+
+
+def test_a_second_router_follows_a_canary_it_did_not_apply_and_promotes_it(tmp_path: Path,
+                                                                           kube: KubeApiStandIn) -> None:
+    """Routers share one InferenceService: the one that learns of a canary from the database (follow) can
+    promote it, without having applied anything itself."""
+    async def scenario() -> None:
+        first, _ = knative.create(settings(tmp_path, kube), StateStore(tmp_path / "db"), kube.api_client())
+        second, _ = knative.create(settings(tmp_path / "b", kube), StateStore(tmp_path / "db-b"), kube.api_client())
+        main, canary = revision(EXAMPLE, 1), revision(EXAMPLE, 2, timeout=45)
+        await first.apply(main)
+        await first.apply(canary, canary=30)
+        with pytest.raises(FunctionNotFound):  # it applied nothing itself: alone, it knows no function
+            await second.promote("sentiment")
+        second.follow("sentiment", Rollout(main, canary, 30))
+        await second.promote("sentiment")
+        found = kube.get_object("inferenceservices", "sentiment", NS)
+        assert found is not None
+        assert found["metadata"]["labels"]["fnserve.dev/revision"] == "2"
+        assert "canaryTrafficPercent" not in found["spec"]["predictor"]
+        second.follow("sentiment", None)
+        with pytest.raises(FunctionNotFound):
+            await second.promote("sentiment")
+        await first.close()
+        await second.close()
 
     run(scenario())
 
