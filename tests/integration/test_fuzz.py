@@ -4,8 +4,8 @@ schemathesis reads /openapi.json from a real router (with the example deployed a
 schema-derived requests, valid and invalid, to every operation: bodies of the admin models, V1 and V2
 inference bodies, path and query parameters. The run fails on any 5xx, on a status the document does
 not list, and on an answer whose body or content type breaks the document. Bounded in examples and
-time so it stays well under two minutes here; FNSERVE_FUZZ_EXAMPLES and FNSERVE_FUZZ_SEED widen or
-vary it for a longer run.
+time (FNSERVE_FUZZ_SECONDS, 60 by default) so it stays near a minute here; FNSERVE_FUZZ_EXAMPLES,
+FNSERVE_FUZZ_SECONDS and FNSERVE_FUZZ_SEED widen or vary it for a longer run.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(tmp_p
         command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{router.url}/openapi.json",
                    "--header", f"Authorization: Bearer {router.admin_key}", "--checks", CHECKS,
                    "--phases", "examples,coverage,fuzzing", "--max-examples",
-                   os.environ.get("FNSERVE_FUZZ_EXAMPLES", "10"), "--seed", seed, "--max-time", "100",
+                   os.environ.get("FNSERVE_FUZZ_EXAMPLES", "10"), "--seed", seed,
+                   "--max-time", os.environ.get("FNSERVE_FUZZ_SECONDS", "60"),
                    # schemathesis reuses names and ids it saw in answers: it would remove the function
                    # and revoke its own key, and fuzz nothing after that (the corpus covers both routes)
                    "--exclude-operation-id", "delete_function", "--exclude-operation-id", "revoke_key",
