@@ -4,8 +4,9 @@ A key reads ``fns_<id>_<secret>``: a 12-hex-digit id to look it up by and a 160-
 only an HMAC-SHA256 (keyed with a per-installation pepper kept in the state dir, mode 0600) is stored,
 compared with hmac.compare_digest. Key records and verified tokens are cached for a few seconds so the
 request path does not touch the database on every call; every change made here drops what it made
-stale at once (another router's changes are seen within the cache's seconds). Errors name the key id,
-never the secret.
+stale at once, and another router's changes mark every verification stale within one polling interval
+(services/sync.py). While the database cannot be reached, a token verified before keeps working.
+Errors name the key id, never the secret.
 """
 
 from __future__ import annotations
