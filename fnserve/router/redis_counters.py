@@ -26,7 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import date
 
 import redis
 import redis.asyncio as aioredis
@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from fnserve.accounting import Tally, bucket_of, utc_day
 from fnserve.router.quota import DailyCounters
+from fnserve.router.redis_quota import RedisOutage
 from fnserve.state import StateStore
 
 log = logging.getLogger("fnserve.router")
@@ -71,27 +72,12 @@ return 1
 """
 
 
-class _Outage:
-    """Remembers that Redis failed, so it is not retried for a second and warned about every 10 s."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.until = 0.0
-        self.warned_at = 0.0
-
-    def down(self) -> bool:
-        return time.monotonic() < self.until
-
-    def failed(self, exc: Exception) -> None:
-        now = time.monotonic()
-        self.until = now + 1.0
-        if now - self.warned_at > 10:
-            self.warned_at = now
-            log.warning("Redis is unreachable (%s): %s", exc, self.what)
+_EPOCH = date(1970, 1, 1).toordinal()
 
 
-def _day_end(day_number: int) -> int:
-    return (day_number + 1) * 86400
+def _expires_at(day_number: int) -> int:
+    """When a day's counter may go (unix seconds): the day's end plus the grace; days counted from 1970."""
+    return (day_number + 1) * 86400 + GRACE_SECONDS
 
 
 class RedisDailyCounters(DailyCounters):
@@ -109,7 +95,7 @@ class RedisDailyCounters(DailyCounters):
         """The database's copy of each counter this router touched: where a lost counter starts again."""
         self._touched: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
-        self._outage = _Outage("daily quotas are counted by each router on its own until it is back")
+        self._outage = RedisOutage("daily quotas are counted by each router on its own until it is back")
 
     @staticmethod
     def _key(subject: str, day: str) -> str:
@@ -124,7 +110,7 @@ class RedisDailyCounters(DailyCounters):
             try:
                 allowed, count = await self._take(keys=[self._key(subject, day)],
                                                   args=[limit, cost, self._stored[row],
-                                                        _day_end(int(now // 86400)) + GRACE_SECONDS])
+                                                        _expires_at(int(now // 86400))])
                 with self._lock:
                     self._touched.add(row)
                 self._seen[row] = int(count)
@@ -146,11 +132,9 @@ class RedisDailyCounters(DailyCounters):
         row = (subject, day)
         if not self._outage.down():
             try:
-                day_end = _day_end(int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
-                                       // 86400))
+                expires_at = _expires_at(date.fromisoformat(day).toordinal() - _EPOCH)
                 self._seen[row] = int(await self._add_script(keys=[self._key(subject, day)],
-                                                             args=[delta, self._stored.get(row, 0),
-                                                                   day_end + GRACE_SECONDS]))
+                                                             args=[delta, self._stored.get(row, 0), expires_at]))
                 with self._lock:
                     self._touched.add(row)
                 return
@@ -230,7 +214,7 @@ class RedisUsage:
         self.sync_client = sync_client
         self.fallback = fallback
         self._claim = sync_client.register_script(_CLAIM)
-        self._outage = _Outage("usage is kept by each router and merged every second until it is back")
+        self._outage = RedisOutage("usage is kept by each router and merged every second until it is back")
         self._pruned_at = float("-inf")
 
     async def record(self, key_id: str, function: str, status: int, ms: float, predictor_ms: float, now: float,

@@ -64,62 +64,70 @@ return 1
 MAX_REQUEST_SECONDS = 3600  # the longest spec.timeout
 
 
+class RedisOutage:
+    """Remembers that Redis failed, so it is not retried for a second (an outage costs no latency) and
+    is warned about at most every 10 s, saying ``what`` goes unenforced meanwhile."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.until = 0.0
+        self.warned_at = 0.0
+
+    def down(self) -> bool:
+        return time.monotonic() < self.until
+
+    def failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self.until = now + 1.0
+        if now - self.warned_at > 10:
+            self.warned_at = now
+            log.warning("Redis is unreachable (%s): %s", exc, self.what)
+
+
 class RedisStore:
     def __init__(self, url: str, timeout: float = 0.25) -> None:
         self.client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._gcra = self.client.register_script(_GCRA)
         self._acquire = self.client.register_script(_ACQUIRE)
         self._adjust = self.client.register_script(_ADJUST)
-        self._down_until = 0.0
-        self._warned_at = 0.0
-
-    def _open(self) -> bool:
-        return time.monotonic() < self._down_until
-
-    def _failed(self, exc: Exception) -> None:
-        now = time.monotonic()
-        self._down_until = now + 1.0
-        if now - self._warned_at > 10:
-            self._warned_at = now
-            log.warning("Redis is unreachable (%s): rate and concurrency limits are not enforced "
-                        "until it is back (failing open)", exc)
+        self._outage = RedisOutage("rate and concurrency limits are not enforced until it is back (failing open)")
 
     async def rate(self, subject: str, rate: float, burst: int, cost: float = 1) -> RateResult:
-        if not self._open():
+        if not self._outage.down():
             try:
                 allowed, reset, remaining, retry = await self._gcra(keys=[f"fnserve:rate:{subject}"],
                                                                     args=[rate, burst, cost])
                 return RateResult(bool(allowed), 0.0, int(remaining), float(reset), float(retry))
             except (RedisError, OSError) as exc:
-                self._failed(exc)
+                self._outage.failed(exc)
         return RateResult(True, 0.0, burst, 0.0, 0.0)
 
     async def adjust(self, subject: str, rate: float, delta: float) -> None:
-        if not delta or self._open():
+        if not delta or self._outage.down():
             return
         try:
             await self._adjust(keys=[f"fnserve:rate:{subject}"], args=[rate, delta])
         except (RedisError, OSError) as exc:
-            self._failed(exc)
+            self._outage.failed(exc)
 
     async def acquire(self, subject: str, limit: int) -> str | None:
         token = secrets.token_hex(8)
-        if not self._open():
+        if not self._outage.down():
             try:
                 got = await self._acquire(keys=[f"fnserve:inflight:{subject}"],
                                           args=[limit, token, MAX_REQUEST_SECONDS])
                 return token if got else None
             except (RedisError, OSError) as exc:
-                self._failed(exc)
+                self._outage.failed(exc)
         return "open"
 
     async def release(self, subject: str, token: str) -> None:
-        if token == "open" or self._open():
+        if token == "open" or self._outage.down():
             return
         try:
             await self.client.zrem(f"fnserve:inflight:{subject}", token)
         except (RedisError, OSError) as exc:
-            self._failed(exc)
+            self._outage.failed(exc)
 
     async def close(self) -> None:
         await self.client.aclose()
