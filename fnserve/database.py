@@ -33,9 +33,13 @@ Params = Sequence[Any]
 class StoreUnavailable(Exception):
     """The state database cannot be reached (PostgreSQL down, or refusing connections)."""
 
+    status = 503
+
 
 class StoreRefused(ValueError):
     """A value the database cannot hold (PostgreSQL refuses a NUL character in text): the caller's mistake."""
+
+    status = 400
 
 
 class UnsupportedDatabase(ValueError):

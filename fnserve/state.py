@@ -94,9 +94,9 @@ _FUNCTION_ROWS = ("SELECT f.name, f.canary_percent, r.*, c.* FROM functions f "
 _FUNCTION_UPSERT = ("INSERT INTO functions (name, revision, updated_at, canary, canary_percent) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (name) DO UPDATE SET revision = excluded.revision, updated_at = excluded.updated_at, "
                     "canary = excluded.canary, canary_percent = excluded.canary_percent")
-_REVISION_UPSERT = ("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (function, number) DO UPDATE SET "
-                    "manifest = excluded.manifest, source_dir = excluded.source_dir, model_dir = excluded.model_dir, "
-                    "created_at = excluded.created_at")
+_REVISION_INSERT = "INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (function, number) "
+_REVISION_UPDATE = ("DO UPDATE SET manifest = excluded.manifest, source_dir = excluded.source_dir, "
+                    "model_dir = excluded.model_dir, created_at = excluded.created_at")
 _JOB_COLUMNS = ("id", "name", "function", "state", "manifest", "source_dir", "params", "output", "created_at",
                 "started_at", "finished_at", "exit_code", "message", "artifact_uri", "metrics", "deploy")
 _JOB_UPSERT = (f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({', '.join('?' * len(_JOB_COLUMNS))}) "
@@ -171,15 +171,12 @@ class StateStore:
         return (row[0] or 0) + 1
 
     def _save_revision(self, db: Cursor, revision: Revision) -> None:
-        db.execute(_REVISION_UPSERT, (revision.name, revision.number, dumps(revision.function.to_dict()),
-                                      str(revision.source_dir), str(revision.model_dir), revision.created_at))
+        db.execute(_REVISION_INSERT + _REVISION_UPDATE, _revision_row(revision))
 
     def reserve_revision(self, revision: Revision) -> bool:
         """Record a revision about to start, if its number is still free (False: another router took it)."""
         with self.db.transaction() as db:
-            return db.execute("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (function, number) DO NOTHING",
-                              (revision.name, revision.number, dumps(revision.function.to_dict()),
-                               str(revision.source_dir), str(revision.model_dir), revision.created_at)).rowcount > 0
+            return db.execute(_REVISION_INSERT + "DO NOTHING", _revision_row(revision)).rowcount > 0
 
     def forget_revision(self, name: str, number: int) -> None:
         """Drop a reserved revision that never served (its deploy failed)."""
@@ -238,13 +235,6 @@ class StateStore:
     def rollouts(self) -> list[Rollout]:
         """What every function serves, by name."""
         return [_rollout(row) for row in self.db.query(_FUNCTION_ROWS + " ORDER BY f.name")]
-
-    def current(self, name: str) -> Revision | None:
-        rollout = self.rollout(name)
-        return rollout.current if rollout else None
-
-    def current_all(self) -> list[Revision]:
-        return [rollout.current for rollout in self.rollouts()]
 
     def delete(self, name: str) -> bool:
         """Forget a function and its revisions; False if there was none."""
@@ -402,6 +392,11 @@ class StateStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _revision_row(revision: Revision) -> tuple[Any, ...]:
+    return (revision.name, revision.number, dumps(revision.function.to_dict()), str(revision.source_dir),
+            str(revision.model_dir), revision.created_at)
 
 
 def _rollout(row: tuple[Any, ...]) -> Rollout:

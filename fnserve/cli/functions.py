@@ -135,15 +135,13 @@ def cmd_revisions(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    client = connect(args)
-    canary = None if args.to else next((t for t in client.function(args.name).get("traffic", []) if t["canary"]), None)
-    result = client.rollback(args.name, args.to)
+    result = connect(args).rollback(args.name, args.to)
     if args.json:
         print_json(result)
         return
-    if canary is not None:
-        print(f"{result['name']}: canary revision {canary['revision']} dropped; revision {result['revision']} takes "
-              f"every request")
+    if result.get("droppedCanary") is not None:
+        print(f"{result['name']}: canary revision {result['droppedCanary']} dropped; revision {result['revision']} "
+              f"takes every request")
         return
     print(f"{result['name']}: revision {result['revision']} serving again "
           f"(model {result['manifest']['spec']['model']['uri']})")

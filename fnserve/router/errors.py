@@ -33,6 +33,8 @@ REQUEST_ID_HEADER = b"x-request-id"
 class BadRequest(Exception):
     """A request the client must change: a 400 naming every problem found."""
 
+    status = 400
+
     def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
@@ -84,16 +86,18 @@ def problems(items: list[Problem]) -> list[dict[str, str]]:
 
 async def _bad_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BadRequest)
-    return error_response(request, 400, str(exc), fields={"problems": problems(exc.problems)} if exc.problems else None)
+    return error_response(request, exc.status, str(exc), fields={"problems": problems(exc.problems)} if exc.problems else None)
 
 
 async def _store_refused(request: Request, exc: Exception) -> Response:
-    return error_response(request, 400, str(exc))
+    assert isinstance(exc, StoreRefused)
+    return error_response(request, exc.status, str(exc))
 
 
 async def store_unavailable(request: Request, exc: Exception) -> Response:
     """The state database is down: the admin API cannot read or change anything, and says so."""
-    return error_response(request, 503, str(exc), retry_after=2, fields={"reason": "StoreUnavailable"})
+    return error_response(request, StoreUnavailable.status, str(exc), retry_after=2,
+                          fields={"reason": "StoreUnavailable"})
 
 
 async def _backend_error(request: Request, exc: Exception) -> Response:
@@ -108,7 +112,7 @@ def exception_handlers() -> dict[Any, Any]:
         fields: dict[str, Any] = {"problems": problems(exc.problems)}
         if exc.reason:
             fields["reason"] = exc.reason
-        return error_response(request, 400, str(exc), fields=fields)
+        return error_response(request, exc.status, str(exc), fields=fields)
 
     return {BadRequest: _bad_request, BackendError: _backend_error, DeployRejected: rejected,
             StoreUnavailable: store_unavailable, StoreRefused: _store_refused}

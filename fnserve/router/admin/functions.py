@@ -97,9 +97,11 @@ class FunctionRoutes:
 
     @with_body(Rollback)
     async def rollback(self, request: Request, body: Rollback) -> Response:
-        """Serve an earlier revision again: {"to": N} (default: the one before the current)."""
-        revision = await self.functions.rollback(request.path_params["name"], body.to, actor_of(request))
-        return JSONResponse({**revision.to_dict(), **self._summary(revision)})
+        """Drop the function's canary, or serve an earlier revision again: {"to": N} (default: drop the
+        canary if there is one, else the revision before the current); droppedCanary names a dropped one."""
+        revision, dropped = await self.functions.rollback(request.path_params["name"], body.to, actor_of(request))
+        return JSONResponse({**revision.to_dict(), **self._summary(revision),
+                             "droppedCanary": dropped.number if dropped is not None else None})
 
     async def promote(self, request: Request) -> Response:
         """The canary becomes the current revision and takes every request."""

@@ -37,15 +37,10 @@ SYSTEM = Actor("system")
 
 
 def _status(exc: BaseException) -> int:
-    """The HTTP status the failed action is answered with (the handlers' mapping, in brief)."""
+    """The HTTP status the failed action is answered with: the error's own (every error a service raises
+    carries one); anything else is the router's fault."""
     status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        return status
-    if type(exc).__name__ in ("DeployRejected", "BadRequest"):
-        return 400
-    if type(exc).__name__ == "StoreUnavailable":
-        return 503
-    return 500
+    return status if isinstance(status, int) else 500
 
 
 def _printable(text: str) -> str:

@@ -40,6 +40,8 @@ log = logging.getLogger("fnserve.router")
 class DeployRejected(Exception):
     """A deploy (or job) request that is wrong as given; nothing was changed."""
 
+    status = 400
+
     def __init__(self, message: str, problems: list[Problem] | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.problems = problems or []
@@ -83,12 +85,6 @@ class FunctionService:
         if canary is not None and not self.serving.splits_traffic and version == str(canary[0].number):
             return canary[0], True
         return self.table.get(name), False
-
-    def rollout(self, name: str) -> Rollout:
-        """What ``name`` serves (raises FunctionNotFound)."""
-        current = self.current(name)
-        canary, percent = self.canaries.get(name, (None, 0))
-        return Rollout(current, canary, percent)
 
     def current(self, name: str) -> Revision:
         """The serving revision of ``name``; raises FunctionNotFound."""
@@ -200,9 +196,9 @@ class FunctionService:
         log.info("%s: promoted revision %d", name, revision.number)
         return revision
 
-    async def rollback(self, name: str, to: int | None, actor: Actor = SYSTEM) -> Revision:
+    async def rollback(self, name: str, to: int | None, actor: Actor = SYSTEM) -> tuple[Revision, Revision | None]:
         """Drop the canary, if there is one (and ``to`` is not given); else serve an earlier revision again
-        (default: the newest one before the current)."""
+        (default: the newest one before the current). Returns the revision serving and the canary dropped."""
         async with self.audit.action(actor, "function.rollback", name, to=to) as detail, self._lock(name):
             current = self.current(name)
             if name in self.canaries and to is None:
@@ -212,7 +208,7 @@ class FunctionService:
                 self.canaries.pop(name, None)
                 detail.update(droppedCanary=dropped.number, revision=current.number)
                 log.info("%s: dropped canary revision %d", name, dropped.number)
-                return current
+                return current, dropped
             numbers = [r.number for r in await asyncio.to_thread(self.state.revisions, name)]
             if to is None:
                 earlier = [n for n in numbers if n < current.number]
@@ -227,7 +223,7 @@ class FunctionService:
             await self._switch(revision, created=False)
             detail["revision"] = to
         log.info("%s: rolled back to revision %d", name, to)
-        return revision
+        return revision, None
 
     async def _model(self, function: Function, folder: Path, source: str) -> ModelSource:
         """Pin and check the model; fetch and verify it here only for backends that load it from this

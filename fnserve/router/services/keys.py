@@ -129,7 +129,7 @@ def bootstrap_admin_key(state: StateStore, pepper: bytes, state_dir: Path) -> st
     """On the first start (no keys yet): an admin key, written to <state>/admin.key (0600); returns it."""
     if state.keys():
         return None
-    _, token = create_key(state, pepper, "admin", "default", ["admin", "invoke:*"])
+    _, token = create_key(state, pepper, "admin", "default", list(ADMIN_SCOPES))
     _private_file(state_dir / "admin.key", (token + "\n").encode())
     return token
 
