@@ -39,6 +39,12 @@ _QUERY: dict[str, dict[str, dict[str, Any]]] = {
     "job_logs": {"follow": {"type": "string", "enum": ["0", "1", "true", "false", "yes", "no"]}},
     "usage": {"key": {"type": "string"}, "function": {"type": "string"},
               "since": {"type": "string", "pattern": r"^(\d{4}-\d{2}-\d{2})?$"}},
+    "audit": {"since": {"type": "string", "description": "Unix seconds, or an ISO-8601 date or time (UTC unless "
+                                                         "it names its zone)."},
+              "actor": {"type": "string", "description": "A key id, or system."},
+              "action": {"type": "string", "description": "One action (key.revoke), or a family ending in a dot "
+                                                          "(key.)."},
+              "limit": {"type": "integer", "description": "The newest N entries, clamped to 1..100000; default 1000."}},
 }
 
 
