@@ -51,6 +51,14 @@ def serving(router: Router, auth: dict[str, str], name: str = "private") -> bool
     return invoke(router, auth, name)[0] == 200
 
 
+def deploy_everywhere(three: list[Router], warm_dir: Path, tmp_path: Path) -> None:
+    """The private function deployed through the first router, and served by every one (each starts a
+    replica of its own: the first request may wait for it)."""
+    three[0].cli("deploy", str(private_function(warm_dir, tmp_path / "fn")), check=True)
+    for r in three:
+        wait_for(lambda r=r: serving(r, r.admin), 60, f"{r.url} to serve the function")
+
+
 def answered_by(router: Router, requests: int = 10) -> set[str]:
     """The revisions that answered ``requests`` calls (X-Fnserve-Revision)."""
     return {http("POST", f"{router.url}/v1/models/private:predict", {"instances": ["fine"]},
@@ -152,9 +160,7 @@ def test_a_daily_quota_holds_across_three_routers_and_usage_adds_up(
         tmp_path: Path, warm_dir: Path, database_url: str, redis_server: Any) -> None:
     env = shared_env(tmp_path, database_url, redis_server.url)
     with routers(tmp_path, env) as three:
-        three[0].cli("deploy", str(private_function(warm_dir, tmp_path / "fn")), check=True)
-        for r in three:
-            wait_for(lambda r=r: serving(r, r.admin), 60, f"{r.url} to serve")
+        deploy_everywhere(three, warm_dir, tmp_path)
         key_id, auth = key(three[1], "--daily", "1000")
         answers = load(three, auth, 1300, threads=12)
         codes = sum(answers.values(), Counter())
@@ -169,9 +175,7 @@ def test_a_router_killed_mid_load_loses_no_answered_request(
         tmp_path: Path, warm_dir: Path, database_url: str, redis_server: Any) -> None:
     env = shared_env(tmp_path, database_url, redis_server.url)
     with routers(tmp_path, env) as three:
-        three[0].cli("deploy", str(private_function(warm_dir, tmp_path / "fn")), check=True)
-        for r in three:
-            wait_for(lambda r=r: serving(r, r.admin), 60, f"{r.url} to serve")
+        deploy_everywhere(three, warm_dir, tmp_path)
         key_id, auth = key(three[0])
         victim = three[2]
         replicas = victim.replica_pids()
