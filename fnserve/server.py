@@ -1,8 +1,8 @@
 """The composition root of ``fnserve up``: everything a running router is made of, put together once.
 
 In order: the TLS certificate and the secret files checked (a bad one ends the start with one line,
-before anything exists), the state folder, the listening socket (bound before anything slow, so a taken
-port fails at once and the port is known before the first line is printed), logging, the state store,
+before anything exists), the state folder, the log settings, the listening socket (bound before anything slow, so a
+taken port fails at once and the port is known before the first line is printed), logging and tracing, the state store,
 the admin key (FNSERVE_ADMIN_KEY_FILE's, or one made on a first start), the backend and the Starlette
 app, and uvicorn on the bound socket, speaking HTTPS when given a certificate. The command line lives
 in ``fnserve.cli``; this module takes a Settings object and knows nothing of flags.
@@ -20,7 +20,7 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 
-from fnserve import __version__
+from fnserve import __version__, logs, tracing
 from fnserve.backends.base import Serving, Training
 from fnserve.database import StoreUnavailable, UnsupportedDatabase
 from fnserve.router.app import StartupDeploy, create_app
@@ -127,8 +127,14 @@ def serve(settings: Settings, backend_kind: str = "local", deploys: list[Startup
         pepper = resolve_pepper(settings)
     except SecretFileError as exc:
         raise CannotStart(str(exc)) from None
+    try:
+        logs.check(settings.log_level, settings.log_format_for(backend_kind))
+    except logs.LogSettingError as exc:
+        raise CannotStart(str(exc)) from None
     sock = bind(settings)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format_for(backend_kind), "router", access_log=settings.access_log)
+    if tracing.configure("fnserve-router", {"service.version": __version__}):
+        logging.getLogger("fnserve.tracing").info("sending spans to %s", tracing.endpoint())
     try:
         state = StateStore(settings.state_location())
     except (StoreUnavailable, UnsupportedDatabase) as exc:
@@ -141,7 +147,7 @@ def serve(settings: Settings, backend_kind: str = "local", deploys: list[Startup
               f"mode 0600):\n  {admin}", flush=True)
     app = build_app(settings, backend_kind, state, deploys or [])
     config = uvicorn.Config(app, loop="uvloop", http=protocol_with(settings.header_timeout), lifespan="on",
-                            access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=10,
+                            access_log=False, log_level=settings.log_level, log_config=None, timeout_graceful_shutdown=10,
                             timeout_keep_alive=math.ceil(settings.keepalive_timeout),
                             ssl_certfile=settings.tls_cert_file, ssl_keyfile=settings.tls_key_file)
     port, scheme = sock.getsockname()[1], "https" if tls else "http"

@@ -122,6 +122,15 @@ class Settings:
     python: str = sys.executable
     """Interpreter that runs replicas (the one fnserve runs in)."""
     log_level: str = "info"
+    """debug, info, warning, error or critical: the router's and its replicas' log lines."""
+    log_format: str | None = None
+    """text (one readable line) or json (one object per line, for a log pipeline); unset = json with the
+    cluster backend, text on one machine. Replicas and jobs write the same format."""
+    access_log: bool = True
+    """One line per request (method, path, function, revision, status, timings, key id, bytes); false = off."""
+
+    def log_format_for(self, backend_kind: str) -> str:
+        return self.log_format or ("json" if backend_kind == "knative" else "text")
 
     def state_location(self) -> Path | str:
         """The state database: PostgreSQL when configured, else the SQLite file in the state dir."""

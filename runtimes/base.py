@@ -9,6 +9,7 @@ artifact folder and runs named tensors through the model.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import kserve
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
+from fnserve import tracing
 from runtimes import tensors as wire
 from runtimes.batching import Batcher
 from runtimes.generation import TextGenerator
@@ -127,7 +129,9 @@ class FunctionModel(kserve.Model):
             if response_headers is not None:
                 response_headers[BATCH_HEADER] = str(rows)
         else:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._pipeline, inputs)
+            context = contextvars.copy_context()  # the request's log ids and span, in the worker thread too
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, context.run, self._pipeline,
+                                                                       inputs)
         if isinstance(payload, InferRequest):
             return wire.to_v2(payload, outputs, self.outputs, self.name)
         return wire.to_v1(outputs, self.outputs)
@@ -135,8 +139,12 @@ class FunctionModel(kserve.Model):
     def _pipeline(self, inputs: Tensors) -> Tensors:
         """handler.preprocess → model → handler.postprocess, checked against the signature."""
         try:
-            model_outputs = self.run(self.handler.preprocess(inputs))
-            outputs = self.handler.postprocess(model_outputs, inputs)
+            with tracing.span("preprocess"):
+                model_inputs = self.handler.preprocess(inputs)
+            with tracing.span("model", {"fnserve.runtime": self.runtime}):
+                model_outputs = self.run(model_inputs)
+            with tracing.span("postprocess"):
+                outputs = self.handler.postprocess(model_outputs, inputs)
         except InvalidInput:
             raise
         except ValueError as exc:  # the handler's way of saying "bad input"

@@ -20,6 +20,7 @@ Rules that keep batching invisible to clients:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -56,6 +57,9 @@ class _Waiting:
     layout: tuple[tuple[str, str, tuple[int, ...]], ...]
     arrived: float
     result: asyncio.Future[tuple[Tensors, int]] = field(repr=False)
+    context: contextvars.Context = field(default_factory=contextvars.copy_context, repr=False)
+    """The request's context (its log ids and trace span): the model call runs in it, so its spans and
+    lines are the request's. A merged batch runs in its oldest request's."""
 
 
 @dataclass
@@ -99,7 +103,8 @@ class Batcher:
 
     async def _call_alone(self, inputs: Tensors, rows: int) -> tuple[Tensors, int]:
         self._count(1, rows)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, inputs), rows
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.executor, context.run, self.run, inputs), rows
 
     def close(self) -> None:
         if self._worker is not None:
@@ -158,7 +163,7 @@ class Batcher:
         self._count(len(batch), total)
         try:
             merged = {name: np.concatenate([w.inputs[name] for w in batch]) for name in batch[0].inputs}
-            outputs = await loop.run_in_executor(self.executor, self.run, merged)
+            outputs = await loop.run_in_executor(self.executor, batch[0].context.run, self.run, merged)
             parts = _split(outputs, [w.rows for w in batch])
         except Exception as exc:  # noqa: BLE001 — find out whose request it was
             log.info("%s: a batch of %d requests failed (%s); running each on its own",
@@ -178,7 +183,7 @@ class Batcher:
         if count:
             self._count(1, waiting.rows)
         try:
-            outputs = await loop.run_in_executor(self.executor, self.run, waiting.inputs)
+            outputs = await loop.run_in_executor(self.executor, waiting.context.run, self.run, waiting.inputs)
         except Exception as exc:  # noqa: BLE001 — handed to the request it belongs to
             if not waiting.result.done():
                 waiting.result.set_exception(exc)

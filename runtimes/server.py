@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from fnserve import logs, tracing
 from fnserve.replica_contract import PROCESS_NAME, ReplicaArgs, die_with_parent
 
 # Imported only when used: a replica of an ONNX function never pays for importing torch.
@@ -53,12 +56,24 @@ def build_model(args: ReplicaArgs) -> Any:
                        options=spec.transformers, concurrency=spec.scaling.container_concurrency)
 
 
+def configure_logging(env: Mapping[str, str]) -> None:
+    """The router's log settings, which the backend passes on (FNSERVE_LOG_LEVEL, _FORMAT, _ACCESS_LOG)."""
+    try:
+        logs.configure(env.get("FNSERVE_LOG_LEVEL", "info"), env.get("FNSERVE_LOG_FORMAT", "text"), "replica",
+                       access_log=env.get("FNSERVE_ACCESS_LOG", "true").lower() not in ("0", "false", "no"))
+    except logs.LogSettingError as exc:
+        _fail(str(exc))
+
+
 def serve(model: Any, host: str, port: int) -> None:
     """Start a ModelServer for an already loaded model on host:port (blocks until stopped)."""
     import kserve  # noqa: PLC0415
     from kserve.model_server import app  # noqa: PLC0415
+    from kserve.model_server import args as kserve_args  # noqa: PLC0415
 
-    from runtimes import errors, generate_routes, openai_routes
+    kserve_args.configure_logging = False  # logging is fnserve's (configure_logging above), in its format
+
+    from runtimes import errors, generate_routes, observe, openai_routes
     from runtimes.framing import CheckedDataPlane
 
     class _BoundModelServer(kserve.ModelServer):
@@ -81,6 +96,7 @@ def serve(model: Any, host: str, port: int) -> None:
                     errors.install(app, model.name)
                     openai_routes.install(app, model)
                     generate_routes.install(app, model)
+                    app.add_middleware(observe.RequestContext, model_name=model.name)  # outermost: added last
 
                 rest.create_application = create_application
             super().setup_event_loop()
@@ -94,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     die_with_parent()
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(15, ctypes.c_char_p(PROCESS_NAME.encode()))  # PR_SET_NAME
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    configure_logging(os.environ)
     sys.argv = sys.argv[:1]  # kserve parses sys.argv when imported; keep ours away from it
     from runtimes.base import ModelLoadError
 
@@ -103,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         model.load()
     except (FileNotFoundError, ModelLoadError) as exc:
         _fail(str(exc))
+    tracing.configure("fnserve-replica", {"fnserve.function": model.name})
     logging.getLogger("fnserve.runtime").info("%s: serving on http://%s:%d", model.name, args.host, args.port)
     serve(model, args.host, args.port)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fnserve import tracing
 from fnserve.database import StoreUnavailable
 from fnserve.router import invocation as invocations
 from fnserve.router.proxy import respond_error
@@ -29,7 +30,8 @@ class AdmissionMiddleware:
         recorded = False
         try:
             try:
-                refusal = await self.admission.admit(invocation, client[0])
+                with tracing.span("admission"):
+                    refusal = await self.admission.admit(invocation, client[0])
             except StoreUnavailable:  # a daily count never read yet, and no database to read it from
                 await respond_error(invocation, send, 503, "the daily quota cannot be checked now: the state "
                                                            "database is unavailable", retry_after=2)

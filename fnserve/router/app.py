@@ -2,7 +2,7 @@
 routes and middlewares that use them — and the lifespan that owns their resources.
 
 The middlewares, outermost first, are the request path (docs/architecture.md draws it):
-request id → body guard → resolve (an inference request becomes an Invocation) → auth → admission
+request context (id, trace, access log) → body guard → resolve (an inference request becomes an Invocation) → auth → admission
 (limits; the invocation's cost recorded once when it ends) → dispatch (an invocation goes to its
 handler; anything else to the route table).
 """
@@ -28,6 +28,7 @@ from starlette.routing import Route
 from fnserve.backends.base import BackendError, Serving, Training
 from fnserve.database import StoreUnavailable
 from fnserve.router import metrics, openapi
+from fnserve.router.access import RequestContextMiddleware
 from fnserve.router.admin.audit import AuditRoutes
 from fnserve.router.admin.functions import FunctionRoutes
 from fnserve.router.admin.jobs import JobRoutes
@@ -36,7 +37,7 @@ from fnserve.router.admin.usage import UsageRoutes
 from fnserve.router.admission import AdmissionMiddleware
 from fnserve.router.auth import AuthMiddleware
 from fnserve.router.body import BodyGuardMiddleware
-from fnserve.router.errors import RequestIdMiddleware, error_response, exception_handlers
+from fnserve.router.errors import error_response, exception_handlers
 from fnserve.router.generative import invoke_path
 from fnserve.router.inference import DispatchMiddleware, Inference, ResolveMiddleware
 from fnserve.router.proxy import Proxy
@@ -206,7 +207,7 @@ def create_app(settings: Settings, serving: Serving, training: Training, *, stat
               *openapi.routes(lambda: sorted(services.functions.table))]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware),
+        middleware=[Middleware(RequestContextMiddleware),
                     Middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes,
                                idle_timeout=settings.body_timeout),
                     Middleware(ResolveMiddleware, inference=inference),

@@ -16,6 +16,7 @@ import re
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from fnserve import tracing
 from fnserve.database import StoreUnavailable
 from fnserve.replica_contract import OPENAI_PREFIX
 from fnserve.router import invocation as invocations
@@ -78,7 +79,8 @@ class AuthMiddleware:
         try:
             if token is None:
                 raise AuthError(401, "an API key is required: send 'Authorization: Bearer fns_…' or 'X-API-Key'")
-            principal = await self.keys.verify(token)
+            with tracing.span("auth"):
+                principal = await self.keys.verify(token)
             if admin and not principal.is_admin:
                 raise AuthError(403, f"API key {principal.key_id} has no 'admin' scope", principal.key_id)
             if function and not principal.may_invoke(function):

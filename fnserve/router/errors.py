@@ -12,13 +12,12 @@ registers ``EXCEPTION_HANDLERS`` once, so no handler catches and translates them
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from fnserve.backends.base import BackendError
 from fnserve.database import StoreRefused, StoreUnavailable
@@ -26,8 +25,6 @@ from fnserve.manifest import Problem
 from fnserve.replica_contract import OPENAI_PREFIX
 from fnserve.replica_contract import openai_error as contract_openai_error
 from fnserve.router.services.functions import DeployRejected
-
-REQUEST_ID_HEADER = b"x-request-id"
 
 
 class BadRequest(Exception):
@@ -41,7 +38,7 @@ class BadRequest(Exception):
 
 
 def request_id(request: Request | Scope) -> str:
-    """The id RequestIdMiddleware gave the request (of a Request or its ASGI scope)."""
+    """The id RequestContextMiddleware (router/access.py) gave the request (of a Request or its ASGI scope)."""
     scope = request.scope if isinstance(request, Request) else request
     return scope.get("state", {}).get("request_id", "")
 
@@ -116,27 +113,3 @@ def exception_handlers() -> dict[Any, Any]:
 
     return {BadRequest: _bad_request, BackendError: _backend_error, DeployRejected: rejected,
             StoreUnavailable: store_unavailable, StoreRefused: _store_refused}
-
-
-class RequestIdMiddleware:
-    """Keeps the client's X-Request-ID (or makes one) and echoes it on every response. Pure ASGI:
-    BaseHTTPMiddleware costs about 80% of the router's throughput."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), b"")
-        rid = given.decode("latin-1")[:128] if given else os.urandom(16).hex()  # uuid4().hex, less the UUID object
-        scope.setdefault("state", {})["request_id"] = rid
-        raw = rid.encode("latin-1")
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":  # nothing else sets it: the proxy drops a replica's
-                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, raw)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)

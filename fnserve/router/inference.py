@@ -16,12 +16,16 @@ OpenAI body names its function and every generative one the tokens admission res
 
 from __future__ import annotations
 
+import time
+
+from opentelemetry.trace import SpanKind
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from fnserve import tracing
 from fnserve.backends.base import BackendError, Serving
 from fnserve.router import generative
 from fnserve.router import invocation as invocations
@@ -90,14 +94,14 @@ class Inference:
               for path, action in openai.items()),
             *generative.ModelList(functions).routes(),
         ]
-        self._actions = [(r.path_regex, r.methods or set(), r.endpoint) for r in self.routes
+        self._actions = [(r.path_regex, r.methods or set(), r.endpoint, r.path) for r in self.routes
                          if isinstance(r.endpoint, _Action)]
 
     def resolve(self, scope: Scope) -> Invocation | None:
         """The invocation an inference request is (None: not one of the inference routes). An OpenAI
         request's function is named in its body: its name is filled in by :meth:`read`."""
         path, method = scope["path"], scope["method"]
-        for pattern, methods, action in self._actions:
+        for pattern, methods, action, route in self._actions:
             match = pattern.match(path)
             if match is not None and method in methods:
                 groups = match.groupdict()
@@ -105,7 +109,7 @@ class Inference:
                 upstream = path if version is None else path.replace(f"/versions/{version}", "", 1)
                 revision, canary = (self.functions.pinned(name, version) if version is not None else
                                     self.functions.pick(name)) if name else (None, False)
-                return Invocation(name, revision, action.action, version, upstream, request_id(scope),
+                return Invocation(name, revision, action.action, version, upstream, request_id(scope), route,
                                   openai=path.startswith(generative.OPENAI), canary=canary)
         return None
 
@@ -150,17 +154,24 @@ class Inference:
             return
         for attempt in (1, 2):  # a connection refused before any byte was sent is retried once elsewhere
             try:
-                # a canary promoted or dropped since this request was routed: the backend serves it from the
-                # function's revision
-                endpoint = await self.serving.acquire(name, canary=invocation.canary)
+                with tracing.span("queue wait", {"fnserve.function": name}):
+                    # a canary promoted or dropped since this request was routed: the backend serves it from
+                    # the function's revision
+                    endpoint = await self.serving.acquire(name, canary=invocation.canary)
+                    if endpoint.cold_start_ms is not None:  # the part of the wait a replica spent starting
+                        now = time.time_ns()
+                        tracing.backdated("cold start", now - int(endpoint.cold_start_ms * 1e6), now,
+                                          {"fnserve.replica": endpoint.replica})
             except BackendError as exc:
                 await respond_error(invocation, send, exc.status, str(exc), retry_after=exc.retry_after)
                 return
             invocation.cold_start_ms = endpoint.cold_start_ms
             try:
-                await self.proxy.forward(invocation, scope["method"], scope["query_string"], scope["headers"], body,
-                                         endpoint.url, endpoint.replica, Deadlines.of(revision.function.spec), send,
-                                         receive)
+                with tracing.span("upstream", {"fnserve.replica": endpoint.replica,
+                                               "fnserve.revision": revision.number}, SpanKind.CLIENT):
+                    await self.proxy.forward(invocation, scope["method"], scope["query_string"], scope["headers"],
+                                             body, endpoint.url, endpoint.replica, Deadlines.of(revision.function.spec),
+                                             send, receive)
                 return
             except Unreachable as exc:
                 self.serving.unreachable(endpoint)

@@ -66,6 +66,8 @@ class Invocation:
     upstream_path: str
     """The path the replica is asked at (a version's path without its ``/versions/{version}``)."""
     request_id: str
+    route: str = ""
+    """The route's template (``/v2/models/{name}/infer``): the trace's span name, never the raw path."""
     started: float = field(default_factory=time.perf_counter)
     now: float = field(default_factory=time.time)
     principal: Principal | None = None

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.types import Receive, Send
 
+from fnserve import tracing
 from fnserve.manifest import FunctionSpec
 from fnserve.router.errors import error_body
 from fnserve.router.invocation import GENERATE, Headers, Invocation
@@ -55,9 +56,11 @@ def _connection_named(headers: Headers) -> frozenset[bytes]:
 
 
 def upstream_head(method: str, target: str, host: bytes, headers: Headers, request_id: str, body_length: int,
-                  *, json_default: bool) -> bytes:
-    """The request line and headers for the replica: the client's, less the hop's own, plus ours."""
-    drop = _REQUEST_DROP | _connection_named(headers)
+                  *, json_default: bool, trace: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    """The request line and headers for the replica: the client's, less the hop's own, plus ours. With
+    ``trace`` (the router's own propagation headers) the client's traceparent is replaced by the router's
+    span, so the replica's spans are its children; without, the client's passes through."""
+    drop = _REQUEST_DROP | _connection_named(headers) | (tracing.PROPAGATION_HEADERS if trace else frozenset())
     lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode("latin-1"), target.encode("latin-1"), host)]
     content_type, at, encoding, binary = b"", -1, False, False
     for key, value in headers:
@@ -78,6 +81,7 @@ def upstream_head(method: str, target: str, host: bytes, headers: Headers, reque
             lines[at] = b"content-type: application/json\r\n"
     if not encoding:
         lines.append(b"accept-encoding: identity\r\n")  # never compress what the client can't read
+    lines.extend(b"%s: %s\r\n" % header for header in trace)
     lines.append(b"x-request-id: %s\r\ncontent-length: %d\r\n\r\n" % (request_id.encode("latin-1"), body_length))
     return b"".join(lines)
 
@@ -180,7 +184,8 @@ class Proxy:
         host, port, netloc = self._address(url)
         target = invocation.upstream_path + (f"?{query.decode('latin-1')}" if query else "")
         head = upstream_head(method, target, netloc, headers, invocation.request_id, len(body),
-                             json_default=invocation.action != "model")
+                             json_default=invocation.action != "model",
+                             trace=tracing.inject() if tracing.enabled() else [])
         loop = asyncio.get_running_loop()
         sent = loop.time()
         asking = self.pool.request((host, port), head, body, deadlines.total, start_timeout=deadlines.start,

@@ -29,6 +29,16 @@ from fnserve.settings import Settings
 Launch = Callable[[list[str], dict[str, str], Path, Path], Awaitable[ProcessHandle]]
 
 
+PROBE = {"User-Agent": "fnserve-probe/1"}
+"""What the router's readiness and liveness probes say they are: a replica does not log them."""
+
+
+def log_env(settings: Settings) -> dict[str, str]:
+    """The router's log settings, for a replica to write the same lines (runtimes/server.py reads them)."""
+    return {"FNSERVE_LOG_LEVEL": settings.log_level, "FNSERVE_LOG_FORMAT": settings.log_format_for("local"),
+            "FNSERVE_ACCESS_LOG": str(settings.access_log).lower()}
+
+
 class ReplicaFailed(Exception):
     """The replica exited or never answered; the message carries the end of its log."""
 
@@ -77,7 +87,7 @@ class Replica:
 
     async def start(self, settings: Settings, launch: Launch) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(self.gpus)}
+        env = {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(self.gpus), **log_env(settings)}
         self.process = await launch(self.server_args(settings).to_argv(), env, self.revision.source_dir, self.log_path)
 
     async def wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
@@ -90,7 +100,7 @@ class Replica:
             if self.process.returncode is not None:
                 raise ReplicaFailed(self._failure(f"exited with code {self.process.returncode}"))
             try:
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2), headers=PROBE) as response:
                     if response.status == 200:
                         self.state = "ready"
                         return
@@ -104,7 +114,7 @@ class Replica:
         """One liveness probe: does the model's readiness route answer 200 within ``timeout``?"""
         try:
             url = f"{self.url}/v1/models/{self.revision.name}"
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), headers=PROBE) as response:
                 return response.status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False

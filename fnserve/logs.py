@@ -1,0 +1,151 @@
+"""How every fnserve process writes its log: the router, replicas and job wrappers alike.
+
+Two formats, chosen by ``FNSERVE_LOG_FORMAT``: ``text`` for a terminal (one readable line, the fields
+after the message as ``key=value``) and ``json`` for a log pipeline (one object per line, the fields as
+keys), which is what Loki, Elasticsearch or Cloud Logging parse without a regex. A cluster defaults to
+json (the manifests set it), one machine to text.
+
+Every line written while a request is being handled carries its ``request_id`` and, when there is a
+trace, its ``trace_id``: the request's middleware puts them in a context variable (:data:`CURRENT`) and
+a filter copies them onto each record, so no log call has to pass them. Worker threads started with
+``asyncio.to_thread`` or a copied context see them too.
+
+Standard library only: replicas configure logging before they import kserve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+FORMATS = ("text", "json")
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+ACCESS_LOGGER = "fnserve.access"
+"""The logger of the one line per request (router and replicas alike); its level turns it off."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What identifies the request a line is about."""
+
+    request_id: str
+    trace_id: str | None = None
+    span_id: str | None = None
+
+
+CURRENT: ContextVar[RequestContext | None] = ContextVar("fnserve_request", default=None)
+
+
+def _utc(created: float) -> str:
+    """RFC 3339 in UTC with milliseconds: sortable, and parsed by every log store."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+
+
+class _RequestFilter(logging.Filter):
+    """Copies the current request's ids onto every record that does not carry its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            context = CURRENT.get()
+            if context is not None:
+                record.request_id = context.request_id
+                if context.trace_id is not None:
+                    record.trace_id = context.trace_id
+                    record.span_id = context.span_id
+        return True
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured part of a record: the ids the filter set, then ``extra={"fields": {...}}``."""
+    fields: dict[str, Any] = {}
+    request_id = getattr(record, "request_id", None)
+    if request_id is not None:
+        fields["request_id"] = request_id
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
+            fields["span_id"] = getattr(record, "span_id", None)
+    more = getattr(record, "fields", None)
+    if more:
+        fields.update(more)
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, then the request's ids and fields."""
+
+    def __init__(self, component: str) -> None:
+        super().__init__()
+        self.component = component
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {"time": _utc(record.created), "level": record.levelname.lower(),
+                                "logger": record.name, "component": self.component,
+                                "message": record.getMessage()}
+        line.update(_fields(record))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger>: <message> key=value …`` — the fields after the message, so the line
+    still reads as a sentence."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_utc(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        fields = _fields(record)
+        if fields:
+            line += " " + " ".join(f"{key}={_text(value)}" for key, value in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _text(value: Any) -> str:
+    """A field's value as one token: quoted when it holds a space, '-' when absent."""
+    if value is None:
+        return "-"
+    text = f"{value:.1f}" if isinstance(value, float) else str(value)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+class LogSettingError(ValueError):
+    """FNSERVE_LOG_LEVEL or FNSERVE_LOG_FORMAT holds something else than one of the known values."""
+
+
+def check(level: str, fmt: str) -> None:
+    """Raises LogSettingError naming the variable, the value and what it may be."""
+    if level.lower() not in LEVELS:
+        raise LogSettingError(f"FNSERVE_LOG_LEVEL={level!r} is not one of {', '.join(LEVELS)}")
+    if fmt not in FORMATS:
+        raise LogSettingError(f"FNSERVE_LOG_FORMAT={fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+def configure(level: str, fmt: str, component: str, *, access_log: bool = True,
+              stream: TextIO | None = None) -> None:
+    """The process's one handler on the root logger; the loggers of the servers underneath (uvicorn, KServe)
+    are made to go through it, so a line looks the same whoever wrote it. Uvicorn's own access log is off:
+    fnserve writes its own line per request (with the ids and timings uvicorn does not have)."""
+    check(level, fmt)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter(component) if fmt == "json" else TextFormatter())
+    handler.addFilter(_RequestFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "kserve", "kserve.trace"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # KServe's timing per request: the access line has it
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if access_log else logging.CRITICAL + 1)

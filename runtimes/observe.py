@@ -1,0 +1,71 @@
+"""The replica's side of a request's trail: its ids in every log line, its span, its one access line.
+
+``RequestContext`` is the outermost middleware of KServe's app. It takes the ``X-Request-ID`` the router
+sent (or makes one, for a replica called directly) and the trace the router's ``traceparent`` names, and
+writes one ``fnserve.access`` line per request. With tracing on, the router's upstream span becomes the
+current context: FastAPI's own telemetry (≥ 0.16x) opens the replica's SERVER span under it, named by
+route, and the model's preprocess / model / postprocess spans (runtimes/base.py) go below that — or
+straight below the router's span with a FastAPI that records none. Health probes answered 2xx — the
+router's and the kubelet's, every few seconds — are not logged, so ``fnserve logs`` shows requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fnserve import logs, tracing
+
+_PROBE_AGENTS = (b"fnserve-probe", b"kube-probe")
+access = logging.getLogger(logs.ACCESS_LOGGER)
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    return next((v for k, v in scope["headers"] if k == name), b"")
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, model_name: str) -> None:
+        self.app = app
+        self.model_name = model_name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        given = _header(scope, b"x-request-id")
+        rid = given.decode("latin-1")[:128] if given else os.urandom(16).hex()
+        detach: object = None
+        if tracing.enabled() and scope.get("fastapi.telemetry") is None:
+            # no server span from FastAPI: the router's upstream span is the parent of what this one records
+            detach = tracing.continue_trace(scope["headers"])
+        trace_id = tracing.client_trace_id(scope["headers"])
+        current = logs.CURRENT.set(logs.RequestContext(rid, trace_id))
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except BaseException:
+            status = status or 500
+            raise
+        finally:
+            if detach is not None:
+                tracing.leave(detach)
+            probe = _header(scope, b"user-agent").startswith(_PROBE_AGENTS) and status < 300
+            if not probe and access.isEnabledFor(logging.INFO):
+                duration_ms = (time.perf_counter() - started) * 1000
+                access.info("%s %s %d %.1f ms", scope["method"], scope["path"], status or 499, duration_ms,
+                            extra={"fields": {"method": scope["method"], "path": scope["path"],
+                                              "status": status or 499, "duration_ms": round(duration_ms, 2),
+                                              "function": self.model_name}})
+            logs.CURRENT.reset(current)
