@@ -74,6 +74,8 @@ class Settings:
     """Requests one function may hold waiting for a replica; more → 503 with Retry-After."""
     activator_timeout: float = 60.0
     """Seconds a request may wait for a replica (cold start or all full); past it → 504."""
+    replica_log_max_bytes: int = 10 * 2**20
+    """Size at which a replica's log file is rotated (one previous part kept: <replica>.log.1)."""
     liveness_timeout: float = 3.0
     """Seconds a replica has to answer a health check (one per autoscaler tick)."""
     liveness_failures: int = 3

@@ -192,6 +192,10 @@ class Serving(Protocol):
     async def logs(self, name: str, tail: int) -> str:
         """The last ``tail`` lines of the function's replica logs."""
 
+    def follow_logs(self, name: str, tail: int) -> AsyncIterator[bytes]:
+        """Those lines, then what the replicas write next, as it comes (``kubectl logs -f``); raises
+        FunctionNotFound at once, before the stream starts."""
+
     async def close(self) -> None:
         """Stop everything; called when the router shuts down, after Training.close()."""
 

@@ -103,7 +103,7 @@ class AdminClient:
             raise AdminError(status, payload)
         return payload
 
-    def stream(self, path: str, timeout: float = 3600.0) -> Iterator[str]:
+    def stream(self, path: str, timeout: float | None = 3600.0) -> Iterator[str]:
         """A streamed text answer (a job's log), chunk by chunk as it arrives."""
         request = urllib.request.Request(self.url + path, headers=self.headers)
         try:
@@ -136,6 +136,11 @@ class AdminClient:
 
     def function_logs(self, name: str, tail: int = 100) -> str:
         return self.call("GET", f"/api/functions/{name}/logs?tail={tail}")
+
+    def follow_function_logs(self, name: str, tail: int = 100) -> Iterator[str]:
+        """The end of the replica logs, then what they write next (a quiet function may say nothing for
+        hours: no read timeout)."""
+        return self.stream(f"/api/functions/{name}/logs?tail={tail}&follow=1", timeout=None)
 
     def revisions(self, name: str) -> dict[str, Any]:
         return self.call("GET", f"/api/functions/{name}/revisions")

@@ -116,7 +116,12 @@ def cmd_invoke(args: argparse.Namespace) -> None:
 
 
 def cmd_logs(args: argparse.Namespace) -> None:
-    print(connect(args).function_logs(args.name, args.tail), end="")
+    client = connect(args)
+    if not args.follow:
+        print(client.function_logs(args.name, args.tail), end="")
+        return
+    for text in client.follow_function_logs(args.name, args.tail):  # until Ctrl-C, or the function's removal
+        print(text, end="", flush=True)
 
 
 def cmd_rm(args: argparse.Namespace) -> None:
@@ -182,6 +187,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     logs = sub.add_parser("logs", parents=[common], help="print the end of a function's replica logs")
     logs.add_argument("name")
     logs.add_argument("--tail", type=int, default=100, help="lines per replica (default 100)")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="go on printing what the replicas write, new replicas included, until Ctrl-C")
     logs.set_defaults(run=cmd_logs)
 
 

@@ -35,7 +35,9 @@ _STATUSES = {
 #: Query parameters the routes read (by route name).
 _QUERY: dict[str, dict[str, dict[str, Any]]] = {
     "list_jobs": {"limit": {"type": "integer", "description": "Clamped to 1..1000; default 50."}},
-    "function_logs": {"tail": {"type": "integer", "description": "Lines per replica, clamped to 1..10000."}},
+    "function_logs": {"tail": {"type": "integer", "description": "Lines per replica, clamped to 1..10000."},
+                      "follow": {"type": "string", "enum": ["0", "1", "true", "false", "yes", "no"],
+                                 "description": "1: go on streaming what the replicas write"}},
     "job_logs": {"follow": {"type": "string", "enum": ["0", "1", "true", "false", "yes", "no"]}},
     "usage": {"key": {"type": "string"}, "function": {"type": "string"},
               "since": {"type": "string", "pattern": r"^(\d{4}-\d{2}-\d{2})?$"}},

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Router, function_copy, http, running_router, wait_for
+from tests.conftest import FNSERVE, Router, function_copy, http, running_router, wait_for
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 pytestmark = pytest.mark.slow
@@ -95,3 +97,31 @@ def test_a_request_with_a_traceparent_is_followed_across_router_and_replica(tmp_
         chain = ancestors(named[step], by_id)
         assert named[step].service == "fnserve-replica"
         assert replica_server[0].name in chain and chain[-1] == root.name, (step, chain)
+
+
+def test_logs_follow_shows_new_requests_and_ends_when_the_function_is_removed(tmp_path: Path,
+                                                                            example_dir: Path) -> None:
+    with running_router(tmp_path / "state") as router:
+        router.cli("deploy", str(example_dir), check=True)
+        follower = subprocess.Popen([*FNSERVE, "logs", "sentiment", "-f"], stdout=subprocess.PIPE, text=True,
+                                    env={**router.env, "FNSERVE_URL": router.url, "FNSERVE_API_KEY": router.admin_key})
+        try:
+            seen: list[str] = []
+            reader = threading.Thread(target=lambda: seen.extend(iter(follower.stdout.readline, "")), daemon=True)
+            reader.start()
+            status, headers, _ = http("POST", f"{router.url}/v1/models/sentiment:predict",
+                                      {"instances": ["what a wonderful film"]})
+            assert status == 200
+            request_id = headers["X-Request-ID"]
+            # text format: the replica's access line, with the router's request id, reaches the follower
+            line = wait_for(lambda: next((x for x in list(seen) if f"request_id={request_id}" in x), None), 15,
+                            f"the replica's line for {request_id} in `fnserve logs -f`")
+            assert "fnserve.access: POST /v1/models/sentiment:predict 200" in line
+            assert not [x for x in seen if "fnserve.access: GET" in x], "liveness probes are not logged"
+            router.cli("rm", "sentiment", check=True)
+            assert follower.wait(timeout=15) == 0  # the stream ends with its function
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+        # the removed function's replica logs go with it
+        wait_for(lambda: not (router.state_dir / "logs" / "sentiment").exists(), 15, "its log folder to go")

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -328,6 +329,53 @@ class KnativeBackend:
                                        container="kserve-container", tail_lines=tail)
             parts.append(f"==> {pod['name']} <==\n{text.rstrip()}")
         return "\n".join(parts) or f"{name}: no pods (scaled to zero)"
+
+    def follow_logs(self, name: str, tail: int) -> AsyncIterator[bytes]:
+        if name not in self._objects:
+            raise FunctionNotFound(f"function {name!r} not found")
+        return self._follow_logs(name, tail)
+
+    async def _follow_logs(self, name: str, tail: int) -> AsyncIterator[bytes]:
+        """``kubectl logs -f`` of the function's newest pods: one following stream per pod, read in a
+        thread, their chunks passed on as they come under a ``==> pod <==`` head."""
+        pods = [pod["name"] for pod in (await self._function_pods(name))[-3:]]
+        if not pods:
+            yield f"{name}: no pods (scaled to zero)\n".encode()
+            return
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[str, bytes | None]] = asyncio.Queue()
+        streams: list[Any] = []
+
+        def pump(pod: str) -> None:
+            try:
+                stream: Any = self.api.core.read_namespaced_pod_log(  # a urllib3 response, unread
+                    pod, self.namespace, container="kserve-container", tail_lines=tail, follow=True,
+                    _preload_content=False)
+                streams.append(stream)
+                for chunk in stream.stream(4096):
+                    loop.call_soon_threadsafe(chunks.put_nowait, (pod, chunk))
+            except Exception as exc:  # noqa: BLE001 — said in the stream, which the reader sees
+                loop.call_soon_threadsafe(chunks.put_nowait, (pod, f"(log of {pod} ended: {exc})\n".encode()))
+            finally:
+                loop.call_soon_threadsafe(chunks.put_nowait, (pod, None))
+
+        readers = [asyncio.ensure_future(asyncio.to_thread(pump, pod)) for pod in pods]
+        following, shown = len(pods), ""
+        try:
+            while following:
+                pod, chunk = await chunks.get()
+                if chunk is None:
+                    following -= 1
+                    continue
+                if pod != shown:
+                    chunk, shown = f"==> {pod} <==\n".encode() + chunk, pod
+                yield chunk
+        finally:
+            for stream in streams:
+                with contextlib.suppress(Exception):
+                    stream.close()  # ends the thread's read
+            for reader in readers:
+                reader.cancel()
 
     async def start(self) -> None:
         self._ensure_refresher()

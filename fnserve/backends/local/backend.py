@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -35,10 +36,11 @@ from fnserve.backends.base import (
     ReplicaStatus,
     canary_percent,
 )
+from fnserve.backends.local import replica_logs
 from fnserve.backends.local.autoscaler import decide
 from fnserve.backends.local.gpus import GpuInventory
 from fnserve.backends.local.processes import ForkServerClient, ProcessHandle, forking_supported, spawn
-from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed, tail_lines
+from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed
 from fnserve.backends.local.tracks import Function, Track
 from fnserve.records import Revision, Rollout
 from fnserve.replica_contract import MODULE
@@ -368,6 +370,10 @@ class LocalBackend:
                 for replica in track.activator.replicas:
                     if replica.state == "ready" and not replica.probing:
                         self._tasks.spawn(self._probe(track, replica))
+            try:  # in the loop, not a thread: a replica starting meanwhile could lose its new log folder
+                self._tidy_logs()
+            except OSError as exc:
+                log.warning("could not rotate or remove replica logs: %s", exc)
 
     # -- the request path ---------------------------------------------------------------------
     async def acquire(self, name: str, canary: bool = False) -> Endpoint:
@@ -414,8 +420,19 @@ class LocalBackend:
 
     def _read_logs(self, name: str, tail: int) -> str:
         """The newest replica logs of a function, newest last, ``tail`` lines from each."""
-        files = sorted(self._log_dir(name).glob("*.log"), key=lambda p: p.stat().st_mtime)[-3:]
-        return "\n".join(f"==> {path.stem} <==\n" + "\n".join(tail_lines(path, tail)) for path in files)
+        return replica_logs.read_tails(self._log_dir(name), tail)
+
+    def follow_logs(self, name: str, tail: int) -> AsyncIterator[bytes]:
+        self._function(name)
+        return replica_logs.follow(self._log_dir(name), tail, lambda: name in self._functions and not self._closing)
+
+    def _tidy_logs(self) -> None:
+        """Rotate big replica logs; remove those of revisions no longer serving (see replica_logs)."""
+        serving = {name: {track.revision.id for track in fn.tracks()} for name, fn in self._functions.items()}
+        for _, replica in self._replicas.values():  # a revision being proved is not serving yet
+            serving.setdefault(replica.revision.name, set()).add(replica.revision.id)
+        live = {replica.log_path for _, replica in self._replicas.values()}
+        replica_logs.tidy(self.settings.state_dir / "logs", serving, live, self.settings.replica_log_max_bytes)
 
     async def close(self) -> None:
         self._closing = True

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fnserve.records import Revision
@@ -82,9 +82,13 @@ class FunctionRoutes:
         return JSONResponse({"deleted": request.path_params["name"]})
 
     async def logs(self, request: Request) -> Response:
-        """The end of the function's replica logs (?tail=N lines per replica, default 100)."""
+        """The end of the function's replica logs (?tail=N lines per replica, default 100); ?follow=1 goes
+        on streaming what the replicas write until the client leaves."""
         revision = self.functions.current(request.path_params["name"])
         tail = bounded_int(request, "tail", 100, 1, 10_000, " of lines")
+        if request.query_params.get("follow", "") in ("1", "true", "yes"):
+            return StreamingResponse(self.functions.follow_logs(revision.name, tail),
+                                     media_type="text/plain; charset=utf-8")
         return PlainTextResponse(await self.functions.logs(revision.name, tail) + "\n")
 
     async def revisions(self, request: Request) -> Response:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,9 @@ class FunctionService:
 
     async def logs(self, name: str, tail: int) -> str:
         return await self.serving.logs(self.current(name).name, tail)
+
+    def follow_logs(self, name: str, tail: int) -> AsyncIterator[bytes]:
+        return self.serving.follow_logs(self.current(name).name, tail)
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

@@ -1,0 +1,109 @@
+"""Replica log files on one machine: read, followed, rotated, and removed with their revision.
+
+Each replica writes ``<state>/logs/<function>/<replica id>.log`` through its own stdout (an O_APPEND file
+descriptor the process holds), so rotation is logrotate's *copytruncate*: the file is copied to ``.log.1``
+and truncated in place, and the replica's next write lands at the new end. A line written between the
+copy and the truncation can be lost; nothing else is, and the replica needs no signal. A replica id
+starts with its revision's id (``name-00003-ab12``), so files of revisions no longer serving, and the
+folders of removed functions, are recognised and deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from pathlib import Path
+
+from fnserve.backends.local.replica import tail_lines
+
+FOLLOW_POLL_SECONDS = 0.25
+
+
+def revision_of(log_file: Path) -> str:
+    """The revision id in a replica log's name (``name-00003-ab12.log`` → ``name-00003``)."""
+    return log_file.name.split(".log", 1)[0].rsplit("-", 1)[0]
+
+
+def newest(folder: Path, count: int = 3) -> list[Path]:
+    """The ``count`` most recently written replica logs of a function, oldest first."""
+    files = []
+    for path in folder.glob("*.log"):
+        try:
+            files.append((path.stat().st_mtime, path))
+        except FileNotFoundError:  # removed since it was listed
+            continue
+    return [path for _, path in sorted(files)[-count:]]
+
+
+def read_tails(folder: Path, tail: int) -> str:
+    """The end of the newest replica logs, each under a ``==> replica <==`` head as tail(1) writes them."""
+    return "\n".join(f"==> {path.stem} <==\n" + "\n".join(tail_lines(path, tail)) for path in newest(folder))
+
+
+async def follow(folder: Path, tail: int, still_there: Callable[[], bool]) -> AsyncIterator[bytes]:
+    """The end of the logs, then every complete line any replica of the function writes, as it comes
+    (new replicas included), until the function is removed or the reader leaves."""
+    start = await asyncio.to_thread(read_tails, folder, tail)
+    if start:
+        yield (start + "\n").encode()
+    offsets = {path: _size(path) for path in newest(folder, 1000)}
+    shown: Path | None = None
+    while still_there():
+        await asyncio.sleep(FOLLOW_POLL_SECONDS)
+        for path in newest(folder, 1000):
+            chunk, offsets[path] = await asyncio.to_thread(_complete_lines, path, offsets.get(path, 0))
+            if chunk:
+                if path != shown:
+                    chunk = f"==> {path.stem} <==\n".encode() + chunk
+                    shown = path
+                yield chunk
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _complete_lines(path: Path, offset: int) -> tuple[bytes, int]:
+    """Whole lines written after ``offset`` and the new offset; from the start again after a rotation."""
+    size = _size(path)
+    if size < offset:  # truncated by a rotation
+        offset = 0
+    if size == offset:
+        return b"", offset
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read(size - offset)
+    end = data.rfind(b"\n") + 1
+    return data[:end], offset + end
+
+
+def tidy(root: Path, serving: Mapping[str, Collection[str]], live: Collection[Path], max_bytes: int) -> None:
+    """Rotate every replica log past ``max_bytes`` (one ``.log.1`` kept); delete the logs of revisions
+    that no longer serve (``serving``: function → revision ids) unless a replica still writes them
+    (``live``: a draining one), and the folders of functions that are gone."""
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        if not folder.is_dir():
+            continue  # the fork servers' logs
+        revisions = serving.get(folder.name)
+        if revisions is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        for path in folder.glob("*.log*"):
+            base = path.with_name(path.name.split(".log", 1)[0] + ".log")
+            if revision_of(path) not in revisions and base not in live:
+                path.unlink(missing_ok=True)
+            elif path.suffix == ".log" and _size(path) > max_bytes:
+                rotate(path)
+
+
+def rotate(path: Path) -> None:
+    """copytruncate: the file's content to ``<name>.1`` (replacing the previous one), the file emptied."""
+    shutil.copyfile(path, path.with_name(path.name + ".1"))
+    with path.open("r+b") as handle:
+        handle.truncate(0)

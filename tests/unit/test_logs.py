@@ -1,0 +1,104 @@
+"""Log lines as a log pipeline and a person read them, and replica log files rotated and tidied."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fnserve import logs
+from fnserve.backends.local import replica_logs
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    stream = io.StringIO()
+    yield stream
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def test_json_lines_carry_the_request_ids_of_the_request_being_handled(captured: io.StringIO) -> None:
+    logs.configure("info", "json", "router", stream=captured)
+    token = logs.CURRENT.set(logs.RequestContext("req-1", "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"))
+    try:
+        logging.getLogger("fnserve.router").warning("replica %s is slow", "r-1")
+        logging.getLogger(logs.ACCESS_LOGGER).info("POST /x 200", extra={"fields": {"status": 200, "key_id": None}})
+    finally:
+        logs.CURRENT.reset(token)
+    logging.getLogger("fnserve.router").info("between requests")
+    first, access, outside = (json.loads(line) for line in captured.getvalue().splitlines())
+    assert first["message"] == "replica r-1 is slow" and first["level"] == "warning"
+    assert (first["request_id"], first["trace_id"], first["component"]) == \
+        ("req-1", "0af7651916cd43dd8448eb211c80319c", "router")
+    assert access["status"] == 200 and access["key_id"] is None and access["request_id"] == "req-1"
+    assert "request_id" not in outside and "trace_id" not in outside
+    assert first["time"].endswith("Z")
+
+
+def test_text_lines_read_as_a_sentence_then_the_fields(captured: io.StringIO) -> None:
+    logs.configure("warning", "text", "replica", stream=captured)
+    token = logs.CURRENT.set(logs.RequestContext("req-2"))
+    try:
+        logging.getLogger(logs.ACCESS_LOGGER).info("GET /v2 200 1.0 ms",
+                                                   extra={"fields": {"path": "/v2", "duration_ms": 1.04,
+                                                                     "client": "a b"}})
+        logging.getLogger("fnserve.router").info("not at warning level")
+    finally:
+        logs.CURRENT.reset(token)
+    (line,) = captured.getvalue().splitlines()  # the access log is not silenced by the level
+    assert " INFO fnserve.access: GET /v2 200 1.0 ms request_id=req-2 path=/v2 duration_ms=1.0 client=\"a b\"" in line
+
+
+def test_the_access_log_can_be_turned_off(captured: io.StringIO) -> None:
+    logs.configure("info", "text", "router", access_log=False, stream=captured)
+    logging.getLogger(logs.ACCESS_LOGGER).info("GET / 200")
+    assert captured.getvalue() == ""
+
+
+@pytest.mark.parametrize(("level", "fmt", "message"), [
+    ("loud", "text", "FNSERVE_LOG_LEVEL='loud' is not one of debug, info, warning, error, critical"),
+    ("info", "xml", "FNSERVE_LOG_FORMAT='xml' is not one of text, json"),
+])
+def test_an_unknown_level_or_format_is_named(level: str, fmt: str, message: str) -> None:
+    with pytest.raises(logs.LogSettingError, match=message.replace("(", r"\(")):
+        logs.check(level, fmt)
+
+
+def test_a_followed_log_gives_whole_lines_and_starts_again_after_a_rotation(tmp_path: Path) -> None:
+    log = tmp_path / "fn-00001-ab12.log"
+    log.write_bytes(b"one\ntw")
+    chunk, offset = replica_logs._complete_lines(log, 0)
+    assert (chunk, offset) == (b"one\n", 4)  # half a line waits for its end
+    with log.open("ab") as handle:
+        handle.write(b"o\n")
+    assert replica_logs._complete_lines(log, offset) == (b"two\n", 8)
+    replica_logs.rotate(log)
+    assert (tmp_path / "fn-00001-ab12.log.1").read_bytes() == b"one\ntwo\n" and log.read_bytes() == b""
+    with log.open("ab") as handle:
+        handle.write(b"3\n")
+    assert replica_logs._complete_lines(log, 8) == (b"3\n", 2)
+
+
+def test_tidy_rotates_big_logs_and_removes_those_of_revisions_gone(tmp_path: Path) -> None:
+    folder = tmp_path / "fn"
+    folder.mkdir()
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "gone-00001-aaaa.log").write_text("x\n")
+    (tmp_path / "forkserver-onnx.log").write_text("kept\n")
+    current, old, draining = (folder / "fn-00002-aaaa.log", folder / "fn-00001-bbbb.log", folder / "fn-00001-cccc.log")
+    current.write_bytes(b"y" * 200)
+    old.write_text("old\n")
+    (folder / "fn-00001-bbbb.log.1").write_text("older\n")
+    draining.write_text("draining\n")
+    replica_logs.tidy(tmp_path, {"fn": {"fn-00002"}}, live={draining}, max_bytes=100)
+    assert sorted(p.name for p in folder.iterdir()) == ["fn-00001-cccc.log", "fn-00002-aaaa.log",
+                                                        "fn-00002-aaaa.log.1"]
+    assert current.read_bytes() == b"" and (folder / "fn-00002-aaaa.log.1").read_bytes() == b"y" * 200
+    assert not (tmp_path / "gone").exists() and (tmp_path / "forkserver-onnx.log").exists()
