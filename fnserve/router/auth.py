@@ -59,6 +59,8 @@ class AuthMiddleware:
         revision = invocation.revision if invocation is not None else None
         if revision is None and scope["path"].startswith(OPENAI_PREFIX):
             return ""
+        if scope["path"] == "/v1/models":  # the list: open, but a key sent is checked and widens it
+            return "" if _token(scope) is not None else None
         if revision is None:  # no inference route, or a name no function has (`GET /v1/models/f:predict`)
             match = _UNDER_FUNCTION.match(scope["path"])
             revision = self.functions.get(match.group(1)) if match else None

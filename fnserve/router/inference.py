@@ -25,13 +25,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fnserve import tracing
+from fnserve import __version__, tracing
 from fnserve.backends.base import BackendError, Serving
 from fnserve.router import generative
 from fnserve.router import invocation as invocations
 from fnserve.router.body import parse_json
 from fnserve.router.errors import error_response, request_id
-from fnserve.router.invocation import GENERATE, SCOPE_KEY, Invocation
+from fnserve.router.invocation import GENERATE, SCOPE_KEY, Invocation, Principal
 from fnserve.router.proxy import Deadlines, Proxy, respond_error
 from fnserve.router.services.functions import FunctionService
 from fnserve.router.upstream import Dropped, Unreachable
@@ -79,6 +79,8 @@ class Inference:
         self.routes = [
             Route("/v1/models/{name}", model, methods=["GET"], name="v1_model"),
             Route("/v1/models/{name}:predict", predict, methods=["POST"], name="v1_predict"),
+            Route("/v1/models", self.list_models, methods=["GET"], name="v1_models"),
+            Route("/v2", server_metadata, methods=["GET"], name="v2_metadata"),
             Route("/v2/health/live", live, methods=["GET"], name="v2_live"),
             Route("/v2/health/ready", self.ready, methods=["GET"], name="v2_ready"),
             Route("/v2/models/{name}", model, methods=["GET"], name="v2_model"),
@@ -202,11 +204,24 @@ class Inference:
             invocation.status = 499  # nginx's word for a client that left before its answer
         return body
 
+    async def list_models(self, request: Request) -> Response:
+        """KServe V1's model list: the functions the caller may invoke (the public ones without a key)."""
+        principal: Principal | None = request.scope.get("state", {}).get("principal")
+        names = [name for name, revision in sorted(self.functions.table.items())
+                 if revision.function.spec.auth.public or (principal is not None and principal.may_invoke(name))]
+        return JSONResponse({"models": names})
+
     async def ready(self, request: Request) -> Response:
         """The router is up and has restored its deployed functions."""
         if not self.functions.restored:
             return error_response(request, 503, "restoring deployed functions", retry_after=1)
         return JSONResponse({"ready": True})
+
+
+async def server_metadata(request: Request) -> Response:
+    """Open Inference server metadata: this router's name and version, and the protocol extensions it
+    serves (generate, for text-generation functions)."""
+    return JSONResponse({"name": "fnserve", "version": __version__, "extensions": ["generate"]})
 
 
 async def live(request: Request) -> Response:

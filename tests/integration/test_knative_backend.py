@@ -346,3 +346,23 @@ def test_without_knative_eventing_runs_become_plain_jobs(tmp_path: Path, bucket:
         assert run(scenario()) == "failed"
         (job,) = kube.list_objects("jobs", NS)
         assert job["metadata"]["name"].startswith("scale-train-2")
+
+
+def test_follow_logs_streams_what_the_pods_print_as_they_print_it(tmp_path: Path, kube: KubeApiStandIn) -> None:
+    async def scenario() -> None:
+        backend, _ = knative.create(settings(tmp_path, kube), StateStore(tmp_path / "db"), kube.api_client())
+        with pytest.raises(FunctionNotFound):  # before any stream starts, so the router can answer 404
+            backend.follow_logs("sentiment", 10)
+        scaling = {**load_function(EXAMPLE).to_dict()["spec"]["scaling"], "minReplicas": 1}
+        await backend.apply(revision(EXAMPLE, scaling=scaling))
+        kube.set_logs("inferenceservices", "sentiment", "model loaded\n", container="kserve-container")
+        stream = backend.follow_logs("sentiment", 10)
+        first = await asyncio.wait_for(stream.__anext__(), 10)
+        assert first.startswith(b"==> sentiment-predictor") and first.endswith(b"<==\nmodel loaded\n")
+        kube.set_logs("inferenceservices", "sentiment", "POST /v1/models/sentiment:predict 200\n",
+                      container="kserve-container", append=True)
+        assert await asyncio.wait_for(stream.__anext__(), 10) == b"POST /v1/models/sentiment:predict 200\n"
+        await stream.aclose()  # the reader left: its pod streams are closed
+        await backend.close()
+
+    run(scenario())

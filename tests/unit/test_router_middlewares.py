@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 from starlette.applications import Starlette
 
+import fnserve
 from fnserve.router.app import Services
 from tests.conftest import free_port
 from tests.unit.doubles import in_process
@@ -394,5 +395,23 @@ def test_a_version_route_answers_for_the_serving_revision_only(tmp_path: Path) -
         assert len(r.upstream.seen) == seen
         anonymous = await r.client.post("/v2/models/sentiment/versions/2/infer", json={})
         assert anonymous.status_code == 401  # a version of a private function needs its key too
+
+    scenario(tmp_path, body)
+
+
+def test_the_v1_model_list_and_the_v2_server_metadata(tmp_path: Path) -> None:
+    async def body(r: Router) -> None:
+        anonymous = await r.client.get("/v1/models")
+        assert anonymous.status_code == 200 and anonymous.json() == {"models": ["open"]}  # the public ones
+        narrow = await r.client.get("/v1/models", headers=r.auth("narrow"))
+        assert narrow.json() == {"models": ["open", "sentiment"]}
+        everything = await r.client.get("/v1/models", headers=r.auth("invoker"))
+        assert everything.json() == {"models": ["limited", "open", "sentiment"]}
+        bad = await r.client.get("/v1/models", headers={"Authorization": "Bearer fns_nope_nope"})
+        assert bad.status_code == 401 and "error" in bad.json()  # a key sent is checked
+        metadata = await r.client.get("/v2")
+        assert metadata.status_code == 200
+        assert metadata.json() == {"name": "fnserve", "version": fnserve.__version__, "extensions": ["generate"]}
+        assert (await r.client.post("/v2", json={})).status_code == 405
 
     scenario(tmp_path, body)

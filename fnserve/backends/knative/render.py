@@ -40,6 +40,8 @@ EVENT_TYPE = "dev.fnserve.training.run"
 CONFIGMAP_LIMIT = 900 * 1024
 """A ConfigMap holds at most 1 MiB; leave room for keys and metadata."""
 _SKIP_PARTS = {"__pycache__", ".git", "model", ".ipynb_checkpoints"}
+TELEMETRY_CONFIGMAP = "fnserve-telemetry"
+"""ConfigMap of OTEL_* variables (endpoint, headers, resource attributes) for routers and replicas."""
 
 
 class RenderError(Exception):
@@ -202,7 +204,10 @@ def render_function(function: Function, files: Mapping[str, bytes], config: Clus
         "image": config.gpu_runtime_image if gpu else config.runtime_image,
         "args": ReplicaArgs(Path(CODE_DIR), Path(MODEL_DIR), Path(CODE_DIR, "function.yaml"), 8080,
                             "0.0.0.0").to_argv(),
-        "env": [{"name": "STORAGE_URI", "value": storage_uri(spec.model.uri, config)}],
+        "env": [{"name": "STORAGE_URI", "value": storage_uri(spec.model.uri, config)},
+                {"name": "FNSERVE_LOG_FORMAT", "value": "json"}],  # what a cluster's log pipeline parses
+        # the OTEL_* settings every replica and router shares (docs/operations.md); none if it does not exist
+        "envFrom": [{"configMapRef": {"name": TELEMETRY_CONFIGMAP, "optional": True}}],
         "ports": [{"containerPort": 8080, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": f"/v1/models/{name}", "port": 8080}},
         "volumeMounts": [{"name": "function-code", "mountPath": CODE_DIR, "readOnly": True}],
