@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) -m bench.quota_accuracy
 	$(PY) -m bench.streaming
 	$(PY) -m bench.shared_quota
+	$(PY) -m bench.observability
 	$(PY) -m bench.summarize
 
 # a bounded headless Locust run; override e.g. `make loadtest USERS=32 DURATION=60 SHAPE=spike FUNCTION=embeddings`,

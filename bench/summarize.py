@@ -13,7 +13,7 @@ from bench.common import RESULTS
 
 # the order of the sections; any other <name>.md found in bench/results follows, by name
 ORDER = ("router_overhead", "load_curve", "auth_overhead", "cold_start", "batching", "quota_accuracy", "shared_quota",
-         "streaming")
+         "streaming", "observability")
 PLOT = "latency_vs_load.png"
 
 
@@ -102,10 +102,17 @@ def _streaming(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
              f"{quota['charged']} ({quota['overshoot_pct']:+.2f}%, bound +{quota['bound']})")]
 
 
+def _observability(s: dict[str, Any], _: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("Access log: router CPU per request, on vs. off (goal ≤ ×1.05)",
+             f"×{s['access_log_cpu_ratio']:.3f} ({s['router_cpu_us_off']:.0f} → {s['router_cpu_us_access_log']:.0f} µs)"),
+            ("Traces exported over OTLP: router CPU, every request / 10% sampled, vs. none",
+             f"×{s['traces_cpu_ratio']:.2f} / ×{s['sampled_traces_cpu_ratio']:.2f}")]
+
+
 HEADLINES: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[tuple[str, str]]]] = {
     "router_overhead": _router_overhead, "load_curve": _load_curve, "auth_overhead": _auth_overhead,
     "cold_start": _cold_start, "batching": _batching, "quota_accuracy": _quota_accuracy,
-    "shared_quota": _shared_quota, "streaming": _streaming,
+    "shared_quota": _shared_quota, "streaming": _streaming, "observability": _observability,
 }
 
 

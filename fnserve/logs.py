@@ -42,9 +42,17 @@ class RequestContext:
 CURRENT: ContextVar[RequestContext | None] = ContextVar("fnserve_request", default=None)
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def _utc(created: float) -> str:
-    """RFC 3339 in UTC with milliseconds: sortable, and parsed by every log store."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    """RFC 3339 in UTC with milliseconds: sortable, and parsed by every log store. The formatted second is
+    kept: many lines share it, and strftime is a tenth of an access line's cost."""
+    global _second
+    whole = int(created)
+    if _second[0] != whole:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
 
 
 class _RequestFilter(logging.Filter):
@@ -80,6 +88,8 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, then the request's ids and fields."""
 
+    _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)  # C-accelerated, reused
+
     def __init__(self, component: str) -> None:
         super().__init__()
         self.component = component
@@ -91,7 +101,7 @@ class JsonFormatter(logging.Formatter):
         line.update(_fields(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str, separators=(",", ":"))
+        return self._encoder.encode(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -134,6 +144,9 @@ def configure(level: str, fmt: str, component: str, *, access_log: bool = True,
     are made to go through it, so a line looks the same whoever wrote it. Uvicorn's own access log is off:
     fnserve writes its own line per request (with the ids and timings uvicorn does not have)."""
     check(level, fmt)
+    # the logging HOWTO's optimisations for what no fnserve line prints: caller frame, thread, process name
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(component) if fmt == "json" else TextFormatter())
     handler.addFilter(_RequestFilter())

@@ -56,14 +56,19 @@ class RequestContextMiddleware:
         else:
             trace_id, span_id = tracing.client_trace_id(headers), None
         current = logs.CURRENT.set(logs.RequestContext(rid, trace_id, span_id))
-        status, bytes_in, bytes_out = 0, 0, 0
+        status, bytes_out = 0, 0
+        length = next((v for k, v in headers if k == b"content-length"), None)
+        bytes_in = int(length) if length is not None and length.isdigit() else 0
+        read = receive
+        if length is None:  # chunked, or no body: counted as it is read
+            async def counted_receive() -> Message:
+                nonlocal bytes_in
+                message = await receive()
+                if message["type"] == "http.request":
+                    bytes_in += len(message.get("body", b""))
+                return message
 
-        async def counted_receive() -> Message:
-            nonlocal bytes_in
-            message = await receive()
-            if message["type"] == "http.request":
-                bytes_in += len(message.get("body", b""))
-            return message
+            read = counted_receive
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, bytes_out
@@ -75,7 +80,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counted_receive, send_with_id)
+            await self.app(scope, read, send_with_id)
         except BaseException:
             status = status or 500  # answered by the server-error handler outside this middleware
             raise
