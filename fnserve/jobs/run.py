@@ -7,7 +7,7 @@ everything it started. Only a command that exits 0 within its timeout is publish
 ``_manifest.json`` last (see fnserve/storage/runs.py); every other ending publishes nothing.
 
 The command's output goes straight to this process's stdout/stderr (the job log); the wrapper's own
-lines start with ``fnserve-job:``. With ``--result FILE`` the outcome is also written there as JSON for
+lines start with ``fnserve-job:``, or are JSON objects with FNSERVE_LOG_FORMAT=json. With ``--result FILE`` the outcome is also written there as JSON for
 LocalJobs (backends/local/jobs.py), which starts the wrapper but is not imported by it: the wrapper
 needs nothing of the backends. Exit status: 0 published, the command's own status if it failed, 124
 timed out, 143 cancelled, 2 bad manifest, 1 when publishing failed.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fnserve import logs
 from fnserve.finite import as_strings
 from fnserve.manifest import ManifestError, TrainingJob, load_training_job
 from fnserve.replica_contract import die_with_parent, set_parent_death_signal
@@ -54,8 +56,18 @@ class Outcome:
                 "artifactUri": self.artifact_uri, "metrics": self.metrics}
 
 
+_job_log = logging.getLogger("fnserve.job")
+_fields: dict[str, Any] = {}
+"""The run's id and job name, on each of the wrapper's lines in the json format."""
+
+
 def say(message: str) -> None:
-    print(f"fnserve-job: {message}", file=sys.stderr, flush=True)
+    """One of the wrapper's own lines: ``fnserve-job: …`` between the command's output, or with
+    FNSERVE_LOG_FORMAT=json (a cluster's jobs) a JSON object like every other fnserve process writes."""
+    if _job_log.handlers or logging.getLogger().handlers:
+        _job_log.info(message, extra={"fields": _fields})
+    else:
+        print(f"fnserve-job: {message}", file=sys.stderr, flush=True)
 
 
 def _iso(timestamp: float) -> str:
@@ -214,10 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     die_with_parent(CANCELLED)  # in the embedded backend the job must not outlive the platform
     settings = Settings.from_env()
+    if settings.log_format == "json":
+        logs.configure(settings.log_level if settings.log_level in logs.LEVELS else "info", "json", "job")
     event_run, event_params = read_event(os.environ.get("K_EVENT_PATH")) if args.event else (None, None)
     run_id = args.run_id or event_run or new_run_id()
+    _fields["run_id"] = run_id
     try:
         job = load_training_job(args.manifest)
+        _fields["job"] = job.name
         params = json.loads(args.params) if args.params else (event_params if event_params is not None
                                                                else job.spec.params)
         if not isinstance(params, dict):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT, alive, run_job, wait_for
@@ -86,3 +87,15 @@ def test_sigterm_cancels_without_publishing(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "result.json").read_text())["state"] == "cancelled"
     assert not any(alive(int(pid)) for pid in pidfile.read_text().split())
     assert runs_under(tmp_path / "scale") == [] and not scratch.exists()
+
+
+def test_with_the_json_log_format_the_wrapper_s_lines_are_json_naming_the_run(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FNSERVE_LOG_FORMAT", "json")
+    code, outcome, log = run_job(SCALE / "train.yaml", (tmp_path / "scale").as_uri())
+    assert code == 0, log
+    own = [json.loads(line) for line in log.splitlines() if line.startswith('{"time"')]
+    assert own and all(line["component"] == "job" and line["run_id"] == outcome["runId"]
+                       and line["job"] == "scale-train" for line in own)
+    assert any(line["message"].startswith("succeeded: published") for line in own)
+    assert "fnserve-job:" not in log

@@ -266,7 +266,7 @@ def _job_spec(job: TrainingJob, config: ClusterConfig, configmap: dict[str, Any]
     spec = job.spec
     gpu = spec.resources.gpu
     env = [{"name": "FNSERVE_ARTIFACT_ROOT", "value": config.artifact_root},
-           {"name": "PYTHONUNBUFFERED", "value": "1"}]
+           {"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "FNSERVE_LOG_FORMAT", "value": "json"}]
     if config.s3_endpoint:
         scheme = "https" if config.s3_use_https else "http"
         env.append({"name": "FNSERVE_S3_ENDPOINT_URL", "value": f"{scheme}://{config.s3_endpoint}"})
