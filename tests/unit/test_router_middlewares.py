@@ -315,7 +315,8 @@ def test_the_default_daily_quota_refuses_until_midnight(tmp_path: Path) -> None:
 # -- accounting -------------------------------------------------------------------------------------
 
 def _metric(text: str, function: str, code: str) -> float | None:
-    match = re.search(rf'^fnserve_requests_total{{code="{code}",function="{function}"}} (\S+)$', text, re.M)
+    match = re.search(rf'^fnserve_requests_total{{code="{code}",function="{function}",revision="1"}} (\S+)$', text,
+                      re.M)
     return float(match.group(1)) if match else None
 
 
@@ -337,7 +338,7 @@ def test_each_invocation_is_counted_once_in_the_ledger_and_the_metrics(tmp_path:
         assert _metric(scraped.text, "sentiment", "404") == 1
         assert _metric(scraped.text, "limited", "429") == 1
         assert _metric(scraped.text, "nope", "404") is None
-        assert "fnserve_request_duration_seconds_count{function=\"sentiment\"} 4.0" in scraped.text
+        assert "fnserve_request_duration_seconds_count{function=\"sentiment\",revision=\"1\"} 4.0" in scraped.text
         ledger = await r.client.get("/api/usage", params={"key": r.ids["invoker"], "function": "limited"},
                                     headers=r.auth("admin"))
         assert [row["requests"] for row in ledger.json()["usage"]] == [3]
