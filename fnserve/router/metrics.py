@@ -1,4 +1,4 @@
-"""Prometheus metrics for the router (GET /metrics).
+"""Prometheus metrics for the router (GET /metrics, for a key with the ``metrics`` or ``admin`` scope).
 
 Counters and histograms are updated on the request path (a label lookup and an add: microseconds);
 replica, queue and restart numbers are read from the backend only when scraped, so they cost nothing
