@@ -23,6 +23,10 @@ from typing import Any, Protocol
 from fnserve.manifest import TrainingJob
 from fnserve.records import JobRecord, Revision, Rollout
 
+RESTART_REASONS = ("exited", "unresponsive", "unreachable", "start_failed")
+"""Why a backend replaced a replica: it exited on its own, failed its health checks, failed a connection the
+router made, or a replica started to serve (not a deploy's proof) never became ready."""
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -68,6 +72,12 @@ class FunctionStatus:
     """The revision running beside ``revision`` as its canary (its replicas are in ``replicas`` too)."""
     canary_percent: int = 0
     """The share of traffic the canary takes; 0 when there is none."""
+    restarts: dict[str, int] | None = None
+    """Replicas replaced since the backend started, by reason (RESTART_REASONS); None where the backend does
+    not replace them itself (in a cluster Kubernetes does)."""
+    queue_rejections: int | None = None
+    """Requests refused (503) since the backend started because the function's queue was full; None where the
+    queue is not the backend's (a cluster's is Knative's activator)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "revision": self.revision, "ready": self.ready, "message": self.message,

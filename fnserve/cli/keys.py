@@ -103,7 +103,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     create.add_argument("--name", required=True)
     create.add_argument("--tenant", default="default")
     create.add_argument("--scope", action="append", metavar="SCOPE",
-                        help="admin, invoke:* or invoke:FUNCTION (repeatable; default invoke:*)")
+                        help="admin, metrics (GET /metrics: Prometheus), invoke:* or invoke:FUNCTION "
+                             "(repeatable; default invoke:*)")
     create.add_argument("--expires", metavar="DURATION", help="lifetime, e.g. 30d or 12h (default: none)")
     _add_limit_flags(create)
     create.set_defaults(run=cmd_keys_create)

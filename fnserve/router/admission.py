@@ -33,9 +33,12 @@ class AdmissionMiddleware:
                 with tracing.span("admission"):
                     refusal = await self.admission.admit(invocation, client[0])
             except StoreUnavailable:  # a daily count never read yet, and no database to read it from
+                self.accounting.metrics.admission(invocation.key_id, "unavailable")
                 await respond_error(invocation, send, 503, "the daily quota cannot be checked now: the state "
                                                            "database is unavailable", retry_after=2)
                 return
+            self.accounting.metrics.admission(invocation.key_id, "admitted" if refusal is None else
+                                              refusal.limit if refusal.status == 429 else "invalid")
             if refusal is not None:
                 fields = {"limit": refusal.limit}
                 if invocation.principal is not None:

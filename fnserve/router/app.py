@@ -117,10 +117,10 @@ def build_services(settings: Settings, state: StateStore, serving: Serving, trai
         from fnserve.router.redis_counters import RedisDailyCounters, RedisUsage
         from fnserve.router.redis_quota import RedisStore
 
-        redis_store = RedisStore(settings.redis_url)
+        redis_store = RedisStore(settings.redis_url, failed_open=metrics_.failed_open)
         blocking = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=1)
         store = redis_store
-        daily = RedisDailyCounters(state, redis_store.client, blocking)
+        daily = RedisDailyCounters(state, redis_store.client, blocking, failed_open=metrics_.failed_open)
         accounting.shared = RedisUsage(state, redis_store.client, blocking, accounting.ledger.record)
     defaults = Limits(settings.default_rps, settings.default_burst, settings.default_concurrency,
                       settings.default_daily, settings.default_tpm, settings.default_tpd)

@@ -1,7 +1,8 @@
 """AuthMiddleware: who is calling, checked before anything else is done for them (pure ASGI).
 
 Order of checks: no key → 401 with WWW-Authenticate; bad, unknown, revoked or expired key → 401;
-valid key without the scope for this function or for the admin API → 403. Health, readiness and the
+valid key without the scope for this function, for the admin API (``admin``) or for /metrics
+(``metrics``, or ``admin``) → 403. Health, readiness and the
 OpenAPI document stay open; a function with ``spec.auth.public: true`` needs no key. Under
 ``/openai/`` any other request needs a valid key (the model list, an unknown model), as OpenAI's own
 API does: which functions exist is no stranger's business. Keys themselves
@@ -42,9 +43,20 @@ def _token(scope: Scope) -> str | None:
     return None
 
 
+METRICS_PATH = "/metrics"
+
+
 def is_admin(path: str) -> bool:
     """A path of the admin API (the admin scope opens it)."""
-    return path.startswith("/api/") or path == "/api" or path == "/metrics"
+    return path.startswith("/api/") or path == "/api"
+
+
+def operator_scope(path: str) -> str | None:
+    """The scope a path of the operators' (no function's) needs: "admin" for the admin API, "metrics"
+    for /metrics (a Prometheus key needs no more; an admin key opens it too); None for any other path."""
+    if is_admin(path):
+        return "admin"
+    return "metrics" if path == METRICS_PATH else None
 
 
 class AuthMiddleware:
@@ -72,9 +84,9 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        admin = is_admin(scope["path"])
-        function = None if admin else self._guarded_function(scope)
-        if not admin and function is None:
+        needs = operator_scope(scope["path"])
+        function = None if needs else self._guarded_function(scope)
+        if not needs and function is None:
             await self.app(scope, receive, send)
             return
         token = _token(scope)
@@ -83,8 +95,8 @@ class AuthMiddleware:
                 raise AuthError(401, "an API key is required: send 'Authorization: Bearer fns_…' or 'X-API-Key'")
             with tracing.span("auth"):
                 principal = await self.keys.verify(token)
-            if admin and not principal.is_admin:
-                raise AuthError(403, f"API key {principal.key_id} has no 'admin' scope", principal.key_id)
+            if needs and not principal.may(needs):
+                raise AuthError(403, f"API key {principal.key_id} has no '{needs}' scope", principal.key_id)
             if function and not principal.may_invoke(function):
                 raise AuthError(403, f"API key {principal.key_id} may not invoke {function!r} "
                                      f"(scopes: {', '.join(principal.scopes)})", principal.key_id)

@@ -52,6 +52,11 @@ class Principal:
     def is_admin(self) -> bool:
         return "admin" in self.scopes
 
+    def may(self, operator_scope: str) -> bool:
+        """The key opens the operators' paths of ``operator_scope`` ("admin", or "metrics", which admin
+        keys hold too)."""
+        return operator_scope in self.scopes or "admin" in self.scopes
+
 
 @dataclass(slots=True, eq=False)
 class Invocation:

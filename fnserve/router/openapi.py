@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 import fnserve
 from fnserve.replica_contract import OPENAI_PREFIX
-from fnserve.router.auth import is_admin
+from fnserve.router.auth import operator_scope
 from fnserve.router.inference import PREFIXES
 
 
@@ -91,7 +91,7 @@ def _body_schema(path: str) -> str:
 
 
 def _kind(path: str) -> str:
-    if is_admin(path):
+    if operator_scope(path) is not None:
         return "admin"
     return "inference" if path.startswith(PREFIXES) else "open"
 

@@ -83,8 +83,11 @@ def _expires_at(day_number: int) -> int:
 class RedisDailyCounters(DailyCounters):
     """Daily counts in Redis, shared by every router; this router's own counting when Redis is down."""
 
-    def __init__(self, state: StateStore, client: aioredis.Redis, sync_client: redis.Redis) -> None:
+    def __init__(self, state: StateStore, client: aioredis.Redis, sync_client: redis.Redis,
+                 failed_open: Callable[[str], None] = lambda limit: None) -> None:
+        """``failed_open("daily")`` is told of every quota check counted here because Redis was unreachable."""
         super().__init__(state)
+        self.failed_open = failed_open
         self.client = client
         self.sync_client = sync_client
         self._take = client.register_script(_TAKE)
@@ -117,6 +120,7 @@ class RedisDailyCounters(DailyCounters):
                 return bool(allowed), max(0, limit - int(count))
             except (RedisError, OSError) as exc:
                 self._outage.failed(exc)
+        self.failed_open("daily")
         self._from_last_count(row)
         return await super().take(subject, limit, now, cost)
 

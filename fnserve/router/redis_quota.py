@@ -5,7 +5,8 @@ Concurrency is a sorted set of in-flight request ids scored by start time; entri
 longest possible request are pruned, so a router that died holding slots cannot leak them forever.
 
 When Redis cannot be reached, fnserve fails open: the request is admitted, a warning is logged (at
-most every 10 s) and Redis is not retried for a second, so an outage costs no latency. Keys are still
+most every 10 s), each check not made is counted (``failed_open``: fnserve_limiter_fail_open_total) and
+Redis is not retried for a second, so an outage costs no latency. Keys are still
 checked (SQLite) and daily quotas still hold; only rate and concurrency go unenforced. An inference
 platform that stops serving because its limiter's store is down turns a degraded limiter into an outage;
 Stripe and Kong chose the same.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -85,7 +87,10 @@ class RedisOutage:
 
 
 class RedisStore:
-    def __init__(self, url: str, timeout: float = 0.25) -> None:
+    def __init__(self, url: str, timeout: float = 0.25,
+                 failed_open: Callable[[str], None] = lambda limit: None) -> None:
+        """``failed_open(limit)`` is told of every "rate" or "concurrency" check admitted without Redis."""
+        self.failed_open = failed_open
         self.client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._gcra = self.client.register_script(_GCRA)
         self._acquire = self.client.register_script(_ACQUIRE)
@@ -100,6 +105,7 @@ class RedisStore:
                 return RateResult(bool(allowed), 0.0, int(remaining), float(reset), float(retry))
             except (RedisError, OSError) as exc:
                 self._outage.failed(exc)
+        self.failed_open("rate")
         return RateResult(True, 0.0, burst, 0.0, 0.0)
 
     async def adjust(self, subject: str, rate: float, delta: float) -> None:
@@ -119,6 +125,7 @@ class RedisStore:
                 return token if got else None
             except (RedisError, OSError) as exc:
                 self._outage.failed(exc)
+        self.failed_open("concurrency")
         return "open"
 
     async def release(self, subject: str, token: str) -> None:

@@ -102,12 +102,22 @@ def test_rotation_keeps_the_old_secret_for_the_grace_period(router: Router) -> N
     assert invoke(router, "private", bearer(new))[0] == 200
 
 
-def test_open_routes_and_bad_key_requests(router: Router) -> None:
+def test_open_routes_the_metrics_scope_and_bad_key_requests(router: Router) -> None:
     for path in ("/v2/health/live", "/v2/health/ready", "/openapi.json"):
         assert http("GET", f"{router.url}{path}")[0] == 200
     assert http("GET", f"{router.url}/metrics")[0] == 401
+    # a key for Prometheus: the metrics and nothing else
+    key_id, token = new_key(router, "--name", "prometheus", "--scope", "metrics")
+    status, headers, text = http("GET", f"{router.url}/metrics", headers=bearer(token))
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert "fnserve_build_info{" in text.decode() and "process_cpu_seconds_total " in text.decode()
+    status, _, body = http("GET", f"{router.url}/api/functions", headers=bearer(token))
+    assert status == 403 and body["error"] == f"API key {key_id} has no 'admin' scope"
+    assert invoke(router, "private", bearer(token))[0] == 403
+    listing = router.cli("keys", "ls", check=True).stdout
+    assert re.search(rf"{key_id}\s+prometheus\s+default\s+metrics\s", listing)
     status, _, body = http("POST", f"{router.url}/api/keys", {"name": "x", "scopes": ["root"]}, headers=router.admin)
-    assert status == 400 and "scopes: must be admin, invoke:* or invoke:<function>" in body["error"]
+    assert status == 400 and "scopes: must be admin, metrics, invoke:* or invoke:<function>" in body["error"]
     status, _, body = http("POST", f"{router.url}/api/keys", {"name": "x", "expiresIn": "soon"}, headers=router.admin)
     assert status == 400 and "expiresIn: must be a duration" in body["error"]
     result = router.cli("keys", "revoke", "ffffffffffff")

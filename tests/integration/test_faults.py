@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Router, alive, running_router, wait_for
+from tests.conftest import Router, alive, http, running_router, wait_for
 from tests.integration.test_limits import invoke, key, private_function
 from tests.services import RedisServer
 
@@ -154,6 +155,9 @@ def test_redis_killed_mid_load_fails_open_without_a_server_error(tmp_path: Path,
             redis_server.process.wait(10)
             gone = time.monotonic()
             wait_for(lambda: sum(o.started > gone + 1.0 for o in outcomes) > 40, 30, "load without Redis")
+        metrics = http("GET", f"{router.url}/metrics", headers=router.admin)[2].decode()
+    skipped = dict(re.findall(r'^fnserve_limiter_fail_open_total\{limit="(\w+)"\} (\S+)$', metrics, re.M))
+    assert float(skipped["rate"]) >= 40 and float(skipped["concurrency"]) >= 40, skipped  # each check without Redis
     assert {o.status for o in outcomes} <= {200, 429}, {o.status for o in outcomes}
     after = [o for o in outcomes if o.started > gone + 1.0]
     assert after and {o.status for o in after} == {200}  # failing open: nothing is limited any more

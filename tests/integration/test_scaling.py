@@ -82,8 +82,8 @@ def test_scale_from_zero_and_back(fast_router: Router, example_dir: Path, tmp_pa
     code, headers, text = http("GET", f"{fast_router.url}/metrics", headers=fast_router.admin)
     metrics = text.decode()
     assert code == 200 and headers["Content-Type"].startswith("text/plain")
-    assert 'fnserve_requests_total{code="200",function="sentiment"} 2.0' in metrics
-    assert 'fnserve_cold_start_seconds_count{function="sentiment"} 1.0' in metrics
+    assert 'fnserve_requests_total{code="200",function="sentiment",revision="1"} 2.0' in metrics
+    assert 'fnserve_cold_start_seconds_count{function="sentiment",revision="1"} 1.0' in metrics
     assert 'fnserve_replicas{function="sentiment",state="ready"} 1.0' in metrics
     assert 'fnserve_queued_requests{function="sentiment"} 0.0' in metrics
 
@@ -130,6 +130,8 @@ def test_full_queue_answers_503_with_retry_after(tmp_path: Path, warm_dir: Path)
         code, headers, body = predict(router)
         assert code == 503 and headers["Retry-After"] == "1"
         assert "2 requests are already waiting" in body["error"]
+        metrics = http("GET", f"{router.url}/metrics", headers=router.admin)[2].decode()
+        assert 'fnserve_queue_rejections_total{function="sentiment"} 1.0' in metrics
         os.kill(pid, signal.SIGCONT)
         assert [f.result(timeout=30)[0] for f in stuck] == [200, 200, 200]
         pool.shutdown()
@@ -183,6 +185,9 @@ def test_hung_replica_is_killed_its_requests_get_503_and_it_is_replaced(tmp_path
         assert not alive(pid)
         wait_for(lambda: predict(router)[0] == 200, 30, "the replacement replica to serve")
         assert "stopped answering (2 health checks failed); replacing it" in router.log()
+        metrics = http("GET", f"{router.url}/metrics", headers=router.admin)[2].decode()
+        assert 'fnserve_replica_restarts_total{function="sentiment",reason="unresponsive"} 1.0' in metrics
+        assert 'fnserve_replica_restarts_total{function="sentiment",reason="exited"} 0.0' in metrics
 
 
 def gpu_function(example_dir: Path, target: Path, name: str, gpus: int, **scaling: object) -> Path:

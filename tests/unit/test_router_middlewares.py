@@ -178,8 +178,8 @@ def test_a_key_invokes_only_the_functions_its_scopes_name(tmp_path: Path) -> Non
     scenario(tmp_path, body)
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/api/keys"), ("GET", "/api/usage"), ("GET", "/metrics"),
-                                              ("GET", "/api/tenants"), ("GET", "/api/nothing-here")])
+@pytest.mark.parametrize(("method", "path"), [("GET", "/api/keys"), ("GET", "/api/usage"), ("GET", "/api/tenants"),
+                                              ("GET", "/api/nothing-here")])
 def test_the_admin_api_needs_the_admin_scope(tmp_path: Path, method: str, path: str) -> None:
     async def body(r: Router) -> None:
         anonymous = await r.client.request(method, path)
@@ -189,6 +189,29 @@ def test_the_admin_api_needs_the_admin_scope(tmp_path: Path, method: str, path: 
         assert invoker.json()["error"] == f"API key {r.ids['invoker']} has no 'admin' scope"
         admin = await r.client.request(method, path, headers=r.auth("admin"))
         assert admin.status_code == (404 if path == "/api/nothing-here" else 200)
+
+    scenario(tmp_path, body)
+
+
+def test_metrics_need_the_metrics_scope_which_opens_nothing_else(tmp_path: Path) -> None:
+    async def body(r: Router) -> None:
+        created = await r.client.post("/api/keys", json={"name": "prometheus", "scopes": ["metrics"]},
+                                      headers=r.auth("admin"))
+        assert created.status_code == 201 and created.json()["key"]["scopes"] == ["metrics"]
+        prometheus = r.tokens["prometheus"] = created.json()["token"]
+        r.ids["prometheus"] = created.json()["key"]["id"]
+        assert (await r.client.get("/metrics")).status_code == 401
+        invoker = await r.client.get("/metrics", headers=r.auth("invoker"))
+        assert invoker.status_code == 403
+        assert invoker.json()["error"] == f"API key {r.ids['invoker']} has no 'metrics' scope"
+        for token in (prometheus, r.tokens["admin"]):
+            scraped = await r.client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert scraped.status_code == 200 and scraped.text.startswith("# HELP")
+        admin_api = await r.client.get("/api/keys", headers=r.auth("prometheus"))
+        assert admin_api.status_code == 403
+        assert admin_api.json()["error"] == f"API key {r.ids['prometheus']} has no 'admin' scope"
+        assert (await r.predict("sentiment", "prometheus")).status_code == 403
+        assert (await r.client.post("/metrics", headers=r.auth("prometheus"))).status_code == 405
 
     scenario(tmp_path, body)
 
@@ -316,7 +339,8 @@ def test_the_default_daily_quota_refuses_until_midnight(tmp_path: Path) -> None:
 # -- accounting -------------------------------------------------------------------------------------
 
 def _metric(text: str, function: str, code: str) -> float | None:
-    match = re.search(rf'^fnserve_requests_total{{code="{code}",function="{function}"}} (\S+)$', text, re.M)
+    match = re.search(rf'^fnserve_requests_total{{code="{code}",function="{function}",revision="1"}} (\S+)$', text,
+                      re.M)
     return float(match.group(1)) if match else None
 
 
@@ -338,7 +362,7 @@ def test_each_invocation_is_counted_once_in_the_ledger_and_the_metrics(tmp_path:
         assert _metric(scraped.text, "sentiment", "404") == 1
         assert _metric(scraped.text, "limited", "429") == 1
         assert _metric(scraped.text, "nope", "404") is None
-        assert "fnserve_request_duration_seconds_count{function=\"sentiment\"} 4.0" in scraped.text
+        assert "fnserve_request_duration_seconds_count{function=\"sentiment\",revision=\"1\"} 4.0" in scraped.text
         ledger = await r.client.get("/api/usage", params={"key": r.ids["invoker"], "function": "limited"},
                                     headers=r.auth("admin"))
         assert [row["requests"] for row in ledger.json()["usage"]] == [3]

@@ -37,6 +37,7 @@ from fnserve.backends.base import (
     canary_percent,
 )
 from fnserve.backends.local import replica_logs
+from fnserve.backends.local.activator import QueueFull
 from fnserve.backends.local.autoscaler import decide
 from fnserve.backends.local.gpus import GpuInventory
 from fnserve.backends.local.processes import ForkServerClient, ProcessHandle, forking_supported, spawn
@@ -67,6 +68,10 @@ class LocalBackend:
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
         self._forkservers: dict[str, ForkServerClient] = {}
+        self._restarts: dict[str, dict[str, int]] = {}
+        """Replicas replaced per function, by reason (base.RESTART_REASONS): what /metrics exports."""
+        self._rejections: dict[str, int] = {}
+        """Requests refused per function because its queue was full."""
         self.gpus = gpus
         gpus.on_freed(self._gpus_freed)
         usable, why = forking_supported()
@@ -212,6 +217,8 @@ class LocalBackend:
         fn = self._functions.pop(name, None)
         if fn is None:
             raise FunctionNotFound(f"function {name!r} not found")
+        self._restarts.pop(name, None)
+        self._rejections.pop(name, None)
         tracks = list(fn.tracks())
         for track in tracks:
             track.activator.fail_waiting(f"function {name!r} was deleted")
@@ -246,8 +253,10 @@ class LocalBackend:
             track.failures += 1
             track.next_start_at = time.monotonic() + min(_MAX_BACKOFF, 0.5 * 2 ** (track.failures - 1))
             track.message = f"{revision.name} revision {revision.number} did not start: {exc}"
-            if not deploying and not track.live():
-                track.activator.fail_waiting(track.message)
+            if not deploying:  # a deploy's proof failing is the deploy's answer (422), not a restart
+                self._restarted(revision.name, "start_failed")
+                if not track.live():
+                    track.activator.fail_waiting(track.message)
             raise DeployFailed(track.message) from None
         track.failures, track.message = 0, ""
         track.start_times_ms.append((time.monotonic() - started) * 1000)
@@ -305,13 +314,18 @@ class LocalBackend:
         assert replica.process is not None
         code = await replica.process.wait()
         if not self._closing:
-            self._fail(track, replica, f"exited with code {code}")  # no-op for a replica we stopped ourselves
+            self._fail(track, replica, "exited", f"exited with code {code}")  # no-op for one we stopped ourselves
 
-    def _fail(self, track: Track, replica: Replica, why: str) -> None:
+    def _restarted(self, name: str, reason: str) -> None:
+        counts = self._restarts.setdefault(name, {})
+        counts[reason] = counts.get(reason, 0) + 1
+
+    def _fail(self, track: Track, replica: Replica, reason: str, why: str) -> None:
         """Out of rotation now, killed, replaced by the next reconcile (once: a stopped or failed replica
-        is left alone)."""
+        is left alone). ``reason`` is one of base.RESTART_REASONS, ``why`` the log's words."""
         if replica.state in ("stopped", "failed"):
             return
+        self._restarted(track.name, reason)
         replica.kill()
         self._forget(track, replica)
         track.message = f"replica {replica.id} {why}"
@@ -322,7 +336,7 @@ class LocalBackend:
     def unreachable(self, endpoint: Endpoint) -> None:
         found = self._replicas.get(endpoint.replica)
         if found is not None:
-            self._fail(found[0], found[1], "failed a connection")
+            self._fail(found[0], found[1], "unreachable", "failed a connection")
 
     async def _probe(self, track: Track, replica: Replica) -> None:
         replica.probing = True
@@ -335,7 +349,8 @@ class LocalBackend:
             return
         replica.probe_failures += 1
         if replica.probe_failures >= self.settings.liveness_failures and replica.state == "ready":
-            self._fail(track, replica, f"stopped answering ({replica.probe_failures} health checks failed)")
+            self._fail(track, replica, "unresponsive",
+                       f"stopped answering ({replica.probe_failures} health checks failed)")
 
     # -- scaling ---------------------------------------------------------------------------------
     def reconcile(self, track: Track, *, poke: bool = False) -> None:
@@ -385,7 +400,11 @@ class LocalBackend:
             if time.monotonic() < track.next_start_at and track.message:
                 raise NoReadyReplica(f"function {name!r} has no ready replica: {track.message}")
             self.reconcile(track, poke=True)
-        replica, cold_ms = await track.activator.acquire()
+        try:
+            replica, cold_ms = await track.activator.acquire()
+        except QueueFull:
+            self._rejections[name] = self._rejections.get(name, 0) + 1
+            raise
         return Endpoint(name, replica.id, replica.url, cold_ms)
 
     def release(self, endpoint: Endpoint) -> None:
@@ -411,7 +430,8 @@ class LocalBackend:
                               queued=sum(t.activator.queued for t in tracks),
                               start_times_ms=[round(t) for t in main.start_times_ms],
                               canary_revision=canary.revision.number if canary is not None else None,
-                              canary_percent=fn.canary_percent)
+                              canary_percent=fn.canary_percent, restarts=dict(self._restarts.get(name, {})),
+                              queue_rejections=self._rejections.get(name, 0))
 
     async def logs(self, name: str, tail: int) -> str:
         if name not in self._functions:

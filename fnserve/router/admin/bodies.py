@@ -39,7 +39,7 @@ class CreateKey(AdminBody):
     name: Name = Field(description="What the key is for.")
     tenant: Name = Field(default="default", description="Whose key it is; tenant defaults apply to it.")
     scopes: list[str] = Field(default_factory=lambda: ["invoke:*"], min_length=1, max_length=100,
-                              description="admin, invoke:* or invoke:<function>.")
+                              description="admin, metrics (GET /metrics only), invoke:* or invoke:<function>.")
     expires_in: Duration | None = Field(default=None, gt=0, le=MAX_LIFETIME,
                                         description="Lifetime, e.g. 30d, 12h or 90s; omit for none.")
     limits: LimitsSpec = Field(default_factory=LimitsSpec, description="The key's own limits.")
@@ -49,7 +49,7 @@ class CreateKey(AdminBody):
     def _scopes(cls, scopes: list[str]) -> list[str]:
         wrong = [s for s in scopes if not valid_scope(s)]
         if wrong:
-            raise ValueError(f"must be admin, invoke:* or invoke:<function> (got {wrong[0]!r})")
+            raise ValueError(f"must be admin, metrics, invoke:* or invoke:<function> (got {wrong[0]!r})")
         return scopes
 
 

@@ -69,7 +69,9 @@ class AccountingService:
     async def record(self, invocation: Invocation) -> None:
         """The one place an invocation is counted: metrics and the ledger alike."""
         elapsed_ms = invocation.elapsed_ms()
-        self.metrics.observe(invocation.function, invocation.status, elapsed_ms / 1000, invocation.cold_start_ms)
+        revision = invocation.revision.number if invocation.revision is not None else None
+        self.metrics.observe(invocation.function, revision, invocation.status, elapsed_ms / 1000,
+                             invocation.cold_start_ms)
         if invocation.ttft_ms is not None or invocation.metered:
             self.metrics.observe_stream(invocation.function, invocation.ttft_ms, invocation.chunk_gaps_ms,
                                         invocation.prompt_tokens, invocation.completion_tokens)

@@ -34,7 +34,7 @@ from fnserve.settings import Settings
 from fnserve.state import StateStore
 
 _TOKEN_RE = re.compile(r"^fns_([0-9a-f]{12})_([0-9a-f]{40})$")
-_SCOPE_RE = re.compile(r"^(admin|invoke:\*|invoke:[a-z]([-a-z0-9]*[a-z0-9])?)$")
+_SCOPE_RE = re.compile(r"^(admin|metrics|invoke:\*|invoke:[a-z]([-a-z0-9]*[a-z0-9])?)$")
 CACHE_SECONDS = 5.0
 TENANT_CACHE_SECONDS = 5.0
 MIN_PEPPER_BYTES = 16
