@@ -78,7 +78,9 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
         trace_id = getattr(record, "trace_id", None)
         if trace_id is not None:
             fields["trace_id"] = trace_id
-            fields["span_id"] = getattr(record, "span_id", None)
+            span_id = getattr(record, "span_id", None)
+            if span_id is not None:  # a replica knows the trace, the span is FastAPI's
+                fields["span_id"] = span_id
     more = getattr(record, "fields", None)
     if more:
         fields.update(more)
@@ -159,6 +161,7 @@ def configure(level: str, fmt: str, component: str, *, access_log: bool = True,
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    logging.captureWarnings(True)  # a library's warning is a line in the same format, not raw stderr
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # KServe's timing per request: the access line has it
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if access_log else logging.CRITICAL + 1)

@@ -13,6 +13,7 @@ import ctypes
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -72,6 +73,8 @@ def serve(model: Any, host: str, port: int) -> None:
     from kserve.model_server import args as kserve_args  # noqa: PLC0415
 
     kserve_args.configure_logging = False  # logging is fnserve's (configure_logging above), in its format
+    # KServe's own use of a FastAPI class FastAPI deprecates: nothing a function's author can act on
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
 
     from runtimes import errors, generate_routes, observe, openai_routes
     from runtimes.framing import CheckedDataPlane
