@@ -11,7 +11,6 @@ router's and the kubelet's, every few seconds — are not logged, so ``fnserve l
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
@@ -20,7 +19,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fnserve import logs, tracing
 
 _PROBE_AGENTS = (b"fnserve-probe", b"kube-probe")
-access = logging.getLogger(logs.ACCESS_LOGGER)
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
@@ -62,10 +60,10 @@ class RequestContext:
             if detach is not None:
                 tracing.leave(detach)
             probe = _header(scope, b"user-agent").startswith(_PROBE_AGENTS) and status < 300
-            if not probe and access.isEnabledFor(logging.INFO):
+            if not probe and logs.ACCESS.enabled:
                 duration_ms = (time.perf_counter() - started) * 1000
-                access.info("%s %s %d %.1f ms", scope["method"], scope["path"], status or 499, duration_ms,
-                            extra={"fields": {"method": scope["method"], "path": scope["path"],
-                                              "status": status or 499, "duration_ms": round(duration_ms, 2),
-                                              "function": self.model_name}})
+                method, path = scope["method"], scope["path"]
+                logs.ACCESS.write(f"{method} {path} {status or 499} {duration_ms:.1f} ms",
+                                  {"method": method, "path": path, "status": status or 499,
+                                   "duration_ms": round(duration_ms, 2), "function": self.model_name})
             logs.CURRENT.reset(current)

@@ -17,7 +17,6 @@ numbers the request path has already measured.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from typing import Any
@@ -29,8 +28,6 @@ from fnserve.router import invocation as invocations
 
 REQUEST_ID_HEADER = b"x-request-id"
 _PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
-
-access = logging.getLogger(logs.ACCESS_LOGGER)
 
 
 class RequestContextMiddleware:
@@ -89,7 +86,7 @@ class RequestContextMiddleware:
             if span is not None:
                 route = invocation.route if invocation is not None else getattr(scope.get("route"), "path", None)
                 tracing.end_server_span(span, detach, status, route, scope["method"])
-            if access.isEnabledFor(logging.INFO) and not (scope["path"] in _PROBES and status < 300):
+            if logs.ACCESS.enabled and not (scope["path"] in _PROBES and status < 300):
                 _log_access(scope, invocation, status or 499, started, bytes_in, bytes_out)
             logs.CURRENT.reset(current)
 
@@ -114,4 +111,4 @@ def _log_access(scope: Scope, invocation: invocations.Invocation | None, status:
     fields["bytes_out"] = bytes_out
     client = scope.get("client")
     fields["client"] = client[0] if client else None
-    access.info("%s %s %d %.1f ms", method, path, status, duration_ms, extra={"fields": fields})
+    logs.ACCESS.write(f"{method} {path} {status} {duration_ms:.1f} ms", fields)

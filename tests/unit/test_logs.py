@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -56,10 +57,41 @@ def test_text_lines_read_as_a_sentence_then_the_fields(captured: io.StringIO) ->
     assert " INFO fnserve.access: GET /v2 200 1.0 ms request_id=req-2 path=/v2 duration_ms=1.0 client=\"a b\"" in line
 
 
-def test_the_access_log_can_be_turned_off(captured: io.StringIO) -> None:
-    logs.configure("info", "text", "router", access_log=False, stream=captured)
-    logging.getLogger(logs.ACCESS_LOGGER).info("GET / 200")
-    assert captured.getvalue() == ""
+def test_the_access_line_has_the_format_of_every_line_and_can_be_turned_off(captured: io.StringIO) -> None:
+    logs.configure("info", "json", "router", stream=captured)
+    token = logs.CURRENT.set(logs.RequestContext("req-3", "0af7651916cd43dd8448eb211c80319c"))
+    try:
+        logs.ACCESS.write("GET /v2 200 0.4 ms", {"status": 200, "path": "/v2"})  # no event loop: written now
+    finally:
+        logs.CURRENT.reset(token)
+    line = json.loads(captured.getvalue())
+    assert line["logger"] == logs.ACCESS_LOGGER and line["message"] == "GET /v2 200 0.4 ms"
+    assert (line["request_id"], line["trace_id"], line["status"]) == ("req-3", "0af7651916cd43dd8448eb211c80319c", 200)
+    assert "span_id" not in line  # none known: left out, not null
+
+    off = io.StringIO()
+    logs.configure("info", "json", "router", access_log=False, stream=off)
+    assert not logs.ACCESS.enabled
+    logs.ACCESS.write("GET / 200", {})
+    assert off.getvalue() == ""
+
+
+def test_access_lines_written_in_an_event_loop_are_gathered_then_flushed(captured: io.StringIO) -> None:
+    logs.configure("info", "text", "router", stream=captured)
+
+    async def requests() -> tuple[str, str]:
+        for number in range(3):
+            logs.ACCESS.write(f"GET /{number} 200", {})
+        before = captured.getvalue()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while captured.getvalue().count("\n") < 3 and loop.time() < deadline:  # flushed within the window
+            await asyncio.sleep(0.01)
+        return before, captured.getvalue()
+
+    before, after = asyncio.run(requests())
+    assert before == ""
+    assert [line.split(": ", 1)[1] for line in after.splitlines()] == ["GET /0 200", "GET /1 200", "GET /2 200"]
 
 
 @pytest.mark.parametrize(("level", "fmt", "message"), [
