@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import function_copy, http, running_router
+from tests.conftest import ROOT, function_copy, http, running_router
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,8 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(tmp_p
                    "--exclude-operation-id", "delete_function", "--exclude-operation-id", "revoke_key",
                    "--request-timeout", "30", "--no-color", "--suppress-health-check", "all"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path,
-                                env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+                                env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks",
+                                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
         output = result.stdout + result.stderr
         assert result.returncode == 0, f"seed {seed}:\n{output[-6000:]}"
         # the run reached the function, and left it serving. Asked with a key of a tenant of its own: the run
