@@ -58,15 +58,22 @@ class RouterUnreachable(ConnectionError):
 
 def find_api_key() -> str | None:
     """FNSERVE_API_KEY, else the admin key `fnserve up` wrote: $FNSERVE_STATE_DIR, ./.fnserve, ~/.fnserve."""
+    return api_key_source()[0]
+
+
+def api_key_source() -> tuple[str | None, str]:
+    """The key find_api_key() finds and where it came from (FNSERVE_API_KEY or the admin.key file), or None
+    and the places it looked in."""
     if os.environ.get("FNSERVE_API_KEY"):
-        return os.environ["FNSERVE_API_KEY"].strip()
+        return os.environ["FNSERVE_API_KEY"].strip(), "FNSERVE_API_KEY"
     folders = [os.environ.get("FNSERVE_STATE_DIR"), ".fnserve", str(Path.home() / ".fnserve")]
-    for folder in filter(None, folders):
+    files = [Path(folder).expanduser() / "admin.key" for folder in filter(None, folders)]
+    for file in files:
         try:
-            return (Path(folder).expanduser() / "admin.key").read_text().strip()
+            return file.read_text().strip(), str(file)
         except OSError:
             continue
-    return None
+    return None, ", ".join(map(str, files))
 
 
 def _decode(raw: bytes, content_type: str) -> Any:
