@@ -9,7 +9,7 @@ EXAMPLE := functions/sentiment
 # the example's model is a run published by its training job into $(STATE)/artifacts/sentiment/
 MODEL  := $(STATE)/.example-trained
 
-.PHONY: install run example test test-fast lint bench render loadtest clean help
+.PHONY: install run example test test-fast lint bench render schemas loadtest clean help
 
 help:
 	@echo "make run      install, train the example, start fnserve on :$(PORT) with functions/sentiment"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench    benchmarks; results in bench/results/ (summary.md is committed)"
 	@echo "make loadtest Locust against a function (USERS, DURATION, SHAPE, FUNCTION, SLO_P95); reports in loadtests/reports/"
 	@echo "make render   regenerate manifests/examples/ (the cluster objects of every example function)"
+	@echo "make schemas  regenerate schemas/ (the manifests' JSON Schemas the examples' modelines name)"
 	@echo "make example  train the example model with its training job (functions/sentiment/train.yaml)"
 
 install: $(STAMP)
@@ -77,6 +78,11 @@ render: $(STAMP)
 	rm -rf manifests/examples && for f in functions/*/; do \
 	  $(VENV)/bin/fnserve render --defaults $$f $$(test -f $$f/train.yaml && echo $$f/train.yaml) \
 	    -o manifests/examples/$$(basename $$f) 2>/dev/null || exit 1; done
+
+# the JSON Schemas the example manifests name in their yaml-language-server modeline; a test fails when not current
+schemas: $(STAMP)
+	$(VENV)/bin/fnserve schema --kind Function > schemas/function-v1.json
+	$(VENV)/bin/fnserve schema --kind TrainingJob > schemas/trainingjob-v1.json
 
 # the contracts and mypy's settings are in pyproject.toml; docs/architecture.md ("Layer rules") says them in
 # words. All three run, so one pass shows every problem; any failure fails the target.

@@ -15,6 +15,7 @@ import math
 import re
 import typing
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -41,13 +42,42 @@ _MEMORY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
 
 class _Spec(BaseModel):
     """Base for manifest sections: camelCase keys like Kubernetes, unknown keys rejected, numbers finite
-    (a NaN or an infinity stored from a manifest or an admin body could not be written out as JSON again)."""
+    (a NaN or an infinity stored from a manifest or an admin body could not be written out as JSON again),
+    and types strict, as JSON Schema's are: "30" is not a number, 1 is not true (whole floats such as 30.0
+    are integers, as in JSON Schema: see Whole). So the schema json_schema() exports accepts what this
+    accepts, save the rules listed in SCHEMA_CANNOT_SAY."""
 
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True, allow_inf_nan=False,
+                              strict=True)
+
+
+def _whole(value: Any) -> Any:
+    """30.0 → 30: JSON Schema's ``integer`` is any number without a fraction, and YAML or JSON writers may
+    write a whole number so."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
+"""A strict int that takes a float with no fraction, as JSON Schema's integer does."""
+
+
+def _pattern(regex: re.Pattern[str], **extra: Any) -> dict[str, Any]:
+    """A string field's JSON Schema ``pattern``: the validator's own regex (Python's re, as the jsonschema
+    package uses; editors' ECMAScript engines read these the same way)."""
+    return {"pattern": regex.pattern, **extra}
+
+
+def _uri_pattern(*, artifacts: bool, relative: bool) -> str:
+    """check_uri() as one JSON Schema pattern: the forms it accepts, each anchored."""
+    relative_path = r"^(?!/)(?![\s\S]*://)(?=[\s\S]*\S)"  # no '/' first, no scheme anywhere, not blank
+    forms = [_S3_RE.pattern, *([_ARTIFACTS_RE.pattern] if artifacts else []), "^file:///",
+             *([relative_path] if relative else [])]
+    return "|".join(f"(?:{form})" for form in forms)
 
 
 class Metadata(_Spec):
-    name: str = Field(description="Function name: a DNS-1123 label starting with a letter.")
+    name: str = Field(description="Function name: a DNS-1123 label starting with a letter.",
+                      json_schema_extra=_pattern(_NAME_RE, maxLength=63))
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 
@@ -63,7 +93,8 @@ class Metadata(_Spec):
 class ModelSource(_Spec):
     uri: str = Field(description="Artifact folder: artifacts://<function>/<run-id|latest> in the platform's "
                                  "artifact store, a path relative to the manifest, file:// or s3://. A URI "
-                                 "ending in /latest is pinned to the newest complete run at deploy time.")
+                                 "ending in /latest is pinned to the newest complete run at deploy time.",
+                      json_schema_extra={"pattern": _uri_pattern(artifacts=True, relative=True)})
 
     @field_validator("uri")
     @classmethod
@@ -92,15 +123,21 @@ def check_uri(value: str, *, artifacts: bool = False, relative: bool = True) -> 
 
 
 class Resources(_Spec):
-    cpu: str | None = Field(default=None, description="Kubernetes CPU quantity, e.g. '1' or '500m'.")
-    memory: str | None = Field(default=None, description="Kubernetes memory quantity, e.g. '512Mi'.")
-    gpu: int = Field(default=0, ge=0, description="Whole GPUs per replica (nvidia.com/gpu).")
+    cpu: str | None = Field(default=None, description="Kubernetes CPU quantity, e.g. '1' or '500m'.",
+                            json_schema_extra={"anyOf": [{"type": "string", **_pattern(_CPU_RE)},
+                                                         {"type": "number", "minimum": 0}, {"type": "null"}]})
+    memory: str | None = Field(default=None, description="Kubernetes memory quantity, e.g. '512Mi'.",
+                               json_schema_extra={"anyOf": [{"type": "string", **_pattern(_MEMORY_RE)},
+                                                            {"type": "integer", "minimum": 0}, {"type": "null"}]})
+    gpu: Whole = Field(default=0, ge=0, description="Whole GPUs per replica (nvidia.com/gpu).")
 
     @field_validator("cpu", mode="before")
     @classmethod
     def _cpu(cls, value: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError("must be a CPU quantity such as 1, 0.5 or 500m")
+            value = format(Decimal(repr(value)), "f")  # 1e-05 names the quantity 0.00001
         if isinstance(value, str) and not _CPU_RE.match(value):
             raise ValueError("must be a CPU quantity such as 1, 0.5 or 500m")
         return value
@@ -108,6 +145,7 @@ class Resources(_Spec):
     @field_validator("memory", mode="before")
     @classmethod
     def _memory(cls, value: Any) -> Any:
+        value = _whole(value)
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
         if isinstance(value, str) and not _MEMORY_RE.match(value):
@@ -141,28 +179,38 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration, json_schema_input_type=float | str)]
+_DURATION_PATTERN = r"^\s*(?=\S)" + _DURATION_RE.pattern[1:-1] + r"\s*$"  # parse_duration strips the string
+
+
+def duration(default: float, low: float, high: float, description: str) -> Any:
+    """A Duration field from ``low`` to ``high`` seconds; its JSON Schema bounds a number, and a string
+    must be a duration (its value unbounded there: SCHEMA_CANNOT_SAY)."""
+    schema: dict[str, Any] = {"anyOf": [{"type": "number", "minimum": low, "maximum": high},
+                                        {"type": "string", "pattern": _DURATION_PATTERN}]}
+    return Field(default=default, ge=low, le=high, description=description, json_schema_extra=schema)
 
 
 class Scaling(_Spec):
     """Replica bounds and the autoscaler's knobs, with Knative's names and meaning (docs/scaling.md)."""
 
-    min_replicas: int = Field(default=0, ge=0, description="Replicas kept when idle; 0 scales to zero.")
-    max_replicas: int | None = Field(default=None, description="Upper bound; omit for no limit.")
-    scale_target: int = Field(default=100, ge=1, description="Target concurrent requests per replica.")
+    min_replicas: Whole = Field(default=0, ge=0, description="Replicas kept when idle; 0 scales to zero.")
+    max_replicas: Whole | None = Field(default=None, description="Upper bound, ≥ minReplicas; omit for no limit.",
+                                       json_schema_extra={"minimum": 1})
+    scale_target: Whole = Field(default=100, ge=1, description="Target concurrent requests per replica.")
     target_utilization_percentage: float = Field(default=70, gt=0, le=100,
                                                  description="Share of scaleTarget to aim for.")
-    container_concurrency: int = Field(default=0, ge=0, description="Hard per-replica limit; 0 = none.")
-    stable_window: Duration = Field(default=30.0, ge=1, le=3600, description="Averaging window (Knative: 60s).")
-    scale_to_zero_grace_period: Duration = Field(default=10.0, ge=0, le=3600,
-                                                 description="Idle time after a zero stable window before the "
-                                                             "last replica goes (Knative: 30s).")
+    container_concurrency: Whole = Field(default=0, ge=0, description="Hard per-replica limit; 0 = none.")
+    stable_window: Duration = duration(30.0, 1, 3600, "Averaging window (Knative: 60s).")
+    scale_to_zero_grace_period: Duration = duration(10.0, 0, 3600, "Idle time after a zero stable window before "
+                                                                   "the last replica goes (Knative: 30s).")
     panic_window_percentage: float = Field(default=10, ge=1, le=100, description="Panic window, % of stableWindow.")
     panic_threshold_percentage: float = Field(default=200, ge=110, le=1000,
                                               description="Panic when the panic-window demand reaches this % of "
                                                           "the ready replicas.")
-    scale_down_delay: Duration = Field(default=0.0, ge=0, le=3600, description="Hold scale-downs this long.")
-    initial_scale: int | None = Field(default=None, ge=0,
-                                      description="Replicas right after a deploy; default minReplicas.")
+    scale_down_delay: Duration = duration(0.0, 0, 3600, "Hold scale-downs this long.")
+    initial_scale: Whole | None = Field(default=None, ge=0,
+                                        description="Replicas right after a deploy, ≤ maxReplicas; default "
+                                                    "minReplicas.")
 
     @field_validator("max_replicas")
     @classmethod
@@ -196,12 +244,12 @@ class LimitsSpec(_Spec):
     """Per-function overrides of the callers' limits (per key × function; per address when public)."""
 
     rps: float | None = Field(default=None, gt=0, le=MAX_RPS, description="Requests per second (GCRA rate).")
-    burst: int | None = Field(default=None, ge=1, le=MAX_COUNT, description="Requests allowed at once.")
-    concurrency: int | None = Field(default=None, ge=1, le=MAX_COUNT, description="Requests in flight.")
-    daily: int | None = Field(default=None, ge=1, le=MAX_DAILY, description="Requests per UTC day.")
-    tpm: int | None = Field(default=None, ge=1, le=MAX_DAILY,
-                            description="Tokens (prompt + completion) per minute, for generative functions.")
-    tpd: int | None = Field(default=None, ge=1, le=MAX_DAILY, description="Tokens per UTC day.")
+    burst: Whole | None = Field(default=None, ge=1, le=MAX_COUNT, description="Requests allowed at once.")
+    concurrency: Whole | None = Field(default=None, ge=1, le=MAX_COUNT, description="Requests in flight.")
+    daily: Whole | None = Field(default=None, ge=1, le=MAX_DAILY, description="Requests per UTC day.")
+    tpm: Whole | None = Field(default=None, ge=1, le=MAX_DAILY,
+                              description="Tokens (prompt + completion) per minute, for generative functions.")
+    tpd: Whole | None = Field(default=None, ge=1, le=MAX_DAILY, description="Tokens per UTC day.")
 
 
 class AuthSpec(_Spec):
@@ -211,7 +259,7 @@ class AuthSpec(_Spec):
 class Batching(_Spec):
     """Adaptive batching inside the replica (docs/runtimes.md): concurrent requests become one model call."""
 
-    max_batch_size: int = Field(default=32, ge=1, le=4096,
+    max_batch_size: Whole = Field(default=32, ge=1, le=4096,
                                 description="Rows (instances) per model call at most; a larger request runs alone.")
     max_latency_ms: float = Field(default=5.0, ge=0, le=10_000,
                                   description="How long the oldest request may wait for others before its batch runs.")
@@ -225,30 +273,38 @@ class TransformersOptions(_Spec):
                     "text-classification: label and score per text; "
                     "text-generation: a causal LM streaming tokens (docs/generative.md).")
     fp16: bool = Field(default=False, description="Half precision when the replica runs on a GPU (CPU stays fp32).")
-    max_length: int = Field(default=512, ge=1, le=65_536,
+    max_length: Whole = Field(default=512, ge=1, le=65_536,
                             description="Tokens per text at most; longer texts are truncated. For "
                                         "text-generation: the context, prompt and completion together.")
-    max_new_tokens: int = Field(default=128, ge=1, le=65_536,
+    max_new_tokens: Whole = Field(default=128, ge=1, le=65_536,
                                 description="text-generation: completion tokens when a request names no "
                                             "max_tokens (also what admission reserves for it).")
 
 
 class FunctionSpec(_Spec):
+    # runtime transformers needs the transformers section, and no other runtime takes one
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"runtime": {"const": "transformers"}}, "required": ["runtime"]},
+        "then": {"required": ["transformers"], "properties": {"transformers": {"type": "object"}}},
+        "else": {"properties": {"transformers": {"type": "null"}}}})
+
     runtime: Literal["onnx", "torch", "transformers"] = Field(description="Model format / predictor.")
     model: ModelSource
-    handler: str | None = Field(default=None, description="module:Class in the function's folder.")
+    handler: str | None = Field(default=None, description="module:Class in the function's folder.",
+                                json_schema_extra=_pattern(_HANDLER_RE))
     transformers: TransformersOptions | None = Field(default=None,
                                                      description="Task and precision; required by runtime transformers.")
     batching: Batching | None = Field(default=None, description="Gather concurrent requests into batches; "
                                                                 "off when omitted.")
     resources: Resources = Field(default_factory=Resources)
     scaling: Scaling = Field(default_factory=Scaling)
-    timeout: int = Field(default=60, ge=1, le=3600, description="Seconds a request may take end to end "
-                                                                 "(streams included).")
-    response_start_timeout: int | None = Field(
-        default=None, ge=1, le=3600, description="Seconds until the answer's first byte (default: timeout).")
-    idle_timeout: int | None = Field(
-        default=None, ge=1, le=3600, description="Seconds a streamed answer may pause between chunks "
+    timeout: Whole = Field(default=60, ge=1, le=3600, description="Seconds a request may take end to end "
+                                                                   "(streams included).")
+    response_start_timeout: Whole | None = Field(
+        default=None, ge=1, le=3600, description="Seconds until the answer's first byte, ≤ timeout "
+                                                 "(default: timeout).")
+    idle_timeout: Whole | None = Field(
+        default=None, ge=1, le=3600, description="Seconds a streamed answer may pause between chunks, ≤ timeout "
                                                  "(default: no limit but timeout).")
     auth: AuthSpec = Field(default_factory=AuthSpec)
     limits: LimitsSpec | None = None
@@ -309,8 +365,10 @@ class Function(_Document):
 
 
 class TrainingJobSpec(_Spec):
-    function: str = Field(description="The function this job trains (its artifacts go under its name).")
-    command: list[str] = Field(min_length=1, description="argv, run in the folder of this manifest.")
+    function: str = Field(description="The function this job trains (its artifacts go under its name).",
+                          json_schema_extra=_pattern(_NAME_RE, maxLength=63))
+    command: list[str] = Field(min_length=1, description="argv, run in the folder of this manifest.",
+                               json_schema_extra={"prefixItems": [{"pattern": r"\S"}]})  # a program to run
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="Free-form parameters, handed to the job as FNSERVE_PARAMS (JSON).")
 
@@ -322,10 +380,11 @@ class TrainingJobSpec(_Spec):
             raise ValueError(f"params.{where[0]} is not a finite number; FNSERVE_PARAMS is JSON, which has none")
         return params
     resources: Resources = Field(default_factory=Resources)
-    timeout: Duration = Field(default=3600.0, ge=1, le=7 * 86400,
-                              description="Wall-clock limit; past it the job is killed and publishes nothing.")
+    timeout: Duration = duration(3600.0, 1, 7 * 86400,
+                                 "Wall-clock limit; past it the job is killed and publishes nothing.")
     output: str | None = Field(default=None, description="Where runs go (file:// or s3://): <output>/<run-id>/. "
-                                                         "Default: the platform's artifact root + /<function>/.")
+                                                         "Default: the platform's artifact root + /<function>/.",
+                               json_schema_extra={"pattern": _uri_pattern(artifacts=False, relative=False)})
     deploy_on_success: bool = Field(default=False,
                                     description="Roll the function forward to the new run once it is published.")
     image: str | None = Field(default=None, description="Container image (cluster only; ignored locally).")
@@ -527,9 +586,25 @@ def load_manifest(path: Path) -> Function | TrainingJob:
     return parse_manifest(read_yaml(path), str(path))
 
 
+SCHEMA_CANNOT_SAY = {
+    "Function": ["spec.scaling.maxReplicas ≥ spec.scaling.minReplicas",
+                 "spec.scaling.initialScale ≤ spec.scaling.maxReplicas",
+                 "spec.responseStartTimeout and spec.idleTimeout ≤ spec.timeout"],
+    "TrainingJob": [],
+}
+"""The rules of each kind that JSON Schema cannot express (they compare two values), besides those of every
+kind in SCHEMA_CANNOT_SAY_ANY; the exported schema's description lists them, `fnserve validate` checks them."""
+SCHEMA_CANNOT_SAY_ANY = ["the range of a duration written as a string (e.g. stableWindow: 2h, more than 3600 s)",
+                         "YAML's non-finite numbers (.nan, .inf) and keys that are not strings, which JSON has not"]
+
+
 def json_schema(kind: str = "Function") -> dict[str, Any]:
-    """JSON Schema for a manifest kind, for editors' completion and validation."""
+    """JSON Schema for a manifest kind, for editors' completion and validation: it accepts what
+    `fnserve validate` accepts, but for the rules its description lists (SCHEMA_CANNOT_SAY)."""
     schema = KINDS[kind].model_json_schema(by_alias=True)
     slug = "function" if kind == "Function" else "trainingjob"
+    rules = "; ".join([*SCHEMA_CANNOT_SAY[kind], *SCHEMA_CANNOT_SAY_ANY])
+    description = (f"{schema.pop('description', '')} Rules only `fnserve validate` checks (JSON Schema cannot "
+                   f"express them): {rules}.").strip()
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": f"https://fnserve.dev/schemas/{slug}-v1.json", **schema}
+            "$id": f"https://fnserve.dev/schemas/{slug}-v1.json", **schema, "description": description}

@@ -1,7 +1,7 @@
 """The composition root of ``fnserve up``: everything a running router is made of, put together once.
 
 In order: the TLS certificate and the secret files checked (a bad one ends the start with one line,
-before anything exists), the state folder, the log settings, the listening socket (bound before anything slow, so a
+before anything exists), the state folder, the listening socket (bound before anything slow, so a
 taken port fails at once and the port is known before the first line is printed), logging and tracing, the state store,
 the admin key (FNSERVE_ADMIN_KEY_FILE's, or one made on a first start), the backend and the Starlette
 app, and uvicorn on the bound socket, speaking HTTPS when given a certificate. The command line lives
@@ -126,10 +126,6 @@ def serve(settings: Settings, backend_kind: str = "local", deploys: list[Startup
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         pepper = resolve_pepper(settings)
     except SecretFileError as exc:
-        raise CannotStart(str(exc)) from None
-    try:
-        logs.check(settings.log_level, settings.log_format_for(backend_kind))
-    except logs.LogSettingError as exc:
         raise CannotStart(str(exc)) from None
     sock = bind(settings)
     logs.configure(settings.log_level, settings.log_format_for(backend_kind), "router", access_log=settings.access_log)

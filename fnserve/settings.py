@@ -12,9 +12,19 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fnserve import logs
 from fnserve.storage.stores import S3Options
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class SettingsError(SystemExit):
+    """A setting that cannot be used, said in one line (``fnserve: FNSERVE_X='…' is not …``); a SystemExit,
+    so a process that reads its settings at start ends with that line and status 1, never a traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"fnserve: {message}")
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,8 @@ class Settings:
     python: str = sys.executable
     """Interpreter that runs replicas (the one fnserve runs in)."""
     log_level: str = "info"
-    """debug, info, warning, error or critical: the router's and its replicas' log lines."""
+    """debug, info, warning, error or critical: the router's and its replicas' log lines (fnserve up
+    --log-level)."""
     log_format: str | None = None
     """text (one readable line) or json (one object per line, for a log pipeline); unset = json with the
     cluster backend, text on one machine. Replicas and jobs write the same format."""
@@ -162,6 +173,10 @@ class Settings:
             if raw is not None:
                 values[f.name] = _convert(f.name, raw, cls.__dataclass_fields__[f.name].type)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "log_level" in values:
+            values["log_level"] = _one_of("FNSERVE_LOG_LEVEL", values["log_level"], logs.LEVELS)
+        if "log_format" in values:
+            values["log_format"] = _one_of("FNSERVE_LOG_FORMAT", values["log_format"], logs.FORMATS)
         if "state_dir" in values:
             values["state_dir"] = Path(values["state_dir"]).expanduser().resolve()
         return replace(cls(), **values)
@@ -179,13 +194,36 @@ def _convert(name: str, raw: str, kind: Any) -> Any:
                 raise ValueError(raw)
             return raw.lower() in ("1", "true", "yes")
     except ValueError:
-        raise SystemExit(f"fnserve: FNSERVE_{name.upper()}={raw!r} is not a valid {kind}") from None
+        raise SettingsError(f"FNSERVE_{name.upper()}={raw!r} is not a valid {kind}") from None
     return raw
 
 
+def _one_of(name: str, raw: str, allowed: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in allowed:
+        raise SettingsError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
+    return value
+
+
 def router_url(explicit: str | None = None) -> str:
-    """Where the CLI finds the router: --url, then FNSERVE_URL, then the default."""
-    return (explicit or os.environ.get("FNSERVE_URL") or DEFAULT_URL).rstrip("/")
+    """Where the CLI finds the router: --url, then FNSERVE_URL, then the default. A URL without a scheme
+    (``localhost:8080``) means http://; anything else that is not an http(s) URL with a host is a
+    SettingsError naming where it came from."""
+    from urllib.parse import urlsplit
+
+    given, source = (explicit, "--url ") if explicit else (os.environ.get("FNSERVE_URL"), "FNSERVE_URL=")
+    url = (given or DEFAULT_URL).strip()
+    if "://" not in url:
+        url = f"http://{url}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{source}{given!r} is not a router URL; expected http://HOST:PORT or https://HOST:PORT "
+                            f"(a bare HOST:PORT means http://)")
+    return url.rstrip("/")
 
 
 def ca_file() -> str | None:

@@ -6,7 +6,7 @@ import argparse
 import re
 import time
 
-from fnserve.cli.base import CliError, connect
+from fnserve.cli.base import USAGE, CliError, Commands, add_command, connect
 from fnserve.cli.output import print_json, table
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -19,7 +19,7 @@ def since_value(text: str) -> str:
     if match:
         return f"{time.time() - float(match.group(1)) * _UNITS[match.group(2)]:.3f}"
     if not text.strip():
-        raise CliError("--since needs a value: 10m, 2h, 7d, 2026-12-06 or 2026-12-06T10:00:00Z")
+        raise CliError("--since needs a value: 10m, 2h, 7d, 2026-12-06 or 2026-12-06T10:00:00Z", USAGE)
     return text.strip()
 
 
@@ -35,8 +35,12 @@ def cmd_audit(args: argparse.Namespace) -> None:
            for e in result["entries"]])
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    audit = sub.add_parser("audit", parents=[common], help="the admin actions on record (who did what, when)")
+def register(sub: Commands, common: argparse.ArgumentParser) -> None:
+    audit = add_command(sub, "audit", "the admin actions on record (who did what, when)",
+                        "The router's append-only audit log: every admin action (deploy, rollback, key and tenant\n"
+                        "changes, …), by whom (key id), from where, and whether it succeeded; newest last.",
+                        ["fnserve audit --since 1h", "fnserve audit --action function. --json",
+                         "fnserve audit --actor 0123456789ab --since 2026-01-01"], [common])
     audit.add_argument("--since", help="from then on: 10m, 2h, 7d, a date or time (UTC), or unix seconds")
     audit.add_argument("--actor", metavar="KEY_ID", help="one key's actions (system: the platform's own)")
     audit.add_argument("--action", help="one action (key.revoke) or a family (key.)")

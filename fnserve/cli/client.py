@@ -7,21 +7,25 @@ top-level ``"error"`` string, sometimes ``reason`` or ``problems``), so a caller
 refusal from another reads fields instead of parsing messages. A router that cannot be reached is a
 RouterUnreachable — a ConnectionError, so code that waits for a router to come up keeps catching
 OSError. An https:// router is verified against the system's trust store, or against ``ca_file``
-(FNSERVE_CA_FILE for the CLI) when its certificate comes from a private CA. Paths and request bodies of the admin API are written here once; how an answer is shown
-is the caller's business.
+(FNSERVE_CA_FILE for the CLI) when its certificate comes from a private CA. A deploy is followed as the
+router streams its phases (JSON lines), so it waits as long as the backend does and no longer. Paths and
+request bodies of the admin API are written here once; how an answer is shown is the caller's business.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+NDJSON = "application/x-ndjson"
 
 
 class AdminError(Exception):
@@ -54,15 +58,22 @@ class RouterUnreachable(ConnectionError):
 
 def find_api_key() -> str | None:
     """FNSERVE_API_KEY, else the admin key `fnserve up` wrote: $FNSERVE_STATE_DIR, ./.fnserve, ~/.fnserve."""
+    return api_key_source()[0]
+
+
+def api_key_source() -> tuple[str | None, str]:
+    """The key find_api_key() finds and where it came from (FNSERVE_API_KEY or the admin.key file), or None
+    and the places it looked in."""
     if os.environ.get("FNSERVE_API_KEY"):
-        return os.environ["FNSERVE_API_KEY"].strip()
+        return os.environ["FNSERVE_API_KEY"].strip(), "FNSERVE_API_KEY"
     folders = [os.environ.get("FNSERVE_STATE_DIR"), ".fnserve", str(Path.home() / ".fnserve")]
-    for folder in filter(None, folders):
+    files = [Path(folder).expanduser() / "admin.key" for folder in filter(None, folders)]
+    for file in files:
         try:
-            return (Path(folder).expanduser() / "admin.key").read_text().strip()
+            return file.read_text().strip(), str(file)
         except OSError:
             continue
-    return None
+    return None, ", ".join(map(str, files))
 
 
 def _decode(raw: bytes, content_type: str) -> Any:
@@ -85,31 +96,49 @@ class AdminClient:
         """The credentials header, for callers that speak HTTP through another client (aiohttp, Locust)."""
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
-    # -- the two ways of talking -----------------------------------------------------------------
+    # -- the three ways of talking ---------------------------------------------------------------
     def call(self, method: str, path: str, body: Any = None) -> Any:
         """One request with an optional JSON body; the decoded answer (JSON, else text)."""
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data else {}
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers={**headers, **self.headers})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as response:
-                status, raw, kind = response.status, response.read(), response.headers.get("Content-Type", "")
-        except urllib.error.HTTPError as exc:
-            status, raw, kind = exc.code, exc.read(), exc.headers.get("Content-Type", "")
-        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
-            raise RouterUnreachable(self.url, getattr(exc, "reason", exc)) from None
-        payload = _decode(raw, kind)
-        if status >= 400:
-            raise AdminError(status, payload)
-        return payload
+        with self._open(self._request(method, path, body), self.timeout) as response:
+            return _decode(response.read(), response.headers.get("Content-Type", ""))
 
     def stream(self, path: str, timeout: float | None = 3600.0) -> Iterator[str]:
         """A streamed text answer (a job's log), chunk by chunk as it arrives."""
-        request = urllib.request.Request(self.url + path, headers=self.headers)
+        with self._open(self._request("GET", path), timeout) as response:
+            while chunk := response.read1(65536):
+                yield chunk.decode("utf-8", errors="replace")
+
+    def events(self, method: str, path: str, body: Any = None) -> Iterator[dict[str, Any]]:
+        """An answer streamed as JSON lines (application/x-ndjson), one event at a time; empty lines (the
+        router's keep-alives) are skipped. A router that answers with plain JSON instead yields that
+        answer once, as ``{"phase": "ready", "result": ...}``."""
+        request = self._request(method, path, body, accept=NDJSON)
+        with self._open(request, self.timeout) as response:
+            if NDJSON not in response.headers.get("Content-Type", ""):
+                yield {"phase": "ready", "status": response.status,
+                       "result": _decode(response.read(), response.headers.get("Content-Type", ""))}
+                return
+            while line := response.readline():
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise RouterUnreachable(self.url, f"not a progress event: {line[:80]!r}") from None
+
+    def _request(self, method: str, path: str, body: Any = None, accept: str | None = None) -> urllib.request.Request:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {**({"Content-Type": "application/json"} if data else {}), **({"Accept": accept} if accept else {}),
+                   **self.headers}
+        return urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+
+    @contextlib.contextmanager
+    def _open(self, request: urllib.request.Request, timeout: float | None) -> Iterator[Any]:
+        """The answer to ``request`` while it is read: an error status is an AdminError, no answer (or one
+        broken off) a RouterUnreachable."""
         try:
             with urllib.request.urlopen(request, timeout=timeout, context=self.context) as response:
-                while chunk := response.read1(65536):
-                    yield chunk.decode("utf-8", errors="replace")
+                yield response
         except urllib.error.HTTPError as exc:
             raise AdminError(exc.code, _decode(exc.read(), exc.headers.get("Content-Type", ""))) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
@@ -122,11 +151,23 @@ class AdminClient:
     def function(self, name: str) -> dict[str, Any]:
         return self.call("GET", f"/api/functions/{name}")
 
-    def deploy(self, manifest: Any, location: dict[str, Any], source: str, canary: int | None = None) -> dict[str, Any]:
+    def deploy(self, manifest: Any, location: dict[str, Any], source: str, canary: int | None = None,
+               progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Deploy ``manifest``; ``location`` is ``{"sourceDir": ...}`` or ``{"files": {...}}``; ``canary`` N
-        runs it beside the current revision with N% of the requests."""
+        runs it beside the current revision with N% of the requests. The deploy's progress is streamed:
+        ``progress`` is handed each phase as it begins ({"phase": "validating"}, "pinning", "starting");
+        the answer once the revision serves, or the AdminError the plain request would have raised. No
+        timeout but the backend's own: the router keeps the stream alive until it is done."""
         extra = {"canary": canary} if canary else {}
-        return self.call("POST", "/api/functions", {"manifest": manifest, "source": source, **location, **extra})
+        body = {"manifest": manifest, "source": source, **location, **extra}
+        for event in self.events("POST", "/api/functions", body):
+            if "error" in event:
+                raise AdminError(int(event.pop("status", 500)), event)
+            if event.get("phase") == "ready":
+                return dict(event["result"])
+            if progress is not None:
+                progress(event)
+        raise RouterUnreachable(self.url, "the deploy's progress stream ended before its outcome")
 
     def promote(self, name: str) -> dict[str, Any]:
         return self.call("POST", f"/api/functions/{name}/promote")

@@ -8,7 +8,7 @@ import argparse
 import time
 from typing import Any
 
-from fnserve.cli.base import connect
+from fnserve.cli.base import Commands, add_command, connect
 from fnserve.cli.output import print_json, stamp, table
 
 LIMITS = ("rps", "burst", "concurrency", "daily", "tpm", "tpd")
@@ -49,8 +49,8 @@ def cmd_keys_ls(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> None:
-    connect(args).revoke_key(args.key_id)
-    print(f"revoked key {args.key_id}")
+    result = connect(args).revoke_key(args.key_id)
+    print_json(result) if args.json else print(f"revoked key {args.key_id}")
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> None:
@@ -64,7 +64,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> None:
 
 def cmd_tenants_set(args: argparse.Namespace) -> None:
     result = connect(args).set_tenant(args.tenant, _limit_flags(args))
-    print(f"tenant {result['tenant']}: {_describe(result['limits'])}")
+    print_json(result) if args.json else print(f"tenant {result['tenant']}: {_describe(result['limits'])}")
 
 
 def cmd_tenants_ls(args: argparse.Namespace) -> None:
@@ -95,11 +95,20 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tpd", type=int, help="tokens per UTC day, generative functions")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+def register(sub: Commands, common: argparse.ArgumentParser) -> None:
     """keys (create, ls, revoke, rotate), tenants (set, ls), usage."""
-    keys = sub.add_parser("keys", help="API keys: create, ls, revoke, rotate")
+    keys = add_command(sub, "keys", "API keys: create, ls, revoke, rotate",
+                       "Manage API keys: each has a tenant, scopes (admin, invoke:*, invoke:FUNCTION) and optional\n"
+                       "limits; only a hash is stored, so a key's secret is shown once, when it is made.",
+                       ["fnserve keys create --name app --scope invoke:sentiment --rps 10",
+                        "fnserve keys ls", "fnserve keys revoke 0123456789ab"])
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    create = keys_sub.add_parser("create", parents=[common], help="create a key (prints its secret once)")
+    create = add_command(keys_sub, "create", "create a key (prints its secret once)",
+                         "Create an API key and print its secret, this once.",
+                         ["fnserve keys create --name app",
+                          "fnserve keys create --name ops --scope admin --expires 30d",
+                          "fnserve keys create --name batch --scope invoke:sentiment --rps 5 --daily 10000 --json"],
+                         [common])
     create.add_argument("--name", required=True)
     create.add_argument("--tenant", default="default")
     create.add_argument("--scope", action="append", metavar="SCOPE",
@@ -108,24 +117,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     create.add_argument("--expires", metavar="DURATION", help="lifetime, e.g. 30d or 12h (default: none)")
     _add_limit_flags(create)
     create.set_defaults(run=cmd_keys_create)
-    keys_sub.add_parser("ls", parents=[common], help="list keys").set_defaults(run=cmd_keys_ls)
-    revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key now")
+    add_command(keys_sub, "ls", "list keys", "List the keys: id, name, tenant, scopes, state, expiry and limits.",
+                ["fnserve keys ls", "fnserve keys ls --json"], [common]).set_defaults(run=cmd_keys_ls)
+    revoke = add_command(keys_sub, "revoke", "revoke a key now",
+                         "Revoke a key: every router refuses it within a second.",
+                         ["fnserve keys revoke 0123456789ab"], [common])
     revoke.add_argument("key_id")
     revoke.set_defaults(run=cmd_keys_revoke)
-    rotate = keys_sub.add_parser("rotate", parents=[common], help="new secret; the old one works for --grace")
+    rotate = add_command(keys_sub, "rotate", "new secret; the old one works for --grace",
+                         "Give a key a new secret (printed once); the old secret keeps working for --grace.",
+                         ["fnserve keys rotate 0123456789ab", "fnserve keys rotate 0123456789ab --grace 10m"],
+                         [common])
     rotate.add_argument("key_id")
     rotate.add_argument("--grace", default="1h", help="how long the old secret keeps working (default 1h)")
     rotate.set_defaults(run=cmd_keys_rotate)
 
-    tenants = sub.add_parser("tenants", help="default limits per tenant")
+    tenants = add_command(sub, "tenants", "default limits per tenant",
+                          "Default limits for the keys of a tenant that set none of their own.",
+                          ["fnserve tenants set default --rps 50 --concurrency 8", "fnserve tenants ls"])
     tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
-    tenant_set = tenants_sub.add_parser("set", parents=[common], help="set a tenant's default limits")
+    tenant_set = add_command(tenants_sub, "set", "set a tenant's default limits",
+                             "Set a tenant's default limits (the flags given replace the tenant's limits).",
+                             ["fnserve tenants set default --rps 50",
+                              "fnserve tenants set acme --daily 100000 --tpm 20000"],
+                             [common])
     tenant_set.add_argument("tenant")
     _add_limit_flags(tenant_set)
     tenant_set.set_defaults(run=cmd_tenants_set)
-    tenants_sub.add_parser("ls", parents=[common], help="list tenants' limits").set_defaults(run=cmd_tenants_ls)
+    add_command(tenants_sub, "ls", "list tenants' limits", "List every tenant with default limits.",
+                ["fnserve tenants ls"], [common]).set_defaults(run=cmd_tenants_ls)
 
-    usage = sub.add_parser("usage", parents=[common], help="the usage ledger per key, function and day")
+    usage = add_command(sub, "usage", "the usage ledger per key, function and day",
+                        "The usage ledger: requests, errors, latency and tokens per key, function and UTC day.",
+                        ["fnserve usage --since 2026-01-01", "fnserve usage --function sentiment --json"], [common])
     usage.add_argument("--key", help="one key id")
     usage.add_argument("--function", help="one function")
     usage.add_argument("--since", metavar="YYYY-MM-DD", help="from this UTC day on")

@@ -1,7 +1,7 @@
 """How the ``fnserve`` command shows answers: aligned tables, ages and UTC timestamps, indented JSON.
 
 Plain text for a terminal, one function per shape, so every command prints the same way; ``--json``
-prints the router's answer as it came.
+prints the router's answer as it came, and a failure as one error object (error_document).
 """
 
 from __future__ import annotations
@@ -13,6 +13,13 @@ from typing import Any
 
 def print_json(payload: Any) -> None:
     print(json.dumps(payload, indent=2, sort_keys=False))
+
+
+def error_document(message: str, exit_code: int, status: int | None = None, **fields: Any) -> dict[str, Any]:
+    """What --json prints on stdout when a command fails: the one-line ``error``, the ``exitCode`` the
+    command ends with, the router's HTTP ``status`` (null when no router answered), and what else is known
+    (the router's ``requestId``, ``problems``, ``reason``; a ``hint``)."""
+    return {"error": message, "exitCode": exit_code, "status": status, **fields}
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> None:

@@ -121,7 +121,7 @@ def test_open_routes_the_metrics_scope_and_bad_key_requests(router: Router) -> N
     status, _, body = http("POST", f"{router.url}/api/keys", {"name": "x", "expiresIn": "soon"}, headers=router.admin)
     assert status == 400 and "expiresIn: must be a duration" in body["error"]
     result = router.cli("keys", "revoke", "ffffffffffff")
-    assert result.returncode == 1 and result.stderr.strip() == "fnserve: no active API key 'ffffffffffff'"
+    assert result.returncode == 3 and result.stderr.strip() == "fnserve: no active API key 'ffffffffffff'"
 
 
 def test_no_secret_in_any_log_line_or_error_body(router: Router) -> None:

@@ -143,7 +143,7 @@ def test_cli_lists_inspects_logs_and_removes(router: Router, example_dir: Path) 
     wait_for(lambda: not any(alive(p) for p in pids), 15, "the removed function's replica to exit")
     assert predict(router, "sentiment", [POSITIVE])[0] == 404
     missing = router.cli("rm", "sentiment")
-    assert missing.returncode == 1 and missing.stderr.strip() == "fnserve: function 'sentiment' not found"
+    assert missing.returncode == 3 and missing.stderr.strip() == "fnserve: function 'sentiment' not found"
 
 
 def test_openapi_describes_the_routes(router: Router) -> None:

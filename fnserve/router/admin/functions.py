@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -15,10 +17,14 @@ from fnserve.router.admin.bodies import Deploy, FunctionSource, Rollback, with_b
 from fnserve.router.errors import BadRequest
 from fnserve.router.generative import invoke_path
 from fnserve.router.services.accounting import AccountingService
-from fnserve.router.services.functions import FunctionService
+from fnserve.router.services.functions import FunctionService, Progress
 from fnserve.settings import Settings
 from fnserve.storage import ArtifactError
 from fnserve.storage.models import unpack_upload
+
+NDJSON = "application/x-ndjson"
+KEEPALIVE = 10.0
+"""Seconds between the empty lines of a quiet deploy stream (well under any proxy's idle timeout)."""
 
 
 async def source_dir(settings: Settings, body: FunctionSource) -> str:
@@ -32,11 +38,21 @@ async def source_dir(settings: Settings, body: FunctionSource) -> str:
     return str(folder)
 
 
+async def _error_event(request: Request, exc: Exception) -> dict[str, Any]:
+    """The error answer the app's exception handlers give ``exc``, as a progress event with its status."""
+    handlers = request.app.exception_handlers
+    handler = next(handlers[kind] for kind in type(exc).__mro__ if kind in handlers)  # Exception is one
+    response = await handler(request, exc)
+    return {**json.loads(response.body), "status": response.status_code}
+
+
 class FunctionRoutes:
     def __init__(self, functions: FunctionService, accounting: AccountingService, settings: Settings) -> None:
         self.functions = functions
         self.accounting = accounting
         self.settings = settings
+        self._deploying: set[asyncio.Future[None]] = set()
+        """Streamed deploys still running (held here so that none is collected mid-way)."""
 
     def _summary(self, revision: Revision) -> dict[str, Any]:
         status = self.functions.status(revision.name)
@@ -64,12 +80,55 @@ class FunctionRoutes:
     @with_body(Deploy)
     async def deploy(self, request: Request, body: Deploy) -> Response:
         """Deploy a manifest as a new revision, or with {"canary": N} as a canary taking N% of the requests;
-        answers once the revision serves (201 new, 200 updated)."""
-        revision, created = await self.functions.deploy(body.manifest, await source_dir(self.settings, body),
-                                                        body.source or "manifest", canary=body.canary or 0,
-                                                        actor=actor_of(request))
+        answers once the revision serves (201 new, 200 updated). With `Accept: application/x-ndjson` the
+        answer (200) is the deploy's progress, one JSON object per line as each phase begins —
+        {"phase": "validating"}, {"phase": "pinning", "model"}, {"phase": "starting", "revision", "model"} —
+        and last {"phase": "ready", "status": 201|200, "result": <the JSON answer>} or the JSON error
+        answer with its "status"; an empty line every 10 s while nothing happens keeps the connection
+        open, however long the backend takes to start the revision."""
+        if NDJSON in request.headers.get("accept", ""):
+            return StreamingResponse(self._deploy_events(request, body), media_type=NDJSON,
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # nginx
+        revision, created = await self._deploy(request, body, None)
+        return JSONResponse(self._deployed(revision), 201 if created else 200)
+
+    async def _deploy(self, request: Request, body: Deploy, progress: Progress | None) -> tuple[Revision, bool]:
+        return await self.functions.deploy(body.manifest, await source_dir(self.settings, body),
+                                           body.source or "manifest", canary=body.canary or 0,
+                                           actor=actor_of(request), progress=progress)
+
+    def _deployed(self, revision: Revision) -> dict[str, Any]:
         current = self.functions.current(revision.name)  # a canary's function: its current revision serves too
-        return JSONResponse({**self._summary(current), **revision.to_dict()}, 201 if created else 200)
+        return {**self._summary(current), **revision.to_dict()}
+
+    async def _deploy_events(self, request: Request, body: Deploy) -> AsyncIterator[bytes]:
+        """The deploy runs as a task of its own, so a client that goes away mid-way cancels nothing (as
+        with the plain answer); its events are written here as they come."""
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def progress(phase: str, detail: dict[str, Any]) -> None:
+            events.put_nowait({"phase": phase, **detail})
+
+        async def run() -> None:
+            try:
+                revision, created = await self._deploy(request, body, progress)
+                events.put_nowait({"phase": "ready", "status": 201 if created else 200,
+                                   "result": self._deployed(revision)})
+            except Exception as exc:  # answered as the plain request would be: the app's handler for it
+                events.put_nowait(await _error_event(request, exc))
+
+        task = asyncio.ensure_future(run())
+        self._deploying.add(task)
+        task.add_done_callback(self._deploying.discard)
+        while True:
+            try:
+                event = await asyncio.wait_for(events.get(), KEEPALIVE)
+            except asyncio.TimeoutError:
+                yield b"\n"
+                continue
+            yield json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode() + b"\n"
+            if event.get("phase") == "ready" or "error" in event:
+                return
 
     async def get(self, request: Request) -> Response:
         """One function: its current revision, manifest and replicas."""

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,13 @@ from fnserve.state import StateStore
 from fnserve.storage import ArtifactError, ModelSource, NoCompleteRun, pin_model, resolve_model, snapshot_dir
 
 log = logging.getLogger("fnserve.router")
+
+Progress = Callable[[str, dict[str, Any]], None]
+"""Told a deploy's phase as it begins, with what is known of it then (FunctionService.deploy)."""
+
+
+def _unheard(phase: str, detail: dict[str, Any]) -> None:
+    """The progress of a deploy nobody follows."""
 
 
 class DeployRejected(Exception):
@@ -117,18 +124,22 @@ class FunctionService:
         return self._locks.setdefault(name, asyncio.Lock())
 
     async def deploy(self, manifest: Any, source_dir: str, source: str = "manifest", *, canary: int = 0,
-                     actor: Actor = SYSTEM) -> tuple[Revision, bool]:
+                     actor: Actor = SYSTEM, progress: Progress | None = None) -> tuple[Revision, bool]:
         """Validate and roll out a new revision — as the function's current one, or with ``canary`` N as its
-        canary taking N% of the requests; returns it and whether the function is new."""
+        canary taking N% of the requests; returns it and whether the function is new. ``progress`` is told
+        each phase as it begins: validating, pinning (the model as given), starting (the revision, its pinned
+        model); the deploy ends ready when this returns."""
         metadata = manifest.get("metadata") if isinstance(manifest, dict) else None
         name = metadata.get("name") if isinstance(metadata, dict) else None
         async with self.audit.action(actor, "function.deploy", str(name or source)[:253], source=source,
                                      canary=canary) as detail:
-            revision, created = await self._deploy(manifest, source_dir, source, canary)
+            revision, created = await self._deploy(manifest, source_dir, source, canary, progress or _unheard)
             detail.update(revision=revision.number, modelUri=revision.function.spec.model.uri)
         return revision, created
 
-    async def _deploy(self, manifest: Any, source_dir: str, source: str, canary: int) -> tuple[Revision, bool]:
+    async def _deploy(self, manifest: Any, source_dir: str, source: str, canary: int,
+                      progress: Progress) -> tuple[Revision, bool]:
+        progress("validating", {})
         try:
             function = parse_function(manifest, source)
         except ManifestError as exc:
@@ -138,6 +149,7 @@ class FunctionService:
                                  f"deploy it without --canary first")
         folder = source_folder(source_dir)
         self._check_handler(function, folder, source)
+        progress("pinning", {"model": function.spec.model.uri})
         model = await self._model(function, folder, source)
         if model.uri != function.spec.model.uri:  # the revision records the run "latest" stood for
             data = function.to_dict()
@@ -148,6 +160,8 @@ class FunctionService:
         async with self._lock(function.name):
             revision = await asyncio.to_thread(self._reserve, function, code_dir, model_dir)
             created = function.name not in self.table
+            progress("starting", {"revision": revision.number, "model": model.uri,
+                                  **({"canary": canary} if canary else {})})
             try:
                 if canary:
                     await self.serving.apply(revision, canary=canary)
