@@ -19,8 +19,10 @@ import asyncio
 import atexit
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -42,6 +44,14 @@ class RequestContext:
 
 
 CURRENT: ContextVar[RequestContext | None] = ContextVar("fnserve_request", default=None)
+
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+def request_id(headers: Sequence[tuple[bytes, bytes]]) -> str:
+    """The request's id: the caller's ``X-Request-ID`` (its first 128 characters), or a new one."""
+    given = next((value for name, value in headers if name == REQUEST_ID_HEADER), b"")
+    return given.decode("latin-1")[:128] if given else os.urandom(16).hex()  # uuid4().hex, less the UUID object
 
 
 _second: tuple[int, str] = (-1, "")
@@ -89,7 +99,20 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
-class JsonFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """A record as one line: what ``line()`` makes of its parts (which AccessLog calls without a record)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        return self.line(record.created, record.levelname, record.name, record.getMessage(), _fields(record),
+                         exception)
+
+    def line(self, created: float, level: str, logger: str, message: str, fields: dict[str, Any],
+             exception: str | None = None) -> str:
+        raise NotImplementedError
+
+
+class JsonFormatter(_LineFormatter):
     """One JSON object per line: time, level, logger, message, then the request's ids and fields."""
 
     _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)  # C-accelerated, reused
@@ -97,11 +120,6 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, component: str) -> None:
         super().__init__()
         self.component = component
-
-    def format(self, record: logging.LogRecord) -> str:
-        exception = self.formatException(record.exc_info) if record.exc_info else None
-        return self.line(record.created, record.levelname, record.name, record.getMessage(), _fields(record),
-                         exception)
 
     def line(self, created: float, level: str, logger: str, message: str, fields: dict[str, Any],
              exception: str | None = None) -> str:
@@ -113,14 +131,9 @@ class JsonFormatter(logging.Formatter):
         return self._encoder.encode(line)
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_LineFormatter):
     """``<time> <LEVEL> <logger>: <message> key=value …`` — the fields after the message, so the line
     still reads as a sentence."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        exception = self.formatException(record.exc_info) if record.exc_info else None
-        return self.line(record.created, record.levelname, record.name, record.getMessage(), _fields(record),
-                         exception)
 
     def line(self, created: float, level: str, logger: str, message: str, fields: dict[str, Any],
              exception: str | None = None) -> str:

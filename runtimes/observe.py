@@ -11,7 +11,6 @@ router's and the kubelet's, every few seconds — are not logged, so ``fnserve l
 
 from __future__ import annotations
 
-import os
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,8 +34,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        given = _header(scope, b"x-request-id")
-        rid = given.decode("latin-1")[:128] if given else os.urandom(16).hex()
+        rid = logs.request_id(scope["headers"])
         detach: object = None
         if tracing.enabled() and scope.get("fastapi.telemetry") is None:
             # no server span from FastAPI: the router's upstream span is the parent of what this one records

@@ -17,7 +17,6 @@ numbers the request path has already measured.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -26,7 +25,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fnserve import logs, tracing
 from fnserve.router import invocation as invocations
 
-REQUEST_ID_HEADER = b"x-request-id"
 _PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
 
 
@@ -40,8 +38,7 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         headers = scope["headers"]
-        given = next((v for k, v in headers if k == REQUEST_ID_HEADER), b"")
-        rid = given.decode("latin-1")[:128] if given else os.urandom(16).hex()  # uuid4().hex, less the UUID object
+        rid = logs.request_id(headers)
         scope.setdefault("state", {})["request_id"] = rid
         raw = rid.encode("latin-1")
         span: Any = None
@@ -71,7 +68,7 @@ class RequestContextMiddleware:
             nonlocal status, bytes_out
             if message["type"] == "http.response.start":  # nothing else sets it: the proxy drops a replica's
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, raw)]
+                message["headers"] = [*message.get("headers", ()), (logs.REQUEST_ID_HEADER, raw)]
             elif message["type"] == "http.response.body":
                 bytes_out += len(message.get("body", b""))
             await send(message)
