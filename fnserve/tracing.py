@@ -174,8 +174,10 @@ def end_server_span(span: Span, token: object, status: int, route: str | None, m
 
 def span(name: str, attributes: Mapping[str, Any] | None = None,
          kind: SpanKind = SpanKind.INTERNAL) -> contextlib.AbstractContextManager[Any]:
-    """A child span of the current one for a step of the request (nothing when tracing is off)."""
-    if not _enabled:
+    """A child span of the current one for a step of the request: nothing when tracing is off, or when the
+    request's trace is not sampled (its children would not be either; skipping them saves most of what a
+    sampled-out request costs)."""
+    if not _enabled or not trace.get_current_span().is_recording():
         return _NULL
     return tracer().start_as_current_span(name, kind=kind, attributes=attributes)
 
@@ -183,6 +185,6 @@ def span(name: str, attributes: Mapping[str, Any] | None = None,
 def backdated(name: str, start_ns: int, end_ns: int, attributes: Mapping[str, Any] | None = None) -> None:
     """A finished child span for a step whose times are known only afterwards (a cold start inside the
     wait for a replica)."""
-    if _enabled:
+    if _enabled and trace.get_current_span().is_recording():
         tracer().start_span(name, start_time=start_ns, attributes=attributes).end(end_time=end_ns)
 
