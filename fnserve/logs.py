@@ -20,6 +20,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -62,9 +63,10 @@ def _utc(created: float) -> str:
     kept: many lines share it, and strftime is a tenth of an access line's cost."""
     global _second
     whole = int(created)
-    if _second[0] != whole:
-        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    return f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
+    second = _second  # read once: another thread may replace it meanwhile
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{int((created - whole) * 1000):03d}Z"
 
 
 class _RequestFilter(logging.Filter):
@@ -137,7 +139,7 @@ class TextFormatter(_LineFormatter):
 
     def line(self, created: float, level: str, logger: str, message: str, fields: dict[str, Any],
              exception: str | None = None) -> str:
-        line = f"{_utc(created)} {level} {logger}: {message}"
+        line = f"{_utc(created)} {level} {logger}: {_one_line(message)}"
         if fields:
             line += " " + " ".join(f"{key}={_text(value)}" for key, value in fields.items())
         if exception is not None:
@@ -201,6 +203,8 @@ class AccessLog:
         try:
             handler.stream.write("\n".join(pending) + "\n")
             handler.stream.flush()
+        except (OSError, ValueError):  # a closed or full log stream: lost lines, as logging loses them
+            pass
         finally:
             handler.release()
 
@@ -208,12 +212,23 @@ class AccessLog:
 ACCESS = AccessLog()
 
 
+_UNSAFE = re.compile(r'[\x00-\x20"=\x7f\u0085\u2028\u2029]')
+"""What would let a value (a client's path or request id) pass for another field or another line."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+
+
 def _text(value: Any) -> str:
-    """A field's value as one token: quoted when it holds a space, '-' when absent."""
+    """A field's value as one token: quoted (JSON's escapes) when it holds a space, a quote, an '=' or a
+    control character, so no client-sent value can forge a field or a line; '-' when absent."""
     if value is None:
         return "-"
     text = f"{value:.1f}" if isinstance(value, float) else str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+    return json.dumps(text, ensure_ascii=False) if (not text or _UNSAFE.search(text)) else text
+
+
+def _one_line(message: str) -> str:
+    """A message with its control characters escaped (a path sent as %0A arrives as a newline)."""
+    return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], message) if _CONTROL.search(message) else message
 
 
 class LogSettingError(ValueError):
@@ -253,5 +268,8 @@ def configure(level: str, fmt: str, component: str, *, access_log: bool = True,
         logger.propagate = True
     logging.captureWarnings(True)  # a library's warning is a line in the same format, not raw stderr
     logging.getLogger("uvicorn.access").disabled = True
+    for name in ("opentelemetry.baggage", "opentelemetry.trace.propagation", "opentelemetry.propagators"):
+        # a client's malformed baggage or tracestate is dropped; not a warning line per request, echoing it
+        logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # KServe's timing per request: the access line has it
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if access_log else logging.CRITICAL + 1)

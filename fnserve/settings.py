@@ -86,6 +86,9 @@ class Settings:
     """Seconds a request may wait for a replica (cold start or all full); past it → 504."""
     replica_log_max_bytes: int = 10 * 2**20
     """Size at which a replica's log file is rotated (one previous part kept: <replica>.log.1)."""
+    replica_log_keep_seconds: float = 120.0
+    """How long the logs of a revision no longer serving (replaced, failed to deploy, removed) stay, so
+    `fnserve logs` can still say why; then they are deleted."""
     liveness_timeout: float = 3.0
     """Seconds a replica has to answer a health check (one per autoscaler tick)."""
     liveness_failures: int = 3
@@ -175,6 +178,9 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "log_level" in values:
             values["log_level"] = _one_of("FNSERVE_LOG_LEVEL", values["log_level"], logs.LEVELS)
+        if values.get("replica_log_max_bytes", 2**20) < 2**16:
+            raise SettingsError(f"FNSERVE_REPLICA_LOG_MAX_BYTES={values['replica_log_max_bytes']} is below the "
+                                f"least a replica log may hold before it is rotated, 65536")
         if "log_format" in values:
             values["log_format"] = _one_of("FNSERVE_LOG_FORMAT", values["log_format"], logs.FORMATS)
         if "state_dir" in values:

@@ -5,8 +5,15 @@ reference to a task, so one nobody holds can vanish mid-run) and cancelled toget
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Coroutine
 from typing import Any
+
+
+def detached(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """A task that starts with an empty context, not a copy of the caller's: a replica started, or a ticker
+    begun, during a request outlives it, and its log lines and spans must not carry that request's ids."""
+    return contextvars.Context().run(asyncio.ensure_future, coroutine)
 
 
 class BackgroundTasks:
@@ -14,7 +21,7 @@ class BackgroundTasks:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coroutine)
+        task = detached(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -118,19 +119,19 @@ def inject(context: Context | None = None) -> list[tuple[bytes, bytes]]:
     return [(key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in carrier.items()]
 
 
+_TRACEPARENT = re.compile(rb"(?!ff)[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
 def client_trace_id(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """The trace id of a valid W3C ``traceparent`` among ``headers`` (version-traceid-parentid-flags),
-    read without the SDK: what the logs carry when this process records no spans."""
+    """The trace id of a valid W3C ``traceparent`` among ``headers`` (the specification's grammar: lower-case
+    hex, version not ff, no all-zero ids), read without the SDK: what the logs carry when this process
+    records no spans. Anything else is no trace."""
     for name, value in headers:
         if name == b"traceparent":
-            parts = value.split(b"-")
-            if len(parts) >= 4 and len(parts[1]) == 32 and parts[1] != b"0" * 32:
-                try:
-                    int(parts[1], 16)
-                except ValueError:
-                    return None
-                return parts[1].decode("ascii")
-            return None
+            match = _TRACEPARENT.match(value.strip())
+            if match is None or (value.strip()[:2] == b"00" and len(value.strip()) != 55):
+                return None
+            return match.group(1).decode("ascii")
     return None
 
 

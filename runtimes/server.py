@@ -124,7 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc))
     tracing.configure("fnserve-replica", {"fnserve.function": model.name})
     logging.getLogger("fnserve.runtime").info("%s: serving on http://%s:%d", model.name, args.host, args.port)
-    serve(model, args.host, args.port)
+    try:
+        serve(model, args.host, args.port)
+    finally:  # a forked replica ends with os._exit, which runs no atexit hook: what is buffered goes now
+        logs.ACCESS.flush()
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

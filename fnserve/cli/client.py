@@ -15,6 +15,7 @@ request bodies of the admin API are written here once; how an answer is shown is
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import ssl
@@ -143,6 +144,8 @@ class AdminClient:
             raise AdminError(exc.code, _decode(exc.read(), exc.headers.get("Content-Type", ""))) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
             raise RouterUnreachable(self.url, getattr(exc, "reason", exc)) from None
+        except http.client.HTTPException as exc:  # an answer broken off mid-way (a restarted router)
+            raise RouterUnreachable(self.url, f"the answer broke off: {exc!r}") from None
 
     # -- functions -------------------------------------------------------------------------------
     def functions(self) -> dict[str, Any]:

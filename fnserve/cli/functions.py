@@ -241,14 +241,15 @@ def register(sub: Commands, common: argparse.ArgumentParser) -> None:
 
     logs = add_command(sub, "logs", "print the end of a function's replica logs",
                        "Print the last lines of each of a function's replica logs; with -f, go on printing what\n"
-                       "the replicas write (new replicas included) until Ctrl-C or the function's removal.\n"
+                       "the replicas write until Ctrl-C or the function's removal (on one machine new replicas too;\n"
+                       "in a cluster the pods running when asked, as kubectl logs -f).\n"
                        "Probes are not logged; every request's line carries its request_id (docs/operations.md).",
                        ["fnserve logs sentiment", "fnserve logs sentiment --tail 20",
                         "fnserve logs sentiment -f --json | jq -r .line"], [common])
     logs.add_argument("name")
     logs.add_argument("--tail", type=int, default=100, help="lines per replica (default 100)")
     logs.add_argument("-f", "--follow", action="store_true",
-                      help="go on printing what the replicas write, new replicas included, until Ctrl-C")
+                      help="go on printing what the replicas write until Ctrl-C")
     logs.set_defaults(run=cmd_logs)
 
 

@@ -100,7 +100,9 @@ def _log_access(scope: Scope, invocation: invocations.Invocation | None, status:
         fields["revision"] = invocation.revision.number if invocation.revision is not None else None
         fields["upstream_ms"] = round(invocation.upstream_ms, 2)
         fields["cold_start_ms"] = None if invocation.cold_start_ms is None else round(invocation.cold_start_ms, 1)
-        fields["key_id"] = invocation.key_id
+        revision = invocation.revision  # a caller refused by auth has no principal, and is not "public"
+        fields["key_id"] = (invocation.principal.key_id if invocation.principal is not None else
+                            "public" if revision is not None and revision.function.spec.auth.public else None)
     else:
         principal = scope.get("state", {}).get("principal")
         fields["key_id"] = principal.key_id if principal is not None else None

@@ -115,7 +115,9 @@ class Metrics:
             self.fail_open.labels(limit)
         self.registry.register(_BackendCollector(statuses))
         self._children: dict[tuple[str, int | None, int], tuple[Any, Any, Any]] = {}
-        self._revisions: dict[str, list[int | None]] = {}
+        self._revisions: dict[str, dict[int | None, int]] = {}
+        """Each function's revisions with series, and when each last served a request (a count)."""
+        self._seen = 0
         self._stream_children: dict[str, tuple[Any, Any, Any, Any]] = {}
         self._decisions: dict[tuple[str, str], Any] = {}
 
@@ -124,17 +126,22 @@ class Metrics:
         children = self._children.get((function, revision, code))
         if children is None:  # labels() costs a lock and a dict walk: once per function, revision and code
             children = self._label(function, revision, code)
+        self._seen += 1
+        self._revisions[function][revision] = self._seen  # the least recently served revision is dropped first
         children[0].inc()
         children[1].observe(seconds)
         if cold_start_ms is not None:
             children[2].observe(cold_start_ms / 1000)
 
     def _label(self, function: str, revision: int | None, code: int) -> tuple[Any, Any, Any]:
-        seen = self._revisions.setdefault(function, [])
+        seen = self._revisions.setdefault(function, {})
         if revision not in seen:
-            seen.append(revision)
-            if len(seen) > KEEP_REVISIONS:
-                self._forget(function, seen.pop(0))
+            self._seen += 1
+            seen[revision] = self._seen
+            if len(seen) > KEEP_REVISIONS:  # not the one serving: it was served just now
+                stale = min((r for r in seen if r != revision), key=seen.__getitem__)
+                del seen[stale]
+                self._forget(function, stale)
         number = "" if revision is None else str(revision)
         children = self._children[(function, revision, code)] = (
             self.requests.labels(function, number, str(code)), self.duration.labels(function, number),

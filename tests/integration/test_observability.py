@@ -101,7 +101,7 @@ def test_a_request_with_a_traceparent_is_followed_across_router_and_replica(tmp_
 
 def test_logs_follow_shows_new_requests_and_ends_when_the_function_is_removed(tmp_path: Path,
                                                                             example_dir: Path) -> None:
-    with running_router(tmp_path / "state") as router:
+    with running_router(tmp_path / "state", env={"FNSERVE_REPLICA_LOG_KEEP_SECONDS": "1"}) as router:
         router.cli("deploy", str(example_dir), check=True)
         follower = subprocess.Popen([*FNSERVE, "logs", "sentiment", "-f"], stdout=subprocess.PIPE, text=True,
                                     env={**router.env, "FNSERVE_URL": router.url, "FNSERVE_API_KEY": router.admin_key})
@@ -123,5 +123,5 @@ def test_logs_follow_shows_new_requests_and_ends_when_the_function_is_removed(tm
         finally:
             if follower.poll() is None:
                 follower.kill()
-        # the removed function's replica logs go with it
+        # the removed function's replica logs go with it, once they have stayed their while
         wait_for(lambda: not (router.state_dir / "logs" / "sentiment").exists(), 15, "its log folder to go")

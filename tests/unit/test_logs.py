@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fnserve import logs
+from fnserve import logs, tracing
 from fnserve.backends.local import replica_logs
 
 
@@ -118,19 +118,58 @@ def test_a_followed_log_gives_whole_lines_and_starts_again_after_a_rotation(tmp_
     assert replica_logs._complete_lines(log, 8) == (b"3\n", 2)
 
 
-def test_tidy_rotates_big_logs_and_removes_those_of_revisions_gone(tmp_path: Path) -> None:
+def test_tidy_keeps_what_is_written_and_recent_and_removes_the_rest(tmp_path: Path) -> None:
+    import os
+
     folder = tmp_path / "fn"
     folder.mkdir()
     (tmp_path / "gone").mkdir()
-    (tmp_path / "gone" / "gone-00001-aaaa.log").write_text("x\n")
     (tmp_path / "forkserver-onnx.log").write_text("kept\n")
-    current, old, draining = (folder / "fn-00002-aaaa.log", folder / "fn-00001-bbbb.log", folder / "fn-00001-cccc.log")
-    current.write_bytes(b"y" * 200)
-    old.write_text("old\n")
-    (folder / "fn-00001-bbbb.log.1").write_text("older\n")
-    draining.write_text("draining\n")
-    replica_logs.tidy(tmp_path, {"fn": {"fn-00002"}}, live={draining}, max_bytes=100)
-    assert sorted(p.name for p in folder.iterdir()) == ["fn-00001-cccc.log", "fn-00002-aaaa.log",
-                                                        "fn-00002-aaaa.log.1"]
-    assert current.read_bytes() == b"" and (folder / "fn-00002-aaaa.log.1").read_bytes() == b"y" * 200
+    now = 1_000_000.0
+
+    def log(path: Path, text: str | bytes, age: float) -> Path:
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        os.utime(path, (now - age, now - age))
+        return path
+
+    big = log(folder / "fn-00002-aaaa.log", b"y" * 200, 0)  # a live replica of the serving revision
+    ended = [log(folder / f"fn-00002-e{n:03d}.log", "ended\n", 10 * n) for n in range(1, 8)]  # its ended ones
+    log(folder / "fn-00001-bbbb.log", "old\n", 600)  # a revision replaced ten minutes ago
+    log(folder / "fn-00001-bbbb.log.1", "older\n", 600)
+    failed = log(folder / "fn-00003-cccc.log", "why the deploy failed\n", 5)  # a failed deploy's, just now
+    draining = log(folder / "fn-00001-dddd.log", "draining\n", 900)
+    log(tmp_path / "gone" / "gone-00001-aaaa.log", "x\n", 600)
+    due = replica_logs.tidy(tmp_path, {"fn": {"fn-00002"}}, live={big, draining}, max_bytes=100, grace=120,
+                             now=now)
+    assert due == [big]  # rotated by the caller, off the event loop
+    kept = {p.name for p in folder.iterdir()}
+    assert kept == {big.name, draining.name, failed.name, *(p.name for p in ended[:replica_logs.KEEP_ENDED])}
     assert not (tmp_path / "gone").exists() and (tmp_path / "forkserver-onnx.log").exists()
+    replica_logs.rotate_all(due)
+    assert big.read_bytes() == b"" and (folder / "fn-00002-aaaa.log.1").read_bytes() == b"y" * 200
+
+
+def test_a_client_chosen_value_cannot_forge_a_text_line_or_field(captured: io.StringIO) -> None:
+    logs.configure("info", "text", "router", stream=captured)
+    token = logs.CURRENT.set(logs.RequestContext("id\tstatus=200"))
+    try:
+        path = "/v1/models/x\n2026-12-06T00:00:00.000Z INFO fnserve.access: GET /admin 200"
+        logs.ACCESS.write(f"GET {path} 404 0.1 ms", {"path": path, "status": 404, "key_id": 'a"b'})
+    finally:
+        logs.CURRENT.reset(token)
+    (line,) = captured.getvalue().splitlines()
+    assert 'request_id="id\\tstatus=200"' in line and 'key_id="a\\"b"' in line
+    assert line.count(" status=") == 1 and "x\\n2026" in line
+
+
+@pytest.mark.parametrize(("header", "trace_id"), [
+    (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "4bf92f3577b34da6a3ce929d0e0e4736"),
+    (b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later", "4bf92f3577b34da6a3ce929d0e0e4736"),
+    (b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),  # version ff is invalid
+    (b"00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),
+    (b"00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
+    (b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", None),  # upper case is not the grammar
+    (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", None),  # version 00 has four parts
+])
+def test_only_a_valid_traceparent_names_a_trace(header: bytes, trace_id: str | None) -> None:
+    assert tracing.client_trace_id([(b"traceparent", header)]) == trace_id

@@ -106,3 +106,14 @@ def test_every_limit_check_made_without_redis_is_counted(tmp_path: Path) -> None
     assert value(text, 'fnserve_limiter_fail_open_total{limit="concurrency"}') == 2
     assert value(text, 'fnserve_limiter_fail_open_total{limit="daily"}') == 1
 
+
+
+def test_the_revision_still_serving_keeps_its_series_however_many_canaries_came_after() -> None:
+    metrics = Metrics(lambda: [])
+    metrics.observe("f", 1, 200, 0.01, None)
+    for canary in range(2, KEEP_REVISIONS + 4):  # canaries tried and dropped, revision 1 serving throughout
+        metrics.observe("f", canary, 200, 0.01, None)
+        metrics.observe("f", 1, 200, 0.01, None)
+    text = metrics.render().decode()
+    assert value(text, 'fnserve_requests_total{code="200",function="f",revision="1"}') == KEEP_REVISIONS + 3
+    assert value(text, 'fnserve_requests_total{code="200",function="f",revision="2"}') is None  # the stalest

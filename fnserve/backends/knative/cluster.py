@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from fnserve.backends.knative.render import (
 )
 from fnserve.records import Revision, Rollout
 from fnserve.settings import Settings
-from fnserve.tasks import BackgroundTasks
+from fnserve.tasks import BackgroundTasks, detached
 
 log = logging.getLogger("fnserve.knative")
 
@@ -293,7 +294,7 @@ class KnativeBackend:
 
     def _ensure_refresher(self) -> None:
         if self._refresher is None:
-            self._refresher = asyncio.ensure_future(self._refresh_forever())
+            self._refresher = detached(self._refresh_forever())
 
     async def _refresh_forever(self) -> None:
         """status() answers from memory: the InferenceServices and their pods, re-read every few seconds."""
@@ -336,46 +337,66 @@ class KnativeBackend:
         return self._follow_logs(name, tail)
 
     async def _follow_logs(self, name: str, tail: int) -> AsyncIterator[bytes]:
-        """``kubectl logs -f`` of the function's newest pods: one following stream per pod, read in a
-        thread, their chunks passed on as they come under a ``==> pod <==`` head."""
-        pods = [pod["name"] for pod in (await self._function_pods(name))[-3:]]
-        if not pods:
+        """``kubectl logs -f`` of the function's newest pods (three at most) running when asked: one
+        following stream per pod, each read by a thread of its own — a read blocked until the pod writes
+        must hold none of the worker threads the API calls share — and passed on line by line under a
+        ``==> pod <==`` head. Ends when those pods end; pods started later are not followed (as kubectl's)."""
+        listed = sorted(await self._function_pods(name), key=lambda pod: pod["started"])[-3:]
+        if not listed:
             yield f"{name}: no pods (scaled to zero)\n".encode()
             return
         loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[tuple[str, bytes | None]] = asyncio.Queue()
+        lines: asyncio.Queue[tuple[str, bytes | None]] = asyncio.Queue()
         streams: list[Any] = []
+        stopping = threading.Event()
+
+        def put(pod: str, data: bytes | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody reads any more
+                loop.call_soon_threadsafe(lines.put_nowait, (pod, data))
 
         def pump(pod: str) -> None:
+            pending = b""
+            stream: Any = None  # a urllib3 response, unread
             try:
-                stream: Any = self.api.core.read_namespaced_pod_log(  # a urllib3 response, unread
+                stream = self.api.core.read_namespaced_pod_log(
                     pod, self.namespace, container="kserve-container", tail_lines=tail, follow=True,
-                    _preload_content=False)
+                    _preload_content=False)  # read for as long as the pod lives, or until shut down
                 streams.append(stream)
-                for chunk in stream.stream(4096):
-                    loop.call_soon_threadsafe(chunks.put_nowait, (pod, chunk))
+                for chunk in stream.stream(4096) if not stopping.is_set() else ():
+                    pending += chunk
+                    end = pending.rfind(b"\n") + 1  # whole lines only: pods' lines never interleave
+                    if end:
+                        put(pod, pending[:end])
+                        pending = pending[end:]
+                if pending:
+                    put(pod, pending + b"\n")
             except Exception as exc:  # noqa: BLE001 — said in the stream, which the reader sees
-                loop.call_soon_threadsafe(chunks.put_nowait, (pod, f"(log of {pod} ended: {exc})\n".encode()))
+                if not stopping.is_set():
+                    put(pod, f"(log of {pod} ended: {exc})\n".encode())
             finally:
-                loop.call_soon_threadsafe(chunks.put_nowait, (pod, None))
+                if stream is not None:
+                    with contextlib.suppress(Exception):
+                        stream.close()  # in this thread, which is the one reading it
+                put(pod, None)
 
-        readers = [asyncio.ensure_future(asyncio.to_thread(pump, pod)) for pod in pods]
-        following, shown = len(pods), ""
+        for running in listed:
+            threading.Thread(target=pump, args=(running["name"],), name=f"fnserve-follow-{running['name']}",
+                             daemon=True).start()
+        following, shown = len(listed), ""
         try:
             while following:
-                pod, chunk = await chunks.get()
-                if chunk is None:
+                pod, data = await lines.get()
+                if data is None:
                     following -= 1
                     continue
                 if pod != shown:
-                    chunk, shown = f"==> {pod} <==\n".encode() + chunk, pod
-                yield chunk
-        finally:
-            for stream in streams:
+                    data, shown = f"==> {pod} <==\n".encode() + data, pod
+                yield data
+        finally:  # the reader left (or every pod ended): unblock and end the threads' reads
+            stopping.set()
+            for stream in list(streams):
                 with contextlib.suppress(Exception):
-                    stream.close()  # ends the thread's read
-            for reader in readers:
-                reader.cancel()
+                    getattr(stream, "shutdown", stream.close)()  # urllib3 ≥ 2.3: wakes a read in another thread
 
     async def start(self) -> None:
         self._ensure_refresher()

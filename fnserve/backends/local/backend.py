@@ -46,7 +46,7 @@ from fnserve.backends.local.tracks import Function, Track
 from fnserve.records import Revision, Rollout
 from fnserve.replica_contract import MODULE
 from fnserve.settings import Settings
-from fnserve.tasks import BackgroundTasks
+from fnserve.tasks import BackgroundTasks, detached
 
 log = logging.getLogger("fnserve.local")
 
@@ -372,7 +372,7 @@ class LocalBackend:
 
     def _ensure_ticker(self) -> None:
         if self._ticker is None:
-            self._ticker = asyncio.ensure_future(self._tick_forever())
+            self._ticker = detached(self._tick_forever())
 
     async def _tick_forever(self) -> None:
         while not self._closing:
@@ -385,8 +385,10 @@ class LocalBackend:
                 for replica in track.activator.replicas:
                     if replica.state == "ready" and not replica.probing:
                         self._tasks.spawn(self._probe(track, replica))
-            try:  # in the loop, not a thread: a replica starting meanwhile could lose its new log folder
-                self._tidy_logs()
+            try:  # the choice in the loop (a replica starting meanwhile must not lose its new folder), the copies
+                due = self._tidy_logs()  # of a rotation in a thread
+                if due:
+                    await asyncio.to_thread(replica_logs.rotate_all, due)
             except OSError as exc:
                 log.warning("could not rotate or remove replica logs: %s", exc)
 
@@ -446,13 +448,14 @@ class LocalBackend:
         self._function(name)
         return replica_logs.follow(self._log_dir(name), tail, lambda: name in self._functions and not self._closing)
 
-    def _tidy_logs(self) -> None:
-        """Rotate big replica logs; remove those of revisions no longer serving (see replica_logs)."""
+    def _tidy_logs(self) -> list[Path]:
+        """Remove the replica logs no longer wanted; the ones to rotate (see replica_logs.tidy)."""
         serving = {name: {track.revision.id for track in fn.tracks()} for name, fn in self._functions.items()}
         for _, replica in self._replicas.values():  # a revision being proved is not serving yet
             serving.setdefault(replica.revision.name, set()).add(replica.revision.id)
         live = {replica.log_path for _, replica in self._replicas.values()}
-        replica_logs.tidy(self.settings.state_dir / "logs", serving, live, self.settings.replica_log_max_bytes)
+        return replica_logs.tidy(self.settings.state_dir / "logs", serving, live, self.settings.replica_log_max_bytes,
+                                 self.settings.replica_log_keep_seconds)
 
     async def close(self) -> None:
         self._closing = True

@@ -11,7 +11,9 @@ folders of removed functions, are recognised and deleted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from pathlib import Path
 
@@ -81,25 +83,53 @@ def _complete_lines(path: Path, offset: int) -> tuple[bytes, int]:
     return data[:end], offset + end
 
 
-def tidy(root: Path, serving: Mapping[str, Collection[str]], live: Collection[Path], max_bytes: int) -> None:
-    """Rotate every replica log past ``max_bytes`` (one ``.log.1`` kept); delete the logs of revisions
-    that no longer serve (``serving``: function → revision ids) unless a replica still writes them
-    (``live``: a draining one), and the folders of functions that are gone."""
+KEEP_ENDED = 5
+"""Logs of ended replicas kept per serving revision (a scale-to-zero function starts one per cold start)."""
+def tidy(root: Path, serving: Mapping[str, Collection[str]], live: Collection[Path], max_bytes: int,
+         grace: float, now: float | None = None) -> list[Path]:
+    """Remove what is no longer wanted and return the logs due for rotation (past ``max_bytes``; the copy is
+    the caller's to run off the event loop). Removed, once unwritten for ``grace`` seconds: the logs of
+    revisions that no longer serve (``serving``: function → revision ids) and the folders of functions
+    that are gone; at once: the logs of ended replicas of a serving revision beyond its newest KEEP_ENDED.
+    A log a replica still writes (``live``: a draining one too) is never removed."""
+    now = time.time() if now is None else now
+    due: list[Path] = []
     if not root.is_dir():
-        return
+        return due
     for folder in root.iterdir():
         if not folder.is_dir():
             continue  # the fork servers' logs
-        revisions = serving.get(folder.name)
-        if revisions is None:
-            shutil.rmtree(folder, ignore_errors=True)
-            continue
+        revisions = serving.get(folder.name, ())
+        ended: dict[str, list[tuple[float, Path]]] = {}
         for path in folder.glob("*.log*"):
             base = path.with_name(path.name.split(".log", 1)[0] + ".log")
-            if revision_of(path) not in revisions and base not in live:
+            if base in live:
+                if path.suffix == ".log" and _size(path) > max_bytes:
+                    due.append(path)
+                continue
+            try:
+                written = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if revision_of(path) in revisions:
+                ended.setdefault(revision_of(path), []).append((written, path))
+            elif now - written > grace:
                 path.unlink(missing_ok=True)
-            elif path.suffix == ".log" and _size(path) > max_bytes:
-                rotate(path)
+        for files in ended.values():
+            bases = sorted({(written, path.with_name(path.name.split(".log", 1)[0])) for written, path in files
+                            if path.suffix == ".log"}, reverse=True)
+            for _, stem in bases[KEEP_ENDED:]:
+                for part in (stem.with_name(stem.name + ".log"), stem.with_name(stem.name + ".log.1")):
+                    part.unlink(missing_ok=True)
+        if folder.name not in serving:
+            with contextlib.suppress(OSError):  # not empty yet: within its grace
+                folder.rmdir()
+    return due
+
+
+def rotate_all(paths: list[Path]) -> None:
+    for path in paths:
+        rotate(path)
 
 
 def rotate(path: Path) -> None:

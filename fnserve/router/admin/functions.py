@@ -147,7 +147,8 @@ class FunctionRoutes:
         tail = bounded_int(request, "tail", 100, 1, 10_000, " of lines")
         if request.query_params.get("follow", "") in ("1", "true", "yes"):
             return StreamingResponse(self.functions.follow_logs(revision.name, tail),
-                                     media_type="text/plain; charset=utf-8")
+                                     media_type="text/plain; charset=utf-8",
+                                     headers={"X-Accel-Buffering": "no"})  # each line as it comes, through nginx
         return PlainTextResponse(await self.functions.logs(revision.name, tail) + "\n")
 
     async def revisions(self, request: Request) -> Response:

@@ -39,7 +39,8 @@ class JobRoutes:
         job_id = request.path_params["job_id"]
         await self.training.job(job_id)  # 404 before the stream starts
         follow = request.query_params.get("follow", "") in ("1", "true", "yes")
-        return StreamingResponse(self.training.logs(job_id, follow), media_type="text/plain; charset=utf-8")
+        return StreamingResponse(self.training.logs(job_id, follow), media_type="text/plain; charset=utf-8",
+                                 headers={"X-Accel-Buffering": "no"})  # each line as it comes, through nginx
 
     async def cancel(self, request: Request) -> Response:
         """Stop a queued or running job; it publishes nothing. Answers once it has stopped."""
