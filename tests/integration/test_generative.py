@@ -117,8 +117,10 @@ def test_a_streamed_chat_arrives_token_by_token(platform: Router) -> None:
             text += delta
     assert usage is not None and usage.completion_tokens >= 32, (usage, text)
     assert len(arrivals) >= usage.completion_tokens // 2  # chunk by chunk, not one body at the end
+    # spread over the generation, not gathered into one body: an answer sent whole arrives within a
+    # millisecond. (Not "first < last / 3": a first token slowed by a busy machine is no buffering.)
     first, last = arrivals[0], arrivals[-1]
-    assert first < last / 3, f"first chunk at {first:.3f} s, last at {last:.3f} s"
+    assert last - first > last / 4, f"first chunk at {first:.3f} s, last at {last:.3f} s"
 
 
 def test_embeddings_equal_the_v1_answer(platform: Router) -> None:
