@@ -43,6 +43,15 @@ class RequestContext:
     trace_id: str | None = None
     span_id: str | None = None
 
+    def fields(self) -> dict[str, str]:
+        """The ids as every line carries them, first: request_id, then trace_id and span_id when known."""
+        ids = {"request_id": self.request_id}
+        if self.trace_id is not None:
+            ids["trace_id"] = self.trace_id
+            if self.span_id is not None:  # a replica knows the trace; the span is FastAPI's
+                ids["span_id"] = self.span_id
+        return ids
+
 
 CURRENT: ContextVar[RequestContext | None] = ContextVar("fnserve_request", default=None)
 
@@ -70,31 +79,19 @@ def _utc(created: float) -> str:
 
 
 class _RequestFilter(logging.Filter):
-    """Copies the current request's ids onto every record that does not carry its own."""
+    """Copies the current request's ids onto every record, as it is logged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
+        if not hasattr(record, "request_ids"):
             context = CURRENT.get()
             if context is not None:
-                record.request_id = context.request_id
-                if context.trace_id is not None:
-                    record.trace_id = context.trace_id
-                    record.span_id = context.span_id
+                record.request_ids = context.fields()
         return True
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     """The structured part of a record: the ids the filter set, then ``extra={"fields": {...}}``."""
-    fields: dict[str, Any] = {}
-    request_id = getattr(record, "request_id", None)
-    if request_id is not None:
-        fields["request_id"] = request_id
-        trace_id = getattr(record, "trace_id", None)
-        if trace_id is not None:
-            fields["trace_id"] = trace_id
-            span_id = getattr(record, "span_id", None)
-            if span_id is not None:  # a replica knows the trace, the span is FastAPI's
-                fields["span_id"] = span_id
+    fields: dict[str, Any] = dict(getattr(record, "request_ids", {}))
     more = getattr(record, "fields", None)
     if more:
         fields.update(more)
@@ -179,12 +176,7 @@ class AccessLog:
             return
         context = CURRENT.get()
         if context is not None:  # the ids first, as on every other line
-            ids: dict[str, Any] = {"request_id": context.request_id}
-            if context.trace_id is not None:
-                ids["trace_id"] = context.trace_id
-                if context.span_id is not None:
-                    ids["span_id"] = context.span_id
-            fields = {**ids, **fields}
+            fields = {**context.fields(), **fields}
         self._pending.append(formatter.line(time.time(), "INFO", ACCESS_LOGGER, message, fields))
         if len(self._pending) >= self.FLUSH_LINES:
             self.flush()

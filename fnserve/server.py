@@ -129,8 +129,8 @@ def serve(settings: Settings, backend_kind: str = "local", deploys: list[Startup
         raise CannotStart(str(exc)) from None
     sock = bind(settings)
     logs.configure(settings.log_level, settings.log_format_for(backend_kind), "router", access_log=settings.access_log)
-    if tracing.configure("fnserve-router", {"service.version": __version__}):
-        logging.getLogger("fnserve.tracing").info("sending spans to %s", tracing.endpoint())
+    if spans_to := tracing.configure("fnserve-router", {"service.version": __version__}):
+        logging.getLogger("fnserve.tracing").info("sending spans to %s", spans_to)
     try:
         state = StateStore(settings.state_location())
     except (StoreUnavailable, UnsupportedDatabase) as exc:

@@ -50,13 +50,14 @@ def endpoint(env: Mapping[str, str] | None = None) -> str | None:
     return env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
 
 
-def configure(service_name: str, attributes: Mapping[str, str] | None = None) -> bool:
+def configure(service_name: str, attributes: Mapping[str, str] | None = None) -> str | None:
     """Install the SDK's TracerProvider with an OTLP/HTTP exporter when an endpoint is configured; returns
-    whether tracing is on. ``service_name`` applies when ``OTEL_SERVICE_NAME`` does not name one."""
+    that endpoint, or None when tracing is off. ``service_name`` applies when ``OTEL_SERVICE_NAME`` does not
+    name one."""
     global _enabled
     where = endpoint()
     if where is None:
-        return False
+        return None
     protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
                 or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
     if protocol != "http/protobuf":
@@ -76,7 +77,7 @@ def configure(service_name: str, attributes: Mapping[str, str] | None = None) ->
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _enabled = True
-    return True
+    return where
 
 
 def shutdown() -> None:
@@ -128,8 +129,9 @@ def client_trace_id(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     records no spans. Anything else is no trace."""
     for name, value in headers:
         if name == b"traceparent":
-            match = _TRACEPARENT.match(value.strip())
-            if match is None or (value.strip()[:2] == b"00" and len(value.strip()) != 55):
+            value = value.strip()
+            match = _TRACEPARENT.match(value)
+            if match is None or (value[:2] == b"00" and len(value) != 55):  # version 00 has four parts
                 return None
             return match.group(1).decode("ascii")
     return None
@@ -170,7 +172,7 @@ def end_server_span(span: Span, token: object, status: int, route: str | None, m
     if status >= 500:
         span.set_status(Status(StatusCode.ERROR))
     span.end()
-    otel_context.detach(token)  # type: ignore[arg-type]
+    leave(token)
 
 
 def span(name: str, attributes: Mapping[str, Any] | None = None,

@@ -59,12 +59,14 @@ class Outcome:
 _job_log = logging.getLogger("fnserve.job")
 _fields: dict[str, Any] = {}
 """The run's id and job name, on each of the wrapper's lines in the json format."""
+_as_json = False
+"""FNSERVE_LOG_FORMAT=json: main() configured logging, and the wrapper's lines go through it."""
 
 
 def say(message: str) -> None:
     """One of the wrapper's own lines: ``fnserve-job: …`` between the command's output, or with
     FNSERVE_LOG_FORMAT=json (a cluster's jobs) a JSON object like every other fnserve process writes."""
-    if _job_log.handlers or logging.getLogger().handlers:
+    if _as_json:
         _job_log.info(message, extra={"fields": _fields})
     else:
         print(f"fnserve-job: {message}", file=sys.stderr, flush=True)
@@ -223,11 +225,13 @@ def read_event(folder: str | None) -> tuple[str | None, dict[str, Any] | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _as_json
     args = parse_args(argv)
     die_with_parent(CANCELLED)  # in the embedded backend the job must not outlive the platform
     settings = Settings.from_env()
-    if settings.log_format == "json":
-        logs.configure(settings.log_level if settings.log_level in logs.LEVELS else "info", "json", "job")
+    if settings.log_format == "json":  # Settings has checked both values
+        logs.configure(settings.log_level, "json", "job")
+        _as_json = True
     event_run, event_params = read_event(os.environ.get("K_EVENT_PATH")) if args.event else (None, None)
     run_id = args.run_id or event_run or new_run_id()
     _fields["run_id"] = run_id

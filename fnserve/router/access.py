@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fnserve import logs, tracing
 from fnserve.router import invocation as invocations
+from fnserve.router.body import BODY_BYTES
 
 _PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
 
@@ -51,18 +52,6 @@ class RequestContextMiddleware:
             trace_id, span_id = tracing.client_trace_id(headers), None
         current = logs.CURRENT.set(logs.RequestContext(rid, trace_id, span_id))
         status, bytes_out = 0, 0
-        length = next((v for k, v in headers if k == b"content-length"), None)
-        bytes_in = int(length) if length is not None and length.isdigit() else 0
-        read = receive
-        if length is None:  # chunked, or no body: counted as it is read
-            async def counted_receive() -> Message:
-                nonlocal bytes_in
-                message = await receive()
-                if message["type"] == "http.request":
-                    bytes_in += len(message.get("body", b""))
-                return message
-
-            read = counted_receive
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, bytes_out
@@ -74,7 +63,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, read, send_with_id)
+            await self.app(scope, receive, send_with_id)
         except BaseException:
             status = status or 500  # answered by the server-error handler outside this middleware
             raise
@@ -84,8 +73,16 @@ class RequestContextMiddleware:
                 route = invocation.route if invocation is not None else getattr(scope.get("route"), "path", None)
                 tracing.end_server_span(span, detach, status, route, scope["method"])
             if logs.ACCESS.enabled and not (scope["path"] in _PROBES and status < 300):
-                _log_access(scope, invocation, status or 499, started, bytes_in, bytes_out)
+                _log_access(scope, invocation, status or 499, started, _bytes_in(scope), bytes_out)
             logs.CURRENT.reset(current)
+
+
+def _bytes_in(scope: Scope) -> int:
+    """The body's declared length; without one (chunked, or none), what the body guard counted as read."""
+    length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    if length is None:
+        return int(scope["state"].get(BODY_BYTES, 0))
+    return int(length) if length.isdigit() else 0
 
 
 def _log_access(scope: Scope, invocation: invocations.Invocation | None, status: int, started: float,

@@ -74,6 +74,10 @@ async def _within(seconds: float, waiting: Awaitable[Message]) -> Message:
         timer.cancel()
 
 
+BODY_BYTES = "body_bytes"
+"""Where in the scope's state BodyGuardMiddleware keeps the bytes of body read so far."""
+
+
 class BodyGuardMiddleware:
     """Pure ASGI: caps and times a request's body as the route reads it."""
 
@@ -94,6 +98,7 @@ class BodyGuardMiddleware:
             return
         received, complete = 0, False
         max_bytes, idle = self.max_bytes, self.idle_timeout
+        state = scope.setdefault("state", {})
 
         async def guarded() -> Message:
             nonlocal received, complete
@@ -105,6 +110,7 @@ class BodyGuardMiddleware:
                 raise BodyTimeout(idle) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                state[BODY_BYTES] = received  # what the access line reports for a body without a length
                 if received > max_bytes:
                     raise BodyTooLarge(max_bytes)
                 complete = not message.get("more_body", False)

@@ -100,27 +100,28 @@ def tidy(root: Path, serving: Mapping[str, Collection[str]], live: Collection[Pa
         if not folder.is_dir():
             continue  # the fork servers' logs
         revisions = serving.get(folder.name, ())
-        ended: dict[str, list[tuple[float, Path]]] = {}
+        ended: list[tuple[float, Path]] = []  # the serving revisions' replicas that no longer write
         for path in folder.glob("*.log*"):
-            base = path.with_name(path.name.split(".log", 1)[0] + ".log")
-            if base in live:
-                if path.suffix == ".log" and _size(path) > max_bytes:
+            log = path.with_name(path.name.split(".log", 1)[0] + ".log")  # a rotated part's log
+            if log in live:
+                if path == log and _size(path) > max_bytes:
                     due.append(path)
                 continue
             try:
                 written = path.stat().st_mtime
             except FileNotFoundError:
                 continue
-            if revision_of(path) in revisions:
-                ended.setdefault(revision_of(path), []).append((written, path))
-            elif now - written > grace:
+            if revision_of(path) not in revisions:
+                if now - written > grace:
+                    path.unlink(missing_ok=True)
+            elif path == log:
+                ended.append((written, path))
+        newest: dict[str, int] = {}
+        for _, path in sorted(ended, reverse=True):
+            kept = newest[revision_of(path)] = newest.get(revision_of(path), 0) + 1
+            if kept > KEEP_ENDED:
                 path.unlink(missing_ok=True)
-        for files in ended.values():
-            bases = sorted({(written, path.with_name(path.name.split(".log", 1)[0])) for written, path in files
-                            if path.suffix == ".log"}, reverse=True)
-            for _, stem in bases[KEEP_ENDED:]:
-                for part in (stem.with_name(stem.name + ".log"), stem.with_name(stem.name + ".log.1")):
-                    part.unlink(missing_ok=True)
+                path.with_name(path.name + ".1").unlink(missing_ok=True)
         if folder.name not in serving:
             with contextlib.suppress(OSError):  # not empty yet: within its grace
                 folder.rmdir()
