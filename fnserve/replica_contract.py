@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -97,6 +98,28 @@ def die_with_parent(exit_code: int = 0) -> None:
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != int(parent):
         raise SystemExit(exit_code)
+
+
+# -- start-up timing: where a replica's cold start went ---------------------------------------------------------
+
+STARTUP_FILE_ENV = "FNSERVE_STARTUP_FILE"
+"""A path the replica writes its start-up timing to, as JSON, before it begins to serve (unset: nothing is
+written). The starter knows when it launched the process and when it first answered; only the replica
+knows when its model began and finished loading."""
+
+
+def write_startup(path: str, load_started_at: float, load_ended_at: float) -> None:
+    """Record the model load's wall-clock bounds (unix seconds) for whoever started this replica."""
+    Path(path).write_text(json.dumps({"loadStartedAt": load_started_at, "loadEndedAt": load_ended_at}))
+
+
+def read_startup(path: Path) -> tuple[float, float] | None:
+    """(load started, load ended) as the replica wrote them, or None when it wrote nothing readable."""
+    try:
+        data = json.loads(path.read_text())
+        return float(data["loadStartedAt"]), float(data["loadEndedAt"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # -- token usage: how a replica tells the router what a generative answer cost --------------------------------

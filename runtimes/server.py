@@ -13,12 +13,13 @@ import ctypes
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from fnserve import logs, tracing
-from fnserve.replica_contract import PROCESS_NAME, ReplicaArgs, die_with_parent
+from fnserve.replica_contract import PROCESS_NAME, STARTUP_FILE_ENV, ReplicaArgs, die_with_parent, write_startup
 
 # Imported only when used: a replica of an ONNX function never pays for importing torch.
 RUNTIME_CLASSES = {"onnx": "runtimes.onnx:OnnxModel", "torch": "runtimes.torch:TorchModel",
@@ -118,10 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     from runtimes.base import ModelLoadError
 
     model = build_model(args)
+    load_started = time.time()
     try:
         model.load()
     except (FileNotFoundError, ModelLoadError) as exc:
         _fail(str(exc))
+    if os.environ.get(STARTUP_FILE_ENV):  # the starter splits this replica's cold start with it
+        write_startup(os.environ[STARTUP_FILE_ENV], load_started, time.time())
     tracing.configure("fnserve-replica", {"fnserve.function": model.name})
     logging.getLogger("fnserve.runtime").info("%s: serving on http://%s:%d", model.name, args.host, args.port)
     try:

@@ -55,6 +55,31 @@ class ReplicaStatus:
                 "pid": self.pid, "outstanding": self.outstanding, "startedAt": self.started_at, "gpus": self.gpus}
 
 
+@dataclass(frozen=True)
+class ColdStart:
+    """Where one cold start's time went, from the first waiting request's view: ``queue`` is what it
+    waited for a start to begin and, after the replica answered, to be dispatched; ``process`` from the
+    launch to the model's load (fork or exec, imports); ``load`` the model's load; ``ready`` from the load's
+    end to the first ready answer (the server binding its port). None where the replica did not say."""
+
+    at: float
+    revision: int
+    replica: str
+    total_ms: float
+    queue_ms: float | None
+    process_ms: float | None
+    load_ms: float | None
+    ready_ms: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value, 1)
+
+        return {"at": self.at, "revision": self.revision, "replica": self.replica, "totalMs": ms(self.total_ms),
+                "queueMs": ms(self.queue_ms), "processMs": ms(self.process_ms), "loadMs": ms(self.load_ms),
+                "readyMs": ms(self.ready_ms)}
+
+
 @dataclass
 class FunctionStatus:
     name: str
@@ -78,13 +103,16 @@ class FunctionStatus:
     queue_rejections: int | None = None
     """Requests refused (503) since the backend started because the function's queue was full; None where the
     queue is not the backend's (a cluster's is Knative's activator)."""
+    cold_starts: list[ColdStart] = field(default_factory=list)
+    """The last cold starts, newest first (empty where the backend cannot see them split)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "revision": self.revision, "ready": self.ready, "message": self.message,
                 "address": self.url,
                 "replicas": [r.to_dict() for r in self.replicas], "desired": self.desired, "panic": self.panic,
                 "queued": self.queued, "startTimesMs": self.start_times_ms,
-                "canaryRevision": self.canary_revision, "canaryPercent": self.canary_percent}
+                "canaryRevision": self.canary_revision, "canaryPercent": self.canary_percent,
+                "coldStarts": [c.to_dict() for c in self.cold_starts]}
 
 
 class BackendError(Exception):

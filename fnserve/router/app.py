@@ -27,12 +27,13 @@ from starlette.routing import Route
 
 from fnserve.backends.base import BackendError, Serving, Training
 from fnserve.database import StoreUnavailable
-from fnserve.router import metrics, openapi
+from fnserve.router import console, metrics, openapi
 from fnserve.router.access import RequestContextMiddleware
 from fnserve.router.admin.audit import AuditRoutes
 from fnserve.router.admin.functions import FunctionRoutes
 from fnserve.router.admin.jobs import JobRoutes
 from fnserve.router.admin.keys import KeyRoutes
+from fnserve.router.admin.me import MeRoutes
 from fnserve.router.admin.usage import UsageRoutes
 from fnserve.router.admission import AdmissionMiddleware
 from fnserve.router.auth import AuthMiddleware
@@ -45,6 +46,7 @@ from fnserve.router.quota import DailyCounters, Limits, MemoryStore, Store
 from fnserve.router.services.accounting import AccountingService
 from fnserve.router.services.admission import AdmissionService
 from fnserve.router.services.audit import AuditLog
+from fnserve.router.services.catalog import Catalog
 from fnserve.router.services.functions import DeployRejected, FunctionService
 from fnserve.router.services.keys import KeyService, resolve_pepper
 from fnserve.router.services.sync import ChangeWatcher
@@ -197,14 +199,19 @@ def create_app(settings: Settings, serving: Serving, training: Training, *, stat
             proxy.close()
             state.close()
 
+    catalog = Catalog(state)
+    function_routes = FunctionRoutes(services.functions, services.accounting, catalog, settings)
     routes = [*inference.routes,
               *UsageRoutes(services.accounting).routes(),
               *AuditRoutes(services.audit).routes(),
               *KeyRoutes(services.keys).routes(),
-              *FunctionRoutes(services.functions, services.accounting, settings).routes(),
-              *JobRoutes(services.training, settings).routes(),
+              *function_routes.routes(),
+              *MeRoutes(services.keys, services.admission, services.functions, services.accounting,
+                        function_routes.summary).routes(),
+              *JobRoutes(services.training, catalog, settings).routes(),
               *metrics.routes(services.accounting.metrics),
-              *openapi.routes(lambda: sorted(services.functions.table))]
+              *openapi.routes(lambda: sorted(services.functions.table)),
+              *console.routes()]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestContextMiddleware),

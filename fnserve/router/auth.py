@@ -1,8 +1,8 @@
 """AuthMiddleware: who is calling, checked before anything else is done for them (pure ASGI).
 
 Order of checks: no key → 401 with WWW-Authenticate; bad, unknown, revoked or expired key → 401;
-valid key without the scope for this function, for the admin API (``admin``) or for /metrics
-(``metrics``, or ``admin``) → 403. Health, readiness and the
+valid key without the scope for this function, for the admin API (``admin``; /api/me opens to any
+valid key) or for /metrics (``metrics``, or ``admin``) → 403. Health, readiness and the
 OpenAPI document stay open; a function with ``spec.auth.public: true`` needs no key. Under
 ``/openai/`` any other request needs a valid key (the model list, an unknown model), as OpenAI's own
 API does: which functions exist is no stranger's business. Keys themselves
@@ -51,9 +51,16 @@ def is_admin(path: str) -> bool:
     return path.startswith("/api/") or path == "/api"
 
 
+ME_PATH = "/api/me"
+"""The one admin-API path any valid key opens: what the key may know of itself."""
+
+
 def operator_scope(path: str) -> str | None:
     """The scope a path of the operators' (no function's) needs: "admin" for the admin API, "metrics"
-    for /metrics (a Prometheus key needs no more; an admin key opens it too); None for any other path."""
+    for /metrics (a Prometheus key needs no more; an admin key opens it too), "" (any valid key) for
+    /api/me; None for any other path."""
+    if path == ME_PATH:
+        return ""
     if is_admin(path):
         return "admin"
     return "metrics" if path == METRICS_PATH else None
@@ -85,8 +92,8 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         needs = operator_scope(scope["path"])
-        function = None if needs else self._guarded_function(scope)
-        if not needs and function is None:
+        function = None if needs is not None else self._guarded_function(scope)
+        if needs is None and function is None:
             await self.app(scope, receive, send)
             return
         token = _token(scope)

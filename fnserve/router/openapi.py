@@ -120,7 +120,7 @@ def build_spec(routes: list[Any], functions: list[str] | None = None) -> dict[st
                            "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}},
         **_INFERENCE_BODIES}
     for route in routes:
-        if not isinstance(route, Route) or route.path == "/openapi.json":
+        if not isinstance(route, Route) or not route.include_in_schema or route.path == "/openapi.json":
             continue
         kind = _kind(route.path)
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"},

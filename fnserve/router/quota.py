@@ -165,6 +165,10 @@ class DailyCounters:
         self._add(subject, day, cost)
         return True, limit - used - cost
 
+    async def used(self, subject: str, now: float) -> int:
+        """What ``subject`` has used of its daily quota on the UTC day of ``now`` (read, nothing taken)."""
+        return await self._count(subject, utc_day(now))
+
     async def add(self, subject: str, day: str, delta: int) -> None:
         """Change a day's count already loaded (a settled reservation: ``delta`` may be negative)."""
         self._add(subject, day, delta)

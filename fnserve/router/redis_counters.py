@@ -124,6 +124,17 @@ class RedisDailyCounters(DailyCounters):
         self._from_last_count(row)
         return await super().take(subject, limit, now, cost)
 
+    async def used(self, subject: str, now: float) -> int:
+        day = utc_day(now)
+        if not self._outage.down():
+            try:
+                value = await self.client.get(self._key(subject, day))
+                if value is not None:
+                    return int(value)
+            except (RedisError, OSError) as exc:
+                self._outage.failed(exc)
+        return max(await super().used(subject, now), self._seen.get((subject, day), 0))
+
     def _from_last_count(self, row: tuple[str, str]) -> None:
         """This router's own count continues from the highest it knows (Redis's last, the database's)."""
         known = max(self._seen.get(row, 0), self._stored.get(row, 0))

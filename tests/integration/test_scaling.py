@@ -87,6 +87,16 @@ def test_scale_from_zero_and_back(fast_router: Router, example_dir: Path, tmp_pa
     assert 'fnserve_replicas{function="sentiment",state="ready"} 1.0' in metrics
     assert 'fnserve_queued_requests{function="sentiment"} 0.0' in metrics
 
+    # the console's view of that cold start: split by where its time went, the replica's model load included
+    code, _, stats = http("GET", f"{fast_router.url}/api/functions/sentiment/stats", headers=fast_router.admin)
+    (split,) = stats["coldStarts"]
+    assert code == 200 and split["totalMs"] == pytest.approx(cold_ms, abs=1)
+    parts = [split[p] for p in ("queueMs", "processMs", "loadMs", "readyMs")]
+    assert all(p is not None and p >= 0 for p in parts) and split["loadMs"] > 0
+    assert sum(parts) == pytest.approx(split["totalMs"], abs=1)
+    listed = http("GET", f"{fast_router.url}/api/functions", headers=fast_router.admin)[2]["functions"]
+    assert listed[0]["stats"]["coldStarts"] == 1 and listed[0]["stats"]["rpm"] == 2 and listed[0]["actual"] == 1
+
     # stable window (2 s) at zero + grace (1 s), decided on 0.5 s ticks
     wait_for(lambda: not fast_router.replica_pids(), 20, "the idle function to scale to zero")
     assert status(fast_router)["ready"] is True  # idle at zero is ready: the next request wakes it

@@ -42,7 +42,7 @@ from fnserve.backends.local.autoscaler import decide
 from fnserve.backends.local.gpus import GpuInventory
 from fnserve.backends.local.processes import ForkServerClient, ProcessHandle, forking_supported, spawn
 from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed
-from fnserve.backends.local.tracks import Function, Track
+from fnserve.backends.local.tracks import Function, Track, cold_start_of
 from fnserve.records import Revision, Rollout
 from fnserve.replica_contract import MODULE
 from fnserve.settings import Settings
@@ -407,6 +407,9 @@ class LocalBackend:
         except QueueFull:
             self._rejections[name] = self._rejections.get(name, 0) + 1
             raise
+        if cold_ms is not None and not replica.cold_start_told:
+            replica.cold_start_told = True
+            fn.cold_starts.appendleft(cold_start_of(replica, cold_ms))
         return Endpoint(name, replica.id, replica.url, cold_ms)
 
     def release(self, endpoint: Endpoint) -> None:
@@ -433,7 +436,7 @@ class LocalBackend:
                               start_times_ms=[round(t) for t in main.start_times_ms],
                               canary_revision=canary.revision.number if canary is not None else None,
                               canary_percent=fn.canary_percent, restarts=dict(self._restarts.get(name, {})),
-                              queue_rejections=self._rejections.get(name, 0))
+                              queue_rejections=self._rejections.get(name, 0), cold_starts=list(fn.cold_starts))
 
     async def logs(self, name: str, tail: int) -> str:
         if name not in self._functions:

@@ -22,7 +22,7 @@ import aiohttp
 
 from fnserve.backends.local.processes import ProcessHandle
 from fnserve.records import Revision
-from fnserve.replica_contract import ReplicaArgs
+from fnserve.replica_contract import STARTUP_FILE_ENV, ReplicaArgs, read_startup
 from fnserve.settings import Settings
 
 # (server arguments, extra environment, working folder, log file) → a started process
@@ -75,6 +75,13 @@ class Replica:
         self.probe_failures = 0
         self.probing = False
         self.gpus: list[str] = []
+        self.startup_path = log_dir / f"{self.id}.startup.json"
+        self.launched_at = 0.0
+        self.ready_at = 0.0
+        self.load: tuple[float, float] | None = None
+        """When the model began and finished loading (unix seconds), as the replica reported it."""
+        self.cold_start_told = False
+        """Whether a cold start on this replica has been recorded (once: the first request that waited)."""
 
     @property
     def pid(self) -> int | None:
@@ -87,7 +94,9 @@ class Replica:
 
     async def start(self, settings: Settings, launch: Launch) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(self.gpus), **log_env(settings)}
+        env = {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(self.gpus), **log_env(settings),
+               STARTUP_FILE_ENV: str(self.startup_path)}
+        self.launched_at = time.time()
         self.process = await launch(self.server_args(settings).to_argv(), env, self.revision.source_dir, self.log_path)
 
     async def wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
@@ -102,7 +111,9 @@ class Replica:
             try:
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=2), headers=PROBE) as response:
                     if response.status == 200:
-                        self.state = "ready"
+                        self.state, self.ready_at = "ready", time.time()
+                        self.load = read_startup(self.startup_path)
+                        self.startup_path.unlink(missing_ok=True)
                         return
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 pass
@@ -134,6 +145,7 @@ class Replica:
     async def stop(self, timeout: float) -> None:
         """SIGTERM the replica's process group, then SIGKILL what is left after ``timeout``."""
         self.state = "stopped"
+        self.startup_path.unlink(missing_ok=True)  # a replica that never answered leaves its timing behind
         process = self.process
         if process is None or process.returncode is not None:
             return

@@ -14,12 +14,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fnserve.backends.base import ColdStart
 from fnserve.backends.local.activator import Activator
 from fnserve.backends.local.autoscaler import ConcurrencyRecorder, Params, State
 from fnserve.backends.local.replica import Replica
 from fnserve.records import Revision
 
 LIVE = ("starting", "ready")
+COLD_STARTS_KEPT = 20
+
+
+def cold_start_of(replica: Replica, waited_ms: float) -> ColdStart:
+    """Split the first waiting request's ``waited_ms`` by the replica's start: launch → model load →
+    loaded → first ready answer; the rest was queueing (before the launch, after the answer)."""
+    ready_ms = process_ms = load_ms = queue_ms = None
+    if replica.load is not None:
+        load_start, load_end = replica.load
+        process_ms = max(0.0, (load_start - replica.launched_at) * 1000)
+        load_ms = max(0.0, (load_end - load_start) * 1000)
+        ready_ms = max(0.0, (replica.ready_at - load_end) * 1000)
+        queue_ms = max(0.0, waited_ms - process_ms - load_ms - ready_ms)
+    return ColdStart(time.time(), replica.revision.number, replica.id, waited_ms, queue_ms, process_ms, load_ms,
+                     ready_ms)
 
 
 @dataclass
@@ -63,6 +79,8 @@ class Function:
     main: Track
     canary: Track | None = None
     canary_percent: int = 0
+    cold_starts: deque[ColdStart] = field(default_factory=lambda: deque(maxlen=COLD_STARTS_KEPT))
+    """The newest cold starts of either track, newest first."""
 
     def tracks(self) -> Iterator[Track]:
         yield self.main

@@ -16,7 +16,9 @@ from fnserve.router.admin import actor_of, bounded_int
 from fnserve.router.admin.bodies import Deploy, FunctionSource, Rollback, with_body
 from fnserve.router.errors import BadRequest
 from fnserve.router.generative import invoke_path
+from fnserve.router.live_stats import INTERVAL
 from fnserve.router.services.accounting import AccountingService
+from fnserve.router.services.catalog import EXAMPLES_FILE, Catalog, NotInFolder
 from fnserve.router.services.functions import FunctionService, Progress
 from fnserve.settings import Settings
 from fnserve.storage import ArtifactError
@@ -47,19 +49,27 @@ async def _error_event(request: Request, exc: Exception) -> dict[str, Any]:
 
 
 class FunctionRoutes:
-    def __init__(self, functions: FunctionService, accounting: AccountingService, settings: Settings) -> None:
+    def __init__(self, functions: FunctionService, accounting: AccountingService, catalog: Catalog,
+                 settings: Settings) -> None:
         self.functions = functions
         self.accounting = accounting
+        self.catalog = catalog
         self.settings = settings
         self._deploying: set[asyncio.Future[None]] = set()
         """Streamed deploys still running (held here so that none is collected mid-way)."""
 
-    def _summary(self, revision: Revision) -> dict[str, Any]:
+    def summary(self, revision: Revision) -> dict[str, Any]:
+        """What the functions list shows of one: revision, replicas wanted and had, requests in flight and
+        queued, and this router's live numbers (router/live_stats.py)."""
         status = self.functions.status(revision.name)
         shown = status.to_dict() if status is not None else {"ready": False, "replicas": [], "message": "not running"}
         spec = revision.function.spec
+        replicas = status.replicas if status is not None else []
         return {"name": revision.name, "revision": revision.number, "runtime": spec.runtime,
                 "url": invoke_path(revision), "createdAt": revision.created_at, "traffic": self._traffic(revision),
+                "labels": revision.function.metadata.labels, "trainable": self.catalog.trainable(revision),
+                "actual": sum(r.state == "ready" for r in replicas), "inFlight": sum(r.outstanding for r in replicas),
+                "stats": self.accounting.live.summary(revision.name),
                 **{k: v for k, v in shown.items() if k not in ("name", "revision")}}
 
     def _traffic(self, revision: Revision) -> list[dict[str, Any]]:
@@ -75,7 +85,7 @@ class FunctionRoutes:
 
     async def list_functions(self, request: Request) -> Response:
         """All deployed functions with their current revision and replicas."""
-        return JSONResponse({"functions": [self._summary(r) for _, r in sorted(self.functions.table.items())]})
+        return JSONResponse({"functions": [self.summary(r) for _, r in sorted(self.functions.table.items())]})
 
     @with_body(Deploy)
     async def deploy(self, request: Request, body: Deploy) -> Response:
@@ -99,7 +109,7 @@ class FunctionRoutes:
 
     def _deployed(self, revision: Revision) -> dict[str, Any]:
         current = self.functions.current(revision.name)  # a canary's function: its current revision serves too
-        return {**self._summary(current), **revision.to_dict()}
+        return {**self.summary(current), **revision.to_dict()}
 
     async def _deploy_events(self, request: Request, body: Deploy) -> AsyncIterator[bytes]:
         """The deploy runs as a task of its own, so a client that goes away mid-way cancels nothing (as
@@ -133,11 +143,12 @@ class FunctionRoutes:
     async def get(self, request: Request) -> Response:
         """One function: its current revision, manifest and replicas."""
         revision = self.functions.current(request.path_params["name"])
-        return JSONResponse({**revision.to_dict(), **self._summary(revision)})
+        return JSONResponse({**revision.to_dict(), **self.summary(revision)})
 
     async def delete(self, request: Request) -> Response:
         """Stop a function's replicas and forget it."""
         await self.functions.remove(request.path_params["name"], actor_of(request))
+        self.accounting.live.forget(request.path_params["name"])
         return JSONResponse({"deleted": request.path_params["name"]})
 
     async def logs(self, request: Request) -> Response:
@@ -155,22 +166,42 @@ class FunctionRoutes:
         """Every revision of a function, oldest first, with the one serving marked."""
         current = self.functions.current(request.path_params["name"])
         revisions = await self.functions.revisions(current.name)
+        runs = await self.catalog.runs(revisions)
         return JSONResponse({"name": current.name, "current": current.number,
                              "revisions": [{**r.to_dict(), "modelUri": r.function.spec.model.uri,
-                                            "current": r.number == current.number} for r in revisions]})
+                                            "run": runs.get(r.number), "current": r.number == current.number}
+                                           for r in revisions]})
+
+    async def stats(self, request: Request) -> Response:
+        """The last hour of a function in 10-second buckets (requests, server and client errors, p50 and
+        p95 ms, cold starts; this router's), and its last cold starts split into queue wait, process
+        start, model load and ready."""
+        revision = self.functions.current(request.path_params["name"])
+        status = self.functions.status(revision.name)
+        return JSONResponse({"name": revision.name, "intervalSeconds": INTERVAL,
+                             "buckets": self.accounting.live.series(revision.name),
+                             "coldStarts": [c.to_dict() for c in status.cold_starts] if status is not None else []})
+
+    async def example(self, request: Request) -> Response:
+        """The function's example requests (its examples.jsonl), and the path to send them to."""
+        revision = self.functions.current(request.path_params["name"])
+        examples = await self.catalog.examples(revision)
+        if not examples:
+            raise NotInFolder(f"function {revision.name!r} has no example inputs ({EXAMPLES_FILE} beside its manifest)")
+        return JSONResponse({"path": f"/v1/models/{revision.name}:predict", "body": examples[0], "examples": examples})
 
     @with_body(Rollback)
     async def rollback(self, request: Request, body: Rollback) -> Response:
         """Drop the function's canary, or serve an earlier revision again: {"to": N} (default: drop the
         canary if there is one, else the revision before the current); droppedCanary names a dropped one."""
         revision, dropped = await self.functions.rollback(request.path_params["name"], body.to, actor_of(request))
-        return JSONResponse({**revision.to_dict(), **self._summary(revision),
+        return JSONResponse({**revision.to_dict(), **self.summary(revision),
                              "droppedCanary": dropped.number if dropped is not None else None})
 
     async def promote(self, request: Request) -> Response:
         """The canary becomes the current revision and takes every request."""
         revision = await self.functions.promote(request.path_params["name"], actor_of(request))
-        return JSONResponse({**revision.to_dict(), **self._summary(revision)})
+        return JSONResponse({**revision.to_dict(), **self.summary(revision)})
 
     def routes(self) -> list[Route]:
         return [
@@ -180,6 +211,8 @@ class FunctionRoutes:
             Route("/api/functions/{name}", self.delete, methods=["DELETE"], name="delete_function"),
             Route("/api/functions/{name}/logs", self.logs, methods=["GET"], name="function_logs"),
             Route("/api/functions/{name}/revisions", self.revisions, methods=["GET"], name="list_revisions"),
+            Route("/api/functions/{name}/stats", self.stats, methods=["GET"], name="function_stats"),
+            Route("/api/functions/{name}/example", self.example, methods=["GET"], name="function_example"),
             Route("/api/functions/{name}/rollback", self.rollback, methods=["POST"], name="rollback_function"),
             Route("/api/functions/{name}/promote", self.promote, methods=["POST"], name="promote_function"),
         ]

@@ -1,21 +1,27 @@
-"""/api/jobs: submit, list, inspect, follow the log of, and cancel training jobs."""
+"""/api/jobs: submit, list, inspect, follow the log of, and cancel training jobs; train a deployed function."""
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from fnserve.manifest import ManifestError, read_yaml
 from fnserve.router.admin import actor_of, bounded_int
 from fnserve.router.admin.bodies import SubmitJob, with_body
 from fnserve.router.admin.functions import source_dir
+from fnserve.router.services.catalog import TRAIN_FILE, Catalog, NotInFolder
+from fnserve.router.services.functions import DeployRejected
 from fnserve.router.services.training import TrainingService
 from fnserve.settings import Settings
 
 
 class JobRoutes:
-    def __init__(self, training: TrainingService, settings: Settings) -> None:
+    def __init__(self, training: TrainingService, catalog: Catalog, settings: Settings) -> None:
         self.training = training
+        self.catalog = catalog
         self.settings = settings
 
     @with_body(SubmitJob)
@@ -23,6 +29,20 @@ class JobRoutes:
         """Queue a training job: {"manifest": {...TrainingJob}, "sourceDir": "...", "params": {...}} → 202."""
         record = await self.training.submit(body.manifest, await source_dir(self.settings, body),
                                             body.source or "manifest", body.params, actor_of(request))
+        return JSONResponse(record.to_dict(), 202, headers={"Location": f"/api/jobs/{record.id}"})
+
+    async def train(self, request: Request) -> Response:
+        """Train a function with the train.yaml its current revision was deployed with → 202 and the job."""
+        revision = self.training.functions.current(request.path_params["name"])
+        manifest = self.catalog.train_manifest(revision)
+        if manifest is None:
+            raise NotInFolder(f"function {revision.name!r} has no {TRAIN_FILE} beside its manifest")
+        try:
+            data = await asyncio.to_thread(read_yaml, manifest)
+        except ManifestError as exc:
+            raise DeployRejected(f"invalid manifest: {exc}", exc.problems) from None
+        record = await self.training.submit(data, str(revision.source_dir), f"{revision.name}/{TRAIN_FILE}", None,
+                                            actor_of(request))
         return JSONResponse(record.to_dict(), 202, headers={"Location": f"/api/jobs/{record.id}"})
 
     async def list_jobs(self, request: Request) -> Response:
@@ -53,4 +73,5 @@ class JobRoutes:
             Route("/api/jobs/{job_id}", self.get, methods=["GET"], name="get_job"),
             Route("/api/jobs/{job_id}/logs", self.logs, methods=["GET"], name="job_logs"),
             Route("/api/jobs/{job_id}/cancel", self.cancel, methods=["POST"], name="cancel_job"),
+            Route("/api/functions/{name}/train", self.train, methods=["POST"], name="train_function"),
         ]

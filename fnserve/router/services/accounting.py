@@ -11,6 +11,7 @@ from typing import Any
 
 from fnserve.accounting import Tally, utc_day
 from fnserve.router.invocation import Invocation
+from fnserve.router.live_stats import LiveStats
 from fnserve.router.metrics import Metrics
 from fnserve.router.redis_counters import RedisUsage
 from fnserve.state import StateStore
@@ -59,6 +60,8 @@ class AccountingService:
         self.by_revision: dict[tuple[str, int], Tally] = {}
         """Requests, errors and latency per function × revision seen by this router since it started (what
         `fnserve status` compares during a canary rollout)."""
+        self.live = LiveStats()
+        """The last hour in 10-second buckets per function (the console's list and charts)."""
 
     def revision_summary(self, function: str, number: int) -> dict[str, Any]:
         tally = self.by_revision.get((function, number), Tally())
@@ -81,6 +84,7 @@ class AccountingService:
             if tally is None:
                 tally = self.by_revision[which] = Tally()
             tally.add(invocation.status, elapsed_ms, invocation.upstream_ms)
+            self.live.record(invocation.function, invocation.status, elapsed_ms, invocation.cold_start_ms is not None)
         row = (invocation.key_id, invocation.function, invocation.status, elapsed_ms, invocation.upstream_ms,
                invocation.now, invocation.prompt_tokens, invocation.completion_tokens)
         if self.shared is not None:

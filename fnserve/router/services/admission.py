@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 from fnserve.accounting import seconds_to_midnight, utc_day
-from fnserve.records import Revision
+from fnserve.records import KeyRecord, Revision
 from fnserve.router.invocation import Invocation, Principal, Reservation
 from fnserve.router.quota import DailyCounters, Limits, RateResult, Store, rate_headers, token_headers
 from fnserve.router.services.keys import KeyService
@@ -54,14 +55,16 @@ class AdmissionService:
             return cached
         spec = revision.function.spec.limits
         function_limits = Limits(**spec.model_dump()) if spec else Limits()
-        base = self.defaults
-        if principal is not None:
-            base = Limits(**principal.limits).over(tenants.get(principal.tenant, Limits()).over(base))
+        base = self._key_limits(principal.limits, principal.tenant, tenants) if principal is not None else self.defaults
         overridden = frozenset(f.name for f in fields(Limits) if getattr(function_limits, f.name) is not None)
         if len(self._resolved) > 10_000:
             self._resolved.clear()
         self._resolved[cache_key] = (function_limits.over(base), overridden)
         return self._resolved[cache_key]
+
+    def _key_limits(self, own: dict[str, Any], tenant: str, tenants: dict[str, Limits]) -> Limits:
+        """A key's own limits over its tenant's over the global defaults."""
+        return Limits(**own).over(tenants.get(tenant, Limits()).over(self.defaults))
 
     async def admit(self, invocation: Invocation, client: str) -> Refusal | None:
         """Check and take the invocation's limits; a refusal says which one it hit."""
@@ -140,6 +143,28 @@ class AdmissionService:
                 else:
                     assert isinstance(reservation.where, str)
                     await self.daily.add(reservation.subject, reservation.where, used - reservation.tokens)
+
+    async def quota(self, key: KeyRecord, revisions: list[Revision], now: float) -> dict[str, Any]:
+        """A key's limits as they apply to it (its own over its tenant's over the defaults) and what it
+        has used today of each daily one: a bar per limit, and one per function of ``revisions`` whose
+        manifest sets its own daily limit for the key (counted apart, per key × function)."""
+        limits = self._key_limits(key.limits, key.tenant, await self.keys.tenant_limits())
+        bars = await self._bars(key.id, limits, None, now)
+        for revision in revisions:
+            spec = revision.function.spec.limits
+            if spec is not None and (spec.daily or spec.tpd):
+                own = Limits(daily=spec.daily, tpd=spec.tpd)
+                bars += await self._bars(f"{key.id}|{revision.name}", own, revision.name, now)
+        return {"limits": limits.to_dict(), "day": utc_day(now), "bars": bars}
+
+    async def _bars(self, subject: str, limits: Limits, function: str | None, now: float) -> list[dict[str, Any]]:
+        bars = []
+        for name, counted, unit in (("daily", subject, "requests"), ("tpd", f"{subject}|tokens", "tokens")):
+            limit = getattr(limits, name)
+            if limit:
+                bars.append({"limit": name, "function": function, "used": await self.daily.used(counted, now),
+                             "of": limit, "unit": unit})
+        return bars
 
     def flush(self) -> None:
         """Persist the daily counts (blocking: a worker thread, or at shutdown)."""

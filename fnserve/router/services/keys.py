@@ -278,6 +278,13 @@ class KeyService:
     async def keys(self) -> list[KeyRecord]:
         return await asyncio.to_thread(self.state.keys)
 
+    async def record(self, key_id: str) -> KeyRecord:
+        """One key's record (revoked and expired ones too); raises KeyNotFound."""
+        record = await asyncio.to_thread(self.state.key, key_id)
+        if record is None:
+            raise KeyNotFound(f"no API key {key_id!r}")
+        return record
+
     async def create(self, name: str, tenant: str, scopes: list[str], expires_in: float | None,
                      limits: dict[str, Any], actor: Actor = SYSTEM) -> tuple[KeyRecord, str]:
         """A new key and its token (shown once: only its hash is stored)."""
