@@ -40,6 +40,7 @@ $(MODEL): $(STAMP) $(EXAMPLE)/train.yaml $(EXAMPLE)/train.py $(EXAMPLE)/featuriz
 
 run: $(STAMP) $(MODEL)
 	@echo "fnserve: try   curl -s localhost:$(PORT)/v1/models/sentiment:predict -d '{\"instances\": [\"what a wonderful film\"]}'"
+	@echo "fnserve: or open http://localhost:$(PORT)/ (the web console; sign in with the key in $(STATE)/admin.key)"
 	$(VENV)/bin/fnserve up --port $(PORT) --state-dir $(STATE) --deploy $(EXAMPLE)
 
 # lint first, so CI (.ci/run → make test) enforces the layer rules and the types as well as the tests
@@ -60,6 +61,7 @@ bench: $(STAMP)
 	$(PY) -m bench.streaming
 	$(PY) -m bench.shared_quota
 	$(PY) -m bench.observability
+	$(PY) -m bench.console
 	$(PY) -m bench.summarize
 
 # a bounded headless Locust run; override e.g. `make loadtest USERS=32 DURATION=60 SHAPE=spike FUNCTION=embeddings`,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import os
 import signal
 import sys
@@ -117,9 +118,10 @@ def read_startup(path: Path) -> tuple[float, float] | None:
     """(load started, load ended) as the replica wrote them, or None when it wrote nothing readable."""
     try:
         data = json.loads(path.read_text())
-        return float(data["loadStartedAt"]), float(data["loadEndedAt"])
+        started, ended = float(data["loadStartedAt"]), float(data["loadEndedAt"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return (started, ended) if math.isfinite(started) and math.isfinite(ended) and started <= ended else None
 
 
 # -- token usage: how a replica tells the router what a generative answer cost --------------------------------

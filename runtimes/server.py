@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ModelLoadError) as exc:
         _fail(str(exc))
     if os.environ.get(STARTUP_FILE_ENV):  # the starter splits this replica's cold start with it
-        write_startup(os.environ[STARTUP_FILE_ENV], load_started, time.time())
+        try:
+            write_startup(os.environ[STARTUP_FILE_ENV], load_started, time.time())
+        except OSError as exc:  # a timing lost is no reason not to serve
+            logging.getLogger("fnserve.runtime").warning("cannot write the start-up timing: %s", exc)
     tracing.configure("fnserve-replica", {"fnserve.function": model.name})
     logging.getLogger("fnserve.runtime").info("%s: serving on http://%s:%d", model.name, args.host, args.port)
     try:

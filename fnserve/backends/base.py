@@ -37,6 +37,8 @@ class Endpoint:
     url: str
     cold_start_ms: float | None = None
     """Set when the request waited for a replica to start (the X-Fnserve-Cold-Start header)."""
+    first_cold: bool = False
+    """The first request the replica's start made wait: one per cold start, however many waited."""
 
 
 @dataclass

@@ -207,7 +207,7 @@ def create_app(settings: Settings, serving: Serving, training: Training, *, stat
               *KeyRoutes(services.keys).routes(),
               *function_routes.routes(),
               *MeRoutes(services.keys, services.admission, services.functions, services.accounting,
-                        function_routes.summary).routes(),
+                        function_routes.brief).routes(),
               *JobRoutes(services.training, catalog, settings).routes(),
               *metrics.routes(services.accounting.metrics),
               *openapi.routes(lambda: sorted(services.functions.table)),

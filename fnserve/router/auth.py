@@ -2,7 +2,8 @@
 
 Order of checks: no key → 401 with WWW-Authenticate; bad, unknown, revoked or expired key → 401;
 valid key without the scope for this function, for the admin API (``admin``; /api/me opens to any
-valid key) or for /metrics (``metrics``, or ``admin``) → 403. Health, readiness and the
+valid key, a function's example and stats to a key that may invoke it) or for /metrics (``metrics``, or
+``admin``) → 403. Health, readiness and the
 OpenAPI document stay open; a function with ``spec.auth.public: true`` needs no key. Under
 ``/openai/`` any other request needs a valid key (the model list, an unknown model), as OpenAI's own
 API does: which functions exist is no stranger's business. Keys themselves
@@ -52,14 +53,18 @@ def is_admin(path: str) -> bool:
 
 
 ME_PATH = "/api/me"
-"""The one admin-API path any valid key opens: what the key may know of itself."""
+"""An admin-API path any valid key opens: what the key may know of itself."""
+_INVOKERS_VIEW = re.compile(r"^/api/functions/([^/]+)/(?:example|stats)$")
+"""Admin-API paths a key that may invoke the function opens too: its example inputs and its live numbers
+(what the console's page of a function shows a key that may call it)."""
 
 
 def operator_scope(path: str) -> str | None:
     """The scope a path of the operators' (no function's) needs: "admin" for the admin API, "metrics"
-    for /metrics (a Prometheus key needs no more; an admin key opens it too), "" (any valid key) for
-    /api/me; None for any other path."""
-    if path == ME_PATH:
+    for /metrics (a Prometheus key needs no more; an admin key opens it too), "" (any valid key, checked
+    further by the route's function) for /api/me and a function's example and stats; None for any other
+    path."""
+    if path == ME_PATH or _INVOKERS_VIEW.match(path):
         return ""
     if is_admin(path):
         return "admin"
@@ -104,6 +109,10 @@ class AuthMiddleware:
                 principal = await self.keys.verify(token)
             if needs and not principal.may(needs):
                 raise AuthError(403, f"API key {principal.key_id} has no '{needs}' scope", principal.key_id)
+            viewed = _INVOKERS_VIEW.match(scope["path"]) if needs == "" else None
+            if viewed and not (principal.is_admin or principal.may_invoke(viewed.group(1))):
+                raise AuthError(403, f"API key {principal.key_id} may not invoke {viewed.group(1)!r} "
+                                     f"(scopes: {', '.join(principal.scopes)})", principal.key_id)
             if function and not principal.may_invoke(function):
                 raise AuthError(403, f"API key {principal.key_id} may not invoke {function!r} "
                                      f"(scopes: {', '.join(principal.scopes)})", principal.key_id)

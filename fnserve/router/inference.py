@@ -167,7 +167,7 @@ class Inference:
             except BackendError as exc:
                 await respond_error(invocation, send, exc.status, str(exc), retry_after=exc.retry_after)
                 return
-            invocation.cold_start_ms = endpoint.cold_start_ms
+            invocation.cold_start_ms, invocation.cold_start_first = endpoint.cold_start_ms, endpoint.first_cold
             try:
                 with tracing.span("upstream", {"fnserve.replica": endpoint.replica,
                                                "fnserve.revision": revision.number}, SpanKind.CLIENT):

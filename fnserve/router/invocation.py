@@ -87,6 +87,8 @@ class Invocation:
     """What the client was answered; 499 when it went away before an answer."""
     upstream_ms: float = 0.0
     cold_start_ms: float | None = None
+    cold_start_first: bool = False
+    """The first request its replica's start made wait (the console counts cold starts by these)."""
     openai: bool = False
     """Asked under /openai/v1: errors take OpenAI's shape."""
     canary: bool = False

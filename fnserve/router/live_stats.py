@@ -22,6 +22,8 @@ INTERVAL = 10
 """Seconds a bucket spans."""
 HISTORY = 360
 """Buckets kept: an hour."""
+IDLE: dict[str, Any] = {"rpm": 0, "p50Ms": None, "p95Ms": None, "requests": 0, "errors": 0, "coldStarts": 0}
+"""The summary of a function without a request in the last hour."""
 
 
 @dataclass
@@ -36,6 +38,11 @@ class LiveStats:
     def __init__(self, clock: Any = time.time) -> None:
         self.clock = clock
         self._rings: dict[str, deque[Bucket]] = {}
+        self._summaries: dict[str, tuple[int, int, int, dict[str, Any]]] = {}
+        """Each function's windows as of the bucket they were made in (its start, the minute's whole
+        buckets' requests, the sixth bucket's, the rest of the summary): they change only when a request is
+        recorded or a bucket boundary passes, so a console polling every two seconds merges a function's
+        histograms at most once per ten seconds while it gets no requests, however many functions there are."""
 
     def record(self, function: str, status: int, ms: float, cold: bool) -> None:
         """One finished invocation (on the request path: a dict look-up and a histogram add)."""
@@ -48,37 +55,46 @@ class LiveStats:
         bucket = ring[-1]
         bucket.tally.add(status, ms, 0.0)
         bucket.cold_starts += cold
+        self._summaries.pop(function, None)
 
     def forget(self, function: str) -> None:
         self._rings.pop(function, None)
+        self._summaries.pop(function, None)
 
-    def _window(self, function: str, seconds: int, now: float) -> tuple[Tally, int]:
-        """The merged tally and cold starts of the buckets that began within the last ``seconds``."""
+    def _window(self, function: str, seconds: int, current: int) -> tuple[Tally, int]:
+        """The merged tally and cold starts of the window of ``seconds`` that ends with the bucket
+        beginning at ``current``: that bucket (under way) and the ones before it."""
         merged, cold = Tally(), 0
         ring = self._rings.get(function)
         if ring:
-            since = now - seconds
             for bucket in reversed(ring):
-                if bucket.start + INTERVAL <= since:
+                if bucket.start <= current - seconds:
                     break
                 merged.merge(bucket.tally)
                 cold += bucket.cold_starts
         return merged, cold
 
     def summary(self, function: str) -> dict[str, Any]:
-        """What the functions list shows: requests per minute (the last 60 s), p50 and p95 over the last
-        5 minutes (None without requests), and the last hour's requests, server errors and cold starts."""
+        """What the functions list shows: requests per minute (a sliding minute: the current bucket, the
+        five before it and the part of the sixth the minute still covers), p50 and p95 over the last 5
+        minutes (None without requests), and the last hour's requests, server errors and cold starts."""
         now = self.clock()
-        ring = self._rings.get(function)
-        if not ring or ring[-1].start + INTERVAL <= now - 3600:
-            return {"rpm": 0, "p50Ms": None, "p95Ms": None, "requests": 0, "errors": 0, "coldStarts": 0}
-        minute, _ = self._window(function, 60, now)
-        recent, _ = self._window(function, 300, now)
-        hour, cold = self._window(function, 3600, now)
-        return {"rpm": minute.requests,
+        current = int(now) // INTERVAL * INTERVAL
+        cached = self._summaries.get(function)
+        if cached is None or cached[0] != current:
+            ring = self._rings.get(function)
+            if not ring or ring[-1].start + INTERVAL <= now - 3600:
+                return IDLE
+            minute, _ = self._window(function, 60, current)
+            edge = next((b.tally.requests for b in reversed(ring) if b.start <= current - 60 and b.start == current - 60), 0)
+            recent, _ = self._window(function, 300, current)
+            hour, cold = self._window(function, 3600, current)
+            cached = self._summaries[function] = (current, minute.requests, edge, {
                 "p50Ms": recent.percentile_ms(0.5) if recent.requests else None,
                 "p95Ms": recent.percentile_ms(0.95) if recent.requests else None,
-                "requests": hour.requests, "errors": hour.server_errors, "coldStarts": cold}
+                "requests": hour.requests, "errors": hour.server_errors, "coldStarts": cold})
+        _, whole, edge, rest = cached
+        return {"rpm": round(whole + edge * (1 - (now - current) / INTERVAL)), **rest}
 
     def series(self, function: str) -> list[dict[str, Any]]:
         """The last hour as HISTORY buckets, oldest first, the empty ones included (a chart's x axis)."""

@@ -34,6 +34,8 @@ _STATUSES = {
 }
 #: Query parameters the routes read (by route name).
 _QUERY: dict[str, dict[str, dict[str, Any]]] = {
+    "list_functions": {"view": {"type": "string", "enum": ["full", "brief"],
+                                "description": "brief: the numbers the console's list shows, no replica list"}},
     "list_jobs": {"limit": {"type": "integer", "description": "Clamped to 1..1000; default 50."}},
     "function_logs": {"tail": {"type": "integer", "description": "Lines per replica, clamped to 1..10000."},
                       "follow": {"type": "string", "enum": ["0", "1", "true", "false", "yes", "no"],

@@ -5,17 +5,19 @@ the console's own page and its headers; and the pure parts under them (LiveStats
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 from fnserve.backends.local.tracks import cold_start_of
 from fnserve.manifest import parse_function
 from fnserve.records import Revision
 from fnserve.router.console import CONTENT_SECURITY_POLICY
 from fnserve.router.live_stats import HISTORY, INTERVAL, LiveStats
+from fnserve.router.services.catalog import Catalog
+from fnserve.state import StateStore
 from tests.unit.test_router_middlewares import Router, function, scenario
 
 
@@ -47,6 +49,19 @@ def test_live_stats_windows_count_the_last_minute_five_minutes_and_hour() -> Non
                                      "coldStarts": 0}
 
 
+def test_requests_per_minute_slide_over_the_bucket_leaving_the_minute() -> None:
+    clock = Clock(2_000_000.0)  # a bucket's start
+    stats = LiveStats(clock)
+    for _ in range(6):
+        stats.record("f", 200, 5, False)
+    clock.now += 60 + INTERVAL / 2  # that bucket is half out of the minute now
+    assert stats.summary("f")["rpm"] == 3
+    stats.record("f", 200, 5, False)
+    assert stats.summary("f")["rpm"] == 4
+    clock.now += INTERVAL
+    assert stats.summary("f")["rpm"] == 1
+
+
 def test_live_stats_series_is_an_hour_of_buckets_oldest_first_with_the_empty_ones() -> None:
     clock = Clock(1_000_005.0)
     stats = LiveStats(clock)
@@ -65,12 +80,14 @@ def test_live_stats_series_is_an_hour_of_buckets_oldest_first_with_the_empty_one
 def test_a_cold_start_is_split_into_queue_process_load_and_ready() -> None:
     replica = SimpleNamespace(launched_at=100.0, load=(100.2, 100.5), ready_at=100.6, id="r-1",
                               revision=SimpleNamespace(number=3))
-    split = cold_start_of(replica, 900.0).to_dict()  # type: ignore[arg-type]
+    split = cold_start_of(replica, 900.0, now=100.8).to_dict()  # type: ignore[arg-type]
     assert split["revision"] == 3 and split["replica"] == "r-1" and split["totalMs"] == 900.0
     assert (split["processMs"], split["loadMs"], split["readyMs"]) == (200.0, 300.0, 100.0)
-    assert split["queueMs"] == 300.0
+    assert split["queueMs"] == 300.0  # 100 ms before the launch, 200 ms after the answer
+    late = cold_start_of(replica, 400.0, now=100.8).to_dict()  # type: ignore[arg-type]  # came at 100.4, mid-load
+    assert (late["processMs"], late["loadMs"], late["readyMs"], late["queueMs"]) == (0.0, 100.0, 100.0, 200.0)
     unknown = cold_start_of(SimpleNamespace(launched_at=1.0, load=None, ready_at=2.0, id="r-2",  # type: ignore[arg-type]
-                                            revision=SimpleNamespace(number=1)), 50.0).to_dict()
+                                            revision=SimpleNamespace(number=1)), 50.0, now=3.0).to_dict()
     assert unknown["totalMs"] == 50.0 and unknown["loadMs"] is None and unknown["queueMs"] is None
 
 
@@ -81,6 +98,7 @@ def test_api_me_answers_any_valid_key_with_its_functions_quota_and_usage(tmp_pat
         await r.key("capped", ["invoke:sentiment"], daily=100, tpd=5000)
         for _ in range(3):
             assert (await r.predict("sentiment", "capped")).status_code == 200
+        r.services.flush()  # the router's once-a-second flush: /api/me reads the ledger as of the last one
         me = await r.client.get("/api/me", headers=r.auth("capped"))
         assert me.status_code == 200, me.text
         data = me.json()
@@ -128,6 +146,11 @@ def test_the_functions_list_carries_live_numbers(tmp_path: Path) -> None:
         assert listed["open"]["stats"]["rpm"] == 0 and listed["open"]["stats"]["p95Ms"] is None
         for field in ("actual", "inFlight", "desired", "queued", "labels", "trainable", "revision", "runtime"):
             assert field in listed["sentiment"], field
+        brief = (await r.client.get("/api/functions?view=brief", headers=r.auth("admin"))).json()["functions"]
+        assert [f["name"] for f in brief] == sorted(listed) and brief[-1]["stats"] == listed["sentiment"]["stats"]
+        assert "replicas" not in brief[-1] and "traffic" not in brief[-1]
+        wrong = await r.client.get("/api/functions?view=everything", headers=r.auth("admin"))
+        assert wrong.status_code == 400 and "view" in wrong.json()["error"]
         series = (await r.client.get("/api/functions/sentiment/stats", headers=r.auth("admin"))).json()
         assert series["intervalSeconds"] == INTERVAL and len(series["buckets"]) == HISTORY
         assert sum(b["requests"] for b in series["buckets"]) == 4
@@ -139,14 +162,48 @@ def test_the_functions_list_carries_live_numbers(tmp_path: Path) -> None:
 
 def test_example_inputs_come_from_the_revisions_examples_file(tmp_path: Path) -> None:
     async def body(r: Router) -> None:
-        missing = await r.client.get("/api/functions/sentiment/example", headers=r.auth("admin"))
-        assert missing.status_code == 404 and "examples.jsonl" in missing.json()["error"]
+        none = await r.client.get("/api/functions/sentiment/example", headers=r.auth("admin"))
+        assert none.status_code == 200 and none.json()["examples"] == [] and none.json()["body"] is None
         source = r.services.functions.table["sentiment"].source_dir
-        (source / "examples.jsonl").write_text('{"instances": ["one"]}\nnot json\n[1, 2]\n{"instances": ["two"]}\n')
+        (source / "examples.jsonl").write_text('{"instances": ["one"]}\nnot json\n[1, 2]\n{"instances": [NaN]}\n'
+                                               + "[" * 100_000 + '\n{"instances": ["two"]}\n')
         found = (await r.client.get("/api/functions/sentiment/example", headers=r.auth("admin"))).json()
         assert found == {"path": "/v1/models/sentiment:predict", "body": {"instances": ["one"]},
                          "examples": [{"instances": ["one"]}, {"instances": ["two"]}]}
+        # a key that may invoke the function may see its examples and live numbers; one that may not, neither
+        for path in ("/api/functions/sentiment/example", "/api/functions/sentiment/stats"):
+            assert (await r.client.get(path, headers=r.auth("narrow"))).status_code == 200, path
+            assert (await r.client.get(path)).status_code == 401, path
+        await r.key("other", ["invoke:open"])
+        refused = await r.client.get("/api/functions/sentiment/stats", headers=r.auth("other"))
+        assert refused.status_code == 403 and "may not invoke 'sentiment'" in refused.json()["error"]
+        assert (await r.client.get("/api/functions/sentiment", headers=r.auth("narrow"))).status_code == 403
+        assert (await r.client.get("/api/functions/sentiment/logs", headers=r.auth("narrow"))).status_code == 403
     scenario(tmp_path, body)
+
+
+def test_a_text_generators_examples_are_chat_requests_on_its_chat_route(tmp_path: Path) -> None:
+    async def body(r: Router) -> None:
+        data = function("writer")
+        data["spec"]["runtime"], data["spec"]["transformers"] = "transformers", {"task": "text-generation"}
+        revision = Revision(parse_function(data), 1, tmp_path / "writer", tmp_path, time.time())
+        revision.source_dir.mkdir()
+        (revision.source_dir / "examples.jsonl").write_text('{"instances": ["Once upon a time", 3]}\n')
+        r.services.functions.table["writer"] = revision
+        found = (await r.client.get("/api/functions/writer/example", headers=r.auth("admin"))).json()
+        chat = {"model": "writer", "messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 64}
+        assert found == {"path": "/openai/v1/chat/completions", "body": chat, "examples": [chat]}
+    scenario(tmp_path, body)
+
+
+def test_a_runs_metrics_with_nan_are_shown_as_strings(tmp_path: Path) -> None:
+    data = function("trained")
+    data["spec"]["model"] = {"uri": "artifacts://trained/20261207-000000-000-abcd"}
+    (tmp_path / "metrics.json").write_text('{"loss": NaN, "accuracy": 0.9}')
+    revision = Revision(parse_function(data), 1, tmp_path, tmp_path, time.time())
+    runs = asyncio.run(Catalog(StateStore(tmp_path / "state.db")).runs([revision]))
+    assert runs == {1: {"id": "20261207-000000-000-abcd", "job": None, "metrics": {"loss": "nan", "accuracy": 0.9}}}
+    json.dumps(runs, allow_nan=False)  # what the route answers with
 
 
 def test_training_a_function_without_a_train_manifest_is_404(tmp_path: Path) -> None:

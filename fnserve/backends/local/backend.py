@@ -410,6 +410,7 @@ class LocalBackend:
         if cold_ms is not None and not replica.cold_start_told:
             replica.cold_start_told = True
             fn.cold_starts.appendleft(cold_start_of(replica, cold_ms))
+            return Endpoint(name, replica.id, replica.url, cold_ms, first_cold=True)
         return Endpoint(name, replica.id, replica.url, cold_ms)
 
     def release(self, endpoint: Endpoint) -> None:

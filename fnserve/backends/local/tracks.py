@@ -24,18 +24,25 @@ LIVE = ("starting", "ready")
 COLD_STARTS_KEPT = 20
 
 
-def cold_start_of(replica: Replica, waited_ms: float) -> ColdStart:
-    """Split the first waiting request's ``waited_ms`` by the replica's start: launch → model load →
-    loaded → first ready answer; the rest was queueing (before the launch, after the answer)."""
+def cold_start_of(replica: Replica, waited_ms: float, now: float | None = None) -> ColdStart:
+    """Split the first waiting request's ``waited_ms`` (it is dispatched ``now``) by the replica's start:
+    launch → model load → loaded → first ready answer, each phase as much of it as fell within the wait
+    (a request that came after the launch waited for part of it); the rest was queueing (before the
+    launch, after the answer)."""
+    now = time.time() if now is None else now
     ready_ms = process_ms = load_ms = queue_ms = None
     if replica.load is not None:
+        arrived = now - waited_ms / 1000
+
+        def within(start: float, end: float) -> float:
+            return max(0.0, min(end, now) - max(start, arrived)) * 1000
+
         load_start, load_end = replica.load
-        process_ms = max(0.0, (load_start - replica.launched_at) * 1000)
-        load_ms = max(0.0, (load_end - load_start) * 1000)
-        ready_ms = max(0.0, (replica.ready_at - load_end) * 1000)
+        process_ms = within(replica.launched_at, load_start)
+        load_ms = within(load_start, load_end)
+        ready_ms = within(load_end, replica.ready_at)
         queue_ms = max(0.0, waited_ms - process_ms - load_ms - ready_ms)
-    return ColdStart(time.time(), replica.revision.number, replica.id, waited_ms, queue_ms, process_ms, load_ms,
-                     ready_ms)
+    return ColdStart(now, replica.revision.number, replica.id, waited_ms, queue_ms, process_ms, load_ms, ready_ms)
 
 
 @dataclass

@@ -7,7 +7,11 @@ service raises are mapped to HTTP once, by the app's exception handlers (router/
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from fnserve.router.errors import BadRequest, request_id
 from fnserve.router.services.audit import Actor
@@ -26,3 +30,11 @@ def bounded_int(request: Request, name: str, default: int, low: int, high: int, 
         return max(low, min(int(request.query_params.get(name, str(default))), high))
     except ValueError:
         raise BadRequest(f"{name} must be a whole number{what}") from None
+
+
+class LargeJSONResponse(JSONResponse):
+    """JSON encoded by orjson: for answers a console polls that grow with the fleet (the functions list
+    of a thousand functions is 7 ms of json.dumps, under 1 ms of orjson, every two seconds per tab)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)

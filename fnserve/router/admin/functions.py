@@ -11,14 +11,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from fnserve.backends.base import FunctionStatus
 from fnserve.records import Revision
-from fnserve.router.admin import actor_of, bounded_int
+from fnserve.router.admin import LargeJSONResponse, actor_of, bounded_int
 from fnserve.router.admin.bodies import Deploy, FunctionSource, Rollback, with_body
 from fnserve.router.errors import BadRequest
-from fnserve.router.generative import invoke_path
+from fnserve.router.generative import invoke_path, task_of
 from fnserve.router.live_stats import INTERVAL
 from fnserve.router.services.accounting import AccountingService
-from fnserve.router.services.catalog import EXAMPLES_FILE, Catalog, NotInFolder
+from fnserve.router.services.catalog import MAX_EXAMPLES, Catalog, as_chat
 from fnserve.router.services.functions import FunctionService, Progress
 from fnserve.settings import Settings
 from fnserve.storage import ArtifactError
@@ -55,21 +56,40 @@ class FunctionRoutes:
         self.accounting = accounting
         self.catalog = catalog
         self.settings = settings
+        self._fixed: dict[tuple[str, int, float], dict[str, Any]] = {}
         self._deploying: set[asyncio.Future[None]] = set()
         """Streamed deploys still running (held here so that none is collected mid-way)."""
 
+    def brief(self, revision: Revision, status: FunctionStatus | None = None) -> dict[str, Any]:
+        """What the functions list shows of one: revision, replicas had and wanted, requests in flight and
+        queued, and this router's live numbers (router/live_stats.py) — what a console polling a thousand
+        functions every two seconds needs, and no more."""
+        key = (revision.name, revision.number, revision.created_at)  # a number is reused after `rm`
+        fixed = self._fixed.get(key)
+        if fixed is None:  # what never changes for a revision: made once, not on every poll
+            if len(self._fixed) > 10_000:
+                self._fixed.clear()
+            fixed = self._fixed[key] = {
+                "name": revision.name, "revision": revision.number, "runtime": revision.function.spec.runtime,
+                "url": invoke_path(revision), "labels": revision.function.metadata.labels,
+                "trainable": self.catalog.trainable(revision)}
+        status = status or self.functions.status(key[0])
+        if status is None:
+            return {**fixed, "ready": False, "message": "not running", "actual": 0, "inFlight": 0, "desired": 0,
+                    "queued": 0, "canaryRevision": None, "canaryPercent": 0, "stats": self.accounting.live.summary(key[0])}
+        actual = in_flight = 0
+        for replica in status.replicas:
+            actual += replica.state == "ready"
+            in_flight += replica.outstanding
+        return {**fixed, "ready": status.ready, "message": status.message, "actual": actual, "inFlight": in_flight,
+                "desired": status.desired or 0, "queued": status.queued, "canaryRevision": status.canary_revision,
+                "canaryPercent": status.canary_percent, "stats": self.accounting.live.summary(key[0])}
+
     def summary(self, revision: Revision) -> dict[str, Any]:
-        """What the functions list shows of one: revision, replicas wanted and had, requests in flight and
-        queued, and this router's live numbers (router/live_stats.py)."""
+        """The brief, with the replicas one by one, the traffic split and what the backend says."""
         status = self.functions.status(revision.name)
         shown = status.to_dict() if status is not None else {"ready": False, "replicas": [], "message": "not running"}
-        spec = revision.function.spec
-        replicas = status.replicas if status is not None else []
-        return {"name": revision.name, "revision": revision.number, "runtime": spec.runtime,
-                "url": invoke_path(revision), "createdAt": revision.created_at, "traffic": self._traffic(revision),
-                "labels": revision.function.metadata.labels, "trainable": self.catalog.trainable(revision),
-                "actual": sum(r.state == "ready" for r in replicas), "inFlight": sum(r.outstanding for r in replicas),
-                "stats": self.accounting.live.summary(revision.name),
+        return {**self.brief(revision, status), "createdAt": revision.created_at, "traffic": self._traffic(revision),
                 **{k: v for k, v in shown.items() if k not in ("name", "revision")}}
 
     def _traffic(self, revision: Revision) -> list[dict[str, Any]]:
@@ -84,8 +104,13 @@ class FunctionRoutes:
                  **self.accounting.revision_summary(r.name, r.number)} for r, share, is_canary in shares]
 
     async def list_functions(self, request: Request) -> Response:
-        """All deployed functions with their current revision and replicas."""
-        return JSONResponse({"functions": [self.summary(r) for _, r in sorted(self.functions.table.items())]})
+        """All deployed functions with their current revision and replicas (?view=brief: the numbers the
+        console's list shows, without replicas one by one or the traffic split)."""
+        view = request.query_params.get("view", "full")
+        if view not in ("full", "brief"):
+            raise BadRequest(f"view must be full or brief (got {view!r})")
+        describe = self.brief if view == "brief" else self.summary
+        return LargeJSONResponse({"functions": [describe(r) for _, r in sorted(self.functions.table.items())]})
 
     @with_body(Deploy)
     async def deploy(self, request: Request, body: Deploy) -> Response:
@@ -183,12 +208,15 @@ class FunctionRoutes:
                              "coldStarts": [c.to_dict() for c in status.cold_starts] if status is not None else []})
 
     async def example(self, request: Request) -> Response:
-        """The function's example requests (its examples.jsonl), and the path to send them to."""
+        """The function's example requests (its examples.jsonl; none: an empty list and a null body — a
+        function without examples is no error), and the path to send them to."""
         revision = self.functions.current(request.path_params["name"])
         examples = await self.catalog.examples(revision)
-        if not examples:
-            raise NotInFolder(f"function {revision.name!r} has no example inputs ({EXAMPLES_FILE} beside its manifest)")
-        return JSONResponse({"path": f"/v1/models/{revision.name}:predict", "body": examples[0], "examples": examples})
+        if task_of(revision) == "text-generation":  # it answers OpenAI's chat route only: each prompt as a chat
+            examples = [as_chat(revision.name, text) for body in examples for text in body.get("instances", [])
+                        if isinstance(text, str)][:MAX_EXAMPLES]
+        return JSONResponse({"path": invoke_path(revision), "body": examples[0] if examples else None,
+                             "examples": examples})
 
     @with_body(Rollback)
     async def rollback(self, request: Request, body: Rollback) -> Response:

@@ -2,8 +2,8 @@
 limits and what it has used of them today, and its usage rows; and /api/keys/{key_id}/quota, the same
 limits and consumption of any key, for an admin.
 
-/api/me is the one /api path a key without the admin scope opens (router/auth.py): the console signs in
-with it, and a non-admin key's console is built from its answer alone.
+Any valid key opens /api/me (router/auth.py; a key that may invoke a function opens its example and
+stats too): the console signs in with it, and a non-admin key's console is built from these.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from fnserve.accounting import utc_day
 from fnserve.records import KeyRecord, Revision
+from fnserve.router.admin import LargeJSONResponse
 from fnserve.router.auth import ME_PATH
 from fnserve.router.invocation import Principal
 from fnserve.router.services.accounting import AccountingService
@@ -31,12 +32,12 @@ USAGE_DAYS = 30
 
 class MeRoutes:
     def __init__(self, keys: KeyService, admission: AdmissionService, functions: FunctionService,
-                 accounting: AccountingService, summary: Callable[[Revision], dict[str, Any]]) -> None:
+                 accounting: AccountingService, brief: Callable[[Revision], dict[str, Any]]) -> None:
         self.keys = keys
         self.admission = admission
         self.functions = functions
         self.accounting = accounting
-        self.summary = summary
+        self.brief = brief
 
     def _callable_by(self, principal: Principal | KeyRecord) -> list[Revision]:
         """The functions a key may invoke: all for an admin key, else those its invoke scopes name (public
@@ -46,15 +47,17 @@ class MeRoutes:
                 if "admin" in scopes or "invoke:*" in scopes or f"invoke:{r.name}" in scopes]
 
     async def me(self, request: Request) -> Response:
-        """The calling key: its attributes, whether it is an admin key, the functions it may invoke (as the
-        functions list shows them), its limits with today's consumption, and its usage rows."""
+        """The calling key: its attributes, whether it is an admin key, the functions it may invoke (the
+        brief view: no replica addresses or processes, which are the operators'), its limits with today's
+        consumption, and its usage rows of the last 30 days (as of the last second's flush)."""
         principal: Principal = request.scope["state"]["principal"]
         record = await self.keys.record(principal.key_id)
         revisions = self._callable_by(record)
-        return JSONResponse({"key": record.to_dict(), "admin": "admin" in record.scopes,
-                             "functions": [self.summary(r) for r in revisions],
-                             "quota": await self.admission.quota(record, revisions, time.time()),
-                             "usage": await self.accounting.usage(record.id, None, utc_day(time.time() - USAGE_DAYS * 86400))})
+        since = utc_day(time.time() - USAGE_DAYS * 86400)
+        return LargeJSONResponse({"key": record.to_dict(), "admin": "admin" in record.scopes,
+                                  "functions": [self.brief(r) for r in revisions],
+                                  "quota": await self.admission.quota(record, revisions, time.time()),
+                                  "usage": await self.accounting.usage(record.id, None, since, latest=False)})
 
     async def quota(self, request: Request) -> Response:
         """One key's limits as they apply to it and what it has used of each daily one today."""

@@ -84,7 +84,7 @@ class AccountingService:
             if tally is None:
                 tally = self.by_revision[which] = Tally()
             tally.add(invocation.status, elapsed_ms, invocation.upstream_ms)
-            self.live.record(invocation.function, invocation.status, elapsed_ms, invocation.cold_start_ms is not None)
+            self.live.record(invocation.function, invocation.status, elapsed_ms, invocation.cold_start_first)
         row = (invocation.key_id, invocation.function, invocation.status, elapsed_ms, invocation.upstream_ms,
                invocation.now, invocation.prompt_tokens, invocation.completion_tokens)
         if self.shared is not None:
@@ -98,9 +98,12 @@ class AccountingService:
         if self.shared is not None:
             self.shared.merge()
 
-    async def usage(self, key_id: str | None, function: str | None, since: str | None) -> list[dict[str, Any]]:
-        """The ledger's rows, this router's latest counts included."""
-        await asyncio.to_thread(self.flush)
+    async def usage(self, key_id: str | None, function: str | None, since: str | None,
+                    latest: bool = True) -> list[dict[str, Any]]:
+        """The ledger's rows, with ``latest`` this router's counts of the last second included (a write to
+        the store first: an admin's read, not a poll any key may make as often as it likes)."""
+        if latest:
+            await asyncio.to_thread(self.flush)
         rows = await asyncio.to_thread(self.state.usage, key_id, function, since)
         return [{"keyId": key, "function": name, "day": day, **Tally.from_json(tally).summary()}
                 for key, name, day, tally in rows]

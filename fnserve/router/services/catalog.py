@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fnserve.backends.base import BackendError
+from fnserve.finite import as_strings
 from fnserve.records import JobRecord, Revision
 from fnserve.state import StateStore
 
@@ -32,16 +33,11 @@ class NotInFolder(BackendError):
 class Catalog:
     def __init__(self, state: StateStore) -> None:
         self.state = state
-        self._trainable: dict[str, bool] = {}
-        """By revision id: a revision's folder never changes, so a thousand functions polled every two
-        seconds cost no file system calls after the first."""
 
-    def trainable(self, revision: Revision) -> bool:
+    @staticmethod
+    def trainable(revision: Revision) -> bool:
         """Whether the revision's folder holds a training job manifest (``train.yaml``)."""
-        found = self._trainable.get(revision.id)
-        if found is None:
-            found = self._trainable[revision.id] = (revision.source_dir / TRAIN_FILE).is_file()
-        return found
+        return (revision.source_dir / TRAIN_FILE).is_file()
 
     @staticmethod
     def train_manifest(revision: Revision) -> Path | None:
@@ -84,8 +80,8 @@ def _read_examples(path: Path) -> list[dict[str, Any]]:
     bodies = []
     for line in text.splitlines():
         try:
-            body = json.loads(line)
-        except ValueError:
+            body = json.loads(line, parse_constant=_no_constant)
+        except (ValueError, RecursionError):  # not JSON, NaN or Infinity (no JSON answer can carry them), too deep
             continue
         if isinstance(body, dict):
             bodies.append(body)
@@ -94,9 +90,19 @@ def _read_examples(path: Path) -> list[dict[str, Any]]:
     return bodies
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _read_metrics(model_dir: Path) -> dict[str, Any] | None:
+    """A run's metrics.json; a NaN loss is news, so non-finite numbers are kept as strings ("nan")."""
     try:
         data = json.loads((model_dir / METRICS_FILE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    return data if isinstance(data, dict) else None
+    return as_strings(data) if isinstance(data, dict) else None
+
+
+def as_chat(name: str, prompt: str) -> dict[str, Any]:
+    """An example prompt as the chat request a text-generation function answers."""
+    return {"model": name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 64}
