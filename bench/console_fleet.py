@@ -101,7 +101,7 @@ def main() -> None:
         services.functions.table[name] = revision
         serving.add(name, index)
         if index % 3 == 0:  # a third of them served requests over the last hour
-            for back in range(0, 3600, INTERVAL * 6):
+            for back in range(3600 - INTERVAL * 6, -1, -INTERVAL * 6):  # oldest first, as time passes
                 services.accounting.live.clock = lambda back=back: now - back  # noqa: B023 (called at once)
                 for _ in range(rng.randint(1, 5)):
                     services.accounting.live.record(name, 500 if rng.random() < 0.02 else 200,

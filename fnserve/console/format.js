@@ -12,6 +12,7 @@ const formatters = new Map();
 /** 1234.5 → "1,234.5" (the browser's locale, as toLocaleString); digits: the most fraction digits shown. */
 export function num(value, digits = 1) {
   if (missing(value) || typeof value !== "number") return MISSING;
+  if (Number.isInteger(value) && value > -1000 && value < 1000) return String(value);  // most cells: no Intl
   let format = formatters.get(digits);
   if (!format) {
     format = new Intl.NumberFormat(undefined, { maximumFractionDigits: digits });

@@ -10,7 +10,7 @@ import { h, setAttr } from "./dom.js";
  *            num?: true (right-aligned), hint? (the header's title), build?(row) → Node, sig?(row) → string (build again when it
  *            changes)}]
  * options: {key(row) → string, testid (each row's data-testid), rowData?(row) → {name: value} data-*,
- *           caption?, empty (text shown with no rows), fixed (a fixed layout, each column's ``width``
+ *           caption?, empty (text shown with no rows), fixed (a grid of rows, each column's ``width``
  *           set: a long table is laid out from its first row, not from all of them)}
  */
 export class KeyedTable {
@@ -20,18 +20,22 @@ export class KeyedTable {
     this.rowData = rowData;
     this.rows = new Map();
     this.body = h("tbody");
-    this.emptyRow = h("tr", { class: "empty" }, h("td", { colspan: columns.length }, empty));
-    this.prototype = h("tr", { "data-testid": testid }, columns.map((c) => h("td", { "data-col": c.id,
-      class: c.num ? "num" : null }, c.href ? h("a", { href: "#" }) : null)));
-    const cols = fixed ? h("colgroup", {}, columns.map((c) => {
-      const col = h("col");
-      if (c.width) col.style.width = c.width;
-      return col;
-    })) : null;
-    this.table = h("table", { class: fixed ? "fixed" : null },
-      caption ? h("caption", { class: "visually-hidden" }, caption) : null, cols,
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null, title: c.hint }, c.label)))),
+    // A fixed table is laid out as a grid of rows, each row a grid of the columns' widths, so that the
+    // browser lays out and paints only the rows on screen (content-visibility: auto, console.css): a
+    // thousand rows of a real table are measured together, every one of them, on each change. Its table
+    // roles are said explicitly, since a table displayed as a grid may lose them.
+    const role = (name) => (fixed ? name : null);
+    this.emptyRow = h("tr", { class: "empty", role: role("row") },
+      h("td", { colspan: columns.length, role: role("cell") }, empty));
+    this.prototype = h("tr", { "data-testid": testid, role: role("row") }, columns.map((c) => h("td", {
+      "data-col": c.id, class: c.num ? "num" : null, role: role("cell") }, c.href ? h("a", { href: "#" }) : null)));
+    if (fixed) this.body.setAttribute("role", "rowgroup");
+    this.table = h("table", { class: fixed ? "fixed" : null, role: role("table") },
+      caption ? h("caption", { class: "visually-hidden" }, caption) : null,
+      h("thead", { role: role("rowgroup") }, h("tr", { role: role("row") }, columns.map((c) => h("th", {
+        scope: "col", class: c.num ? "num" : null, title: c.hint, role: role("columnheader") }, c.label)))),
       this.body);
+    if (fixed) this.table.style.setProperty("--columns", columns.map((c) => c.width || "minmax(8rem, 1fr)").join(" "));
     this.element = h("div", { class: "table-wrap" }, this.table);
   }
 

@@ -244,6 +244,17 @@ def test_the_console_is_served_with_a_strict_content_security_policy(tmp_path: P
     scenario(tmp_path, body)
 
 
+def test_the_page_preloads_every_module_it_loads() -> None:
+    """Each module is fetched at once with the page (<link rel="modulepreload">), not level by level as
+    imports are found: a module added without its preload would bring the waterfall back."""
+    folder = Path(__file__).resolve().parents[2] / "fnserve" / "console"
+    page = (folder / "index.html").read_text()
+    for script in folder.rglob("*.js"):
+        name = script.relative_to(folder).as_posix()
+        if name != "app.js":
+            assert f'<link rel="modulepreload" href="/console/assets/{name}">' in page, name
+
+
 def test_no_console_script_writes_markup_from_strings() -> None:
     """Every name, label and log line reaches the page as text: no script builds markup from strings."""
     folder = Path(__file__).resolve().parents[2] / "fnserve" / "console"

@@ -23,7 +23,7 @@ export const COLUMNS = [
   { id: "latency", width: "6rem", label: "p50 / p95 ms", num: true, text: latencyText },
   { id: "errors", width: "5rem", label: "Errors (1 h)", num: true, text: (f) => num(stat(f, "errors"), 0) },
   { id: "coldStarts", width: "5.5rem", label: "Cold starts (1 h)", num: true, text: (f) => num(stat(f, "coldStarts"), 0) },
-  { id: "labels", width: "10rem", label: "Labels", text: labelsText },
+  { id: "labels", width: "minmax(10rem, 1fr)", label: "Labels", text: labelsText },
 ];
 
 export function mount(root) {
