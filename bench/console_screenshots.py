@@ -67,7 +67,9 @@ def main() -> None:
                 page.locator('[data-testid="charts"] svg').first.wait_for()
                 page.locator('[data-testid="cold-starts"] [data-testid="cold-start"]').first.wait_for()
                 page.wait_for_timeout(2500)
-                page.screenshot(path=str(OUT / "function.png"), full_page=True)
+                height = min(1700, page.evaluate("() => document.documentElement.scrollHeight"))
+                page.screenshot(path=str(OUT / "function.png"), full_page=True,
+                                clip={"x": 0, "y": 0, "width": 1280, "height": height})
                 assert not page.errors, page.errors
                 browser.close()
     print(f"wrote {OUT / 'functions.png'} and {OUT / 'function.png'}")

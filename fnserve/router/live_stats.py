@@ -61,18 +61,16 @@ class LiveStats:
         self._rings.pop(function, None)
         self._summaries.pop(function, None)
 
-    def _window(self, function: str, seconds: int, current: int) -> tuple[Tally, int]:
-        """The merged tally and cold starts of the window of ``seconds`` that ends with the bucket
-        beginning at ``current``: that bucket (under way) and the ones before it."""
-        merged, cold = Tally(), 0
-        ring = self._rings.get(function)
-        if ring:
-            for bucket in reversed(ring):
-                if bucket.start <= current - seconds:
-                    break
-                merged.merge(bucket.tally)
-                cold += bucket.cold_starts
-        return merged, cold
+    @staticmethod
+    def _since(ring: deque[Bucket], seconds: int, current: int) -> list[Bucket]:
+        """The buckets of the window of ``seconds`` that ends with the one beginning at ``current``: that
+        bucket (under way) and the ones before it, newest first."""
+        found = []
+        for bucket in reversed(ring):
+            if bucket.start <= current - seconds:
+                break
+            found.append(bucket)
+        return found
 
     def summary(self, function: str) -> dict[str, Any]:
         """What the functions list shows: requests per minute (a sliding minute: the current bucket, the
@@ -85,14 +83,17 @@ class LiveStats:
             ring = self._rings.get(function)
             if not ring or ring[-1].start + INTERVAL <= now - 3600:
                 return IDLE
-            minute, _ = self._window(function, 60, current)
-            edge = next((b.tally.requests for b in reversed(ring) if b.start <= current - 60 and b.start == current - 60), 0)
-            recent, _ = self._window(function, 300, current)
-            hour, cold = self._window(function, 3600, current)
-            cached = self._summaries[function] = (current, minute.requests, edge, {
+            hour = self._since(ring, 3600, current)  # counts only: no histogram is merged for the hour
+            recent = Tally()
+            for bucket in self._since(ring, 300, current):
+                recent.merge(bucket.tally)
+            whole = sum(b.tally.requests for b in hour if b.start > current - 60)
+            edge = next((b.tally.requests for b in hour if b.start == current - 60), 0)
+            cached = self._summaries[function] = (current, whole, edge, {
                 "p50Ms": recent.percentile_ms(0.5) if recent.requests else None,
                 "p95Ms": recent.percentile_ms(0.95) if recent.requests else None,
-                "requests": hour.requests, "errors": hour.server_errors, "coldStarts": cold})
+                "requests": sum(b.tally.requests for b in hour), "errors": sum(b.tally.server_errors for b in hour),
+                "coldStarts": sum(b.cold_starts for b in hour)})
         _, whole, edge, rest = cached
         return {"rpm": round(whole + edge * (1 - (now - current) / INTERVAL)), **rest}
 
