@@ -169,6 +169,10 @@ def test_a_daily_quota_holds_across_three_routers_and_usage_adds_up(
         assert all(a[200] > 150 for a in answers.values()), answers  # every router admitted its share
         usage = usage_of(three[2], key_id)
         assert usage["requests"] == 1300 and usage["requests"] - usage["clientErrors"] == codes[200], (usage, codes)
+        # what the console's quota bar says: the one count in Redis, whichever router is asked
+        used = {r.url: next(b["used"] for b in http("GET", f"{r.url}/api/keys/{key_id}/quota", headers=r.admin)[2]["bars"]
+                            if b["limit"] == "daily") for r in three}
+        assert len(set(used.values())) == 1 and 1000 <= min(used.values()) <= codes[200], (used, codes)
 
 
 def test_a_router_killed_mid_load_loses_no_answered_request(

@@ -46,10 +46,9 @@ def read_tails(folder: Path, tail: int) -> str:
 async def follow(folder: Path, tail: int, still_there: Callable[[], bool]) -> AsyncIterator[bytes]:
     """The end of the logs, then every complete line any replica of the function writes, as it comes
     (new replicas included), until the function is removed or the reader leaves."""
-    start = await asyncio.to_thread(read_tails, folder, tail)
+    start, offsets = await asyncio.to_thread(_start_following, folder, tail)
     if start:
         yield (start + "\n").encode()
-    offsets = {path: _size(path) for path in newest(folder, 1000)}
     shown: Path | None = None
     while still_there():
         await asyncio.sleep(FOLLOW_POLL_SECONDS)
@@ -60,6 +59,24 @@ async def follow(folder: Path, tail: int, still_there: Callable[[], bool]) -> As
                     chunk = f"==> {path.stem} <==\n".encode() + chunk
                     shown = path
                 yield chunk
+
+
+def _start_following(folder: Path, tail: int) -> tuple[str, dict[Path, int]]:
+    """The tails as read_tails shows them, and where following each log goes on: just after the last whole
+    line shown, so that a line written meanwhile is shown once, by the follower (the size taken apart from
+    the read would skip it)."""
+    offsets = {path: _size(path) for path in newest(folder, 1000)}
+    parts = []
+    for path in newest(folder):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        end = data.rfind(b"\n") + 1
+        offsets[path] = end
+        lines = data[:end].decode("utf-8", errors="replace").splitlines()[-tail:]
+        parts.append(f"==> {path.stem} <==\n" + "\n".join(lines))
+    return "\n".join(parts), offsets
 
 
 def _size(path: Path) -> int:
