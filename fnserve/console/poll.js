@@ -1,11 +1,12 @@
 // poll.js — refreshing a view's live data: a setTimeout chain (the next call is planned only once the
-// previous one answered, so a slow router is never hit twice at once), paused while the tab is hidden,
+// previous one answered, ``interval`` after the previous one began, so a slow router is never hit twice
+// at once and a quick one is asked every ``interval``), paused while the tab is hidden,
 // and stopped — its fetch aborted — when the view goes away.
 
 import { isAbort } from "./api.js";
 
 /**
- * Run task(signal) now and then every ``interval`` ms after each run ends. onError(error) hears failures
+ * Run task(signal) now and then every ``interval`` ms from the start of the last run (at once if it took longer). onError(error) hears failures
  * (not aborts); onOk() each success. Returns {stop(), now()}: now() runs it again at once.
  */
 export function poll(task, { interval = 2000, onError = () => {}, onOk = () => {} } = {}) {
@@ -17,6 +18,7 @@ export function poll(task, { interval = 2000, onError = () => {}, onOk = () => {
   async function tick() {
     timer = null;
     if (stopped || document.hidden) return;
+    const started = performance.now();
     controller = new AbortController();
     try {
       await task(controller.signal);
@@ -29,8 +31,8 @@ export function poll(task, { interval = 2000, onError = () => {}, onOk = () => {
     if (again) {
       again = false;
       tick();
-    } else if (!document.hidden) {
-      timer = setTimeout(tick, interval);
+    } else if (!document.hidden) {  // every ``interval`` from the start of the last, never two at once
+      timer = setTimeout(tick, Math.max(0, interval - (performance.now() - started)));
     }
   }
 
