@@ -17,7 +17,7 @@ export function apiKey() {
 /** Remember the key and what the router said about it (the /api/me answer, or what stood in for it). */
 export function signIn(key, about) {
   sessionStorage.setItem(STORAGE, key);
-  me = about;
+  setCurrent(about);
 }
 
 export function signOut() {
@@ -30,8 +30,17 @@ export function current() {
   return me;
 }
 
+let meAt = 0;
+
 export function setCurrent(about) {
   me = about;
+  meAt = performance.now();
+}
+
+/** The functions of the /api/me answer when it came within ``ms`` (a view's first render needs no second
+ * request for them: the same brief list), else null. */
+export function freshFunctions(ms = 2000) {
+  return me && Array.isArray(me.functions) && performance.now() - meAt < ms ? me.functions : null;
 }
 
 export function isAdmin() {

@@ -3,7 +3,7 @@
 
 import { h } from "../dom.js";
 import { api, seg } from "../api.js";
-import { isAdmin, setCurrent } from "../session.js";
+import { freshFunctions, isAdmin, setCurrent } from "../session.js";
 import { poll } from "../poll.js";
 import { KeyedTable } from "../table.js";
 import { num, text } from "../format.js";
@@ -36,9 +36,12 @@ export function mount(root) {
   root.append(h("div", { class: "view-head" }, h("h1", { tabindex: "-1" }, "Functions"), status.element),
     table.element);
 
+  let first = freshFunctions();  // the sign-in check just brought them: the first render waits for nothing
   const poller = poll(async (signal) => {
     let list;
-    if (isAdmin()) {  // the brief view: what this table shows, sorted by name, no replica lists
+    if (first) {
+      [list, first] = [first, null];
+    } else if (isAdmin()) {  // the brief view: what this table shows, sorted by name, no replica lists
       list = (await api("/api/functions?view=brief", { signal })).functions;
     } else {
       const me = await api("/api/me", { signal });
