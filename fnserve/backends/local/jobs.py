@@ -52,6 +52,8 @@ class LocalJobs:
         self._queue: list[JobRecord] = []
         self._running: set[str] = set()
         self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._cancelled: set[str] = set()
+        """Jobs asked to stop: a wrapper stopped before it could write its outcome was cancelled, not failed."""
         self._finished: dict[str, asyncio.Event] = {}
         self._tasks = BackgroundTasks()
         self._closing = False
@@ -145,6 +147,7 @@ class LocalJobs:
             self._end(record, "failed", f"could not start the job wrapper: {exc}")
         finally:
             self._processes.pop(record.id, None)
+            self._cancelled.discard(record.id)
             self._running.discard(record.id)
             shutil.rmtree(folder / "scratch", ignore_errors=True)
             if gpus:
@@ -157,8 +160,12 @@ class LocalJobs:
         try:
             outcome = json.loads(result.read_text())
         except (OSError, ValueError):
-            self._end(record, "failed", f"the job wrapper ended with status {code} without a result; see the log",
-                      code)
+            if record.id in self._cancelled:  # stopped while it was still starting, before its signal handler
+                self._end(record, "cancelled", "cancelled before the job's command started; nothing was published",
+                          code)
+            else:
+                self._end(record, "failed", f"the job wrapper ended with status {code} without a result; see the log",
+                          code)
             return
         record.metrics = outcome.get("metrics") or {}
         uri = outcome.get("artifactUri")
@@ -198,6 +205,7 @@ class LocalJobs:
             return record
         process = self._processes.get(job_id)
         if process is not None:
+            self._cancelled.add(job_id)
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)  # the wrapper stops the command's whole group
         return await self.wait_job(job_id)
