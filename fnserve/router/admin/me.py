@@ -39,12 +39,12 @@ class MeRoutes:
         self.accounting = accounting
         self.brief = brief
 
-    def _callable_by(self, principal: Principal | KeyRecord) -> list[Revision]:
+    def _callable_by(self, key: KeyRecord) -> list[Revision]:
         """The functions a key may invoke: all for an admin key, else those its invoke scopes name (public
-        functions are anyone's, but a key's console lists what its key opens)."""
-        scopes = principal.scopes
+        functions are anyone's, but a key's console lists what its key opens) — Principal's own rule."""
+        principal = Principal(key.id, key.name, key.tenant, key.scopes)
         return [r for _, r in sorted(self.functions.table.items())
-                if "admin" in scopes or "invoke:*" in scopes or f"invoke:{r.name}" in scopes]
+                if principal.is_admin or principal.may_invoke(r.name)]
 
     async def me(self, request: Request) -> Response:
         """The calling key: its attributes, whether it is an admin key, the functions it may invoke (the
