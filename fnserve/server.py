@@ -96,8 +96,7 @@ def bind(settings: Settings) -> socket.socket:
         raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
                            + (" (is another fnserve up running?)" if exc.errno == 98 else "")) from None
     sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+    return sock  # not inheritable: uvloop's spawn keeps every inheritable descriptor open in the child
 
 
 def build_app(settings: Settings, backend_kind: str, state: StateStore,
