@@ -543,6 +543,10 @@ def parse_manifest(data: Any, source: str) -> Function | TrainingJob:
     return _validate(model, data, source)
 
 
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML was built with it: ~10× faster, which a replica's start notices."""
+
+
 def read_yaml(path: Path) -> Any:
     """Read one YAML document, turning I/O and syntax errors into a ManifestError."""
     source = str(path)
@@ -555,6 +559,10 @@ def read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(source, [Problem("", f"cannot be read: {exc}")]) from None
     try:
+        return yaml.load(text, Loader=_FAST_LOADER)  # noqa: S506 (a safe loader: libyaml's, else PyYAML's)
+    except yaml.YAMLError:
+        pass
+    try:  # the same document again with PyYAML's own parser, whose messages name what is wrong more exactly
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -132,6 +132,9 @@ class Settings:
     """Seconds a deploy waits for the InferenceService's Ready condition (GPU nodes can take minutes)."""
     forkserver: bool = True
     """Start replicas by forking a warm fork server per runtime (Linux); false = a fresh interpreter each."""
+    fork_spare_after: float = 1.0
+    """Seconds a fork server is idle before it forks a spare child, so the next cold start skips the fork;
+    negative = keep no spare."""
     replica_threads: int = 1
     """Worker threads per replica running model code."""
     python: str = sys.executable

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fnserve.replica_contract import OPENAI_PREFIX, openai_error
+from runtimes.observe import Named
 
 log = logging.getLogger("fnserve.runtime")
 
@@ -122,9 +123,9 @@ class ContainErrors:
     """Answers any exception that escaped every handler with a JSON 500, so it never reaches uvicorn
     (which would drop the connection). Pure ASGI, added to KServe's app as a user middleware."""
 
-    def __init__(self, app: ASGIApp, model_name: str = "") -> None:
+    def __init__(self, app: ASGIApp, model: Named) -> None:
         self.app = app
-        self.model_name = model_name
+        self.model = model
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -144,14 +145,14 @@ class ContainErrors:
                 raise
             log.exception("%s %s: unhandled error", scope.get("method"), scope.get("path"))
             body = orjson.dumps(error_body(scope.get("path", ""), 500, f"internal error in function "
-                                                f"{self.model_name!r}: {type(exc).__name__}: {exc}"))
+                                                f"{self.model.name!r}: {type(exc).__name__}: {exc}"))
             await send({"type": "http.response.start", "status": 500,
                         "headers": [(b"content-type", b"application/json"),
                                     (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
 
 
-def install(app: FastAPI, model_name: str) -> None:
+def install(app: FastAPI, model: Named) -> None:
     """Give KServe's app the handlers above; call before the server starts (KServe adds its own for
     its error classes when it starts, none of which these replace)."""
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -159,4 +160,4 @@ def install(app: FastAPI, model_name: str) -> None:
     app.add_exception_handler(InvalidInput, _invalid_input)
     app.add_exception_handler(NotImplementedError, _not_implemented)
     app.add_exception_handler(RequestError, _request_error)
-    app.add_middleware(ContainErrors, model_name=model_name)
+    app.add_middleware(ContainErrors, model=model)

@@ -33,7 +33,11 @@ class GenerateRequest(Body):
 
 
 class GenerateRoutes:
-    def __init__(self, model: FunctionModel) -> None:
+    """Bound to its model after it is added to the app, as OpenAIRoutes is."""
+
+    model: FunctionModel
+
+    def bind(self, model: FunctionModel) -> None:
         self.model = model
 
     async def _start(self, request: Request) -> tuple[Generation, dict[str, Any]]:
@@ -79,8 +83,11 @@ class GenerateRoutes:
                             failure=lambda message: sse({"error": f"function {self.model.name!r}: {message}"}))
 
 
-def install(app: FastAPI, model: FunctionModel) -> None:
-    """Add the routes to KServe's app (before it starts)."""
-    routes = GenerateRoutes(model)
+def install(app: FastAPI, model: FunctionModel | None = None) -> GenerateRoutes:
+    """Add the routes to KServe's app (before it starts); without ``model``, bind one later."""
+    routes = GenerateRoutes()
+    if model is not None:
+        routes.bind(model)
     app.add_api_route("/v2/models/{model_name}/generate", routes.generate, methods=["POST"])
     app.add_api_route("/v2/models/{model_name}/generate_stream", routes.generate_stream, methods=["POST"])
+    return routes

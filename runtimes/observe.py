@@ -12,6 +12,7 @@ router's and the kubelet's, every few seconds — are not logged, so ``fnserve l
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,14 +21,22 @@ from fnserve import logs, tracing
 _PROBE_AGENTS = (b"fnserve-probe", b"kube-probe")
 
 
+class Named(Protocol):
+    """What the middlewares need of the model: its name, read per request, since a fork server builds
+    the app (middlewares included) before the model it serves exists."""
+
+    @property
+    def name(self) -> str: ...
+
+
 def _header(scope: Scope, name: bytes) -> bytes:
     return next((v for k, v in scope["headers"] if k == name), b"")
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, model_name: str) -> None:
+    def __init__(self, app: ASGIApp, model: Named) -> None:
         self.app = app
-        self.model_name = model_name
+        self.model = model
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,5 +72,5 @@ class RequestContext:
                 method, path = scope["method"], scope["path"]
                 logs.ACCESS.write(f"{method} {path} {status or 499} {duration_ms:.1f} ms",
                                   {"method": method, "path": path, "status": status or 499,
-                                   "duration_ms": round(duration_ms, 2), "function": self.model_name})
+                                   "duration_ms": round(duration_ms, 2), "function": self.model.name})
             logs.CURRENT.reset(current)

@@ -66,9 +66,14 @@ def describe(model: FunctionModel) -> str:
 
 
 class OpenAIRoutes:
-    """The routes for one replica's model."""
+    """The routes for one replica's model. They are added to the app before the model exists (a fork
+    server builds the app once for every replica it forks), so the model is bound afterwards."""
 
-    def __init__(self, model: FunctionModel) -> None:
+    model: FunctionModel
+    created: int
+
+    def bind(self, model: FunctionModel) -> None:
+        """The model these routes answer for; before it is bound the server does not accept."""
         self.model = model
         self.created = int(time.time())
 
@@ -201,11 +206,15 @@ class OpenAIRoutes:
         return event_stream(request, generation, render, closing, failure, terminator=DONE)
 
 
-def install(app: FastAPI, model: FunctionModel) -> None:
-    """Add the routes to KServe's app (before it starts; errors.install gives them their error shape)."""
-    routes = OpenAIRoutes(model)
+def install(app: FastAPI, model: FunctionModel | None = None) -> OpenAIRoutes:
+    """Add the routes to KServe's app (before it starts; errors.install gives them their error shape);
+    without ``model``, bind one to the routes returned before the server starts."""
+    routes = OpenAIRoutes()
+    if model is not None:
+        routes.bind(model)
     app.add_api_route(f"{PREFIX}/chat/completions", routes.chat, methods=["POST"])
     app.add_api_route(f"{PREFIX}/completions", routes.completions, methods=["POST"])
     app.add_api_route(f"{PREFIX}/embeddings", routes.embeddings, methods=["POST"])
     app.add_api_route(f"{PREFIX}/models", routes.models, methods=["GET"])
     app.add_api_route(f"{PREFIX}/models/{{model}}", routes.model_card, methods=["GET"])
+    return routes

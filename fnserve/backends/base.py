@@ -57,29 +57,43 @@ class ReplicaStatus:
                 "pid": self.pid, "outstanding": self.outstanding, "startedAt": self.started_at, "gpus": self.gpus}
 
 
-@dataclass(frozen=True)
+@dataclass
 class ColdStart:
-    """Where one cold start's time went, from the first waiting request's view: ``queue`` is what it
-    waited for a start to begin and, after the replica answered, to be dispatched; ``process`` from the
-    launch to the model's load (fork or exec, imports); ``load`` the model's load; ``ready`` from the load's
-    end to the first ready answer (the server binding its port). None where the replica did not say."""
+    """Where one cold start's time went, from the first waiting request's view. Until the replica was
+    ready it waited in the router (``waited``, what X-Fnserve-Cold-Start says): for a start to begin and,
+    after the replica said ready, to be dispatched (``queue``); for the process to exist (``fork``: a fork
+    or an exec); for the imports and construction left (``imports``); for the model's load (``load``); for
+    the router to hear the replica's ready signal (``ready``). Then it waited in the replica's accept queue
+    for its server to accept (``server``, known once the replica says it serves). None where the replica
+    did not say."""
 
     at: float
     revision: int
     replica: str
-    total_ms: float
+    waited_ms: float
     queue_ms: float | None
-    process_ms: float | None
+    fork_ms: float | None
+    imports_ms: float | None
     load_ms: float | None
     ready_ms: float | None
+    server_ms: float | None = None
+
+    def served(self, serving_at: float) -> None:
+        """The replica's server accepted from ``serving_at`` on (unix seconds)."""
+        self.server_ms = max(0.0, serving_at - self.at) * 1000
+
+    @property
+    def total_ms(self) -> float:
+        return self.waited_ms + (self.server_ms or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         def ms(value: float | None) -> float | None:
             return None if value is None else round(value, 1)
 
         return {"at": self.at, "revision": self.revision, "replica": self.replica, "totalMs": ms(self.total_ms),
-                "queueMs": ms(self.queue_ms), "processMs": ms(self.process_ms), "loadMs": ms(self.load_ms),
-                "readyMs": ms(self.ready_ms)}
+                "waitedMs": ms(self.waited_ms), "queueMs": ms(self.queue_ms), "forkMs": ms(self.fork_ms),
+                "importsMs": ms(self.imports_ms), "loadMs": ms(self.load_ms), "readyMs": ms(self.ready_ms),
+                "serverMs": ms(self.server_ms)}
 
 
 @dataclass

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from fnserve.backends.local.tracks import cold_start_of
 from fnserve.manifest import parse_function
 from fnserve.records import Revision
+from fnserve.replica_contract import StartupTimes
 from fnserve.router.console import CONTENT_SECURITY_POLICY
 from fnserve.router.live_stats import HISTORY, INTERVAL, LiveStats
 from fnserve.router.services.catalog import Catalog
@@ -77,18 +78,22 @@ def test_live_stats_series_is_an_hour_of_buckets_oldest_first_with_the_empty_one
     assert busy[1]["t"] - busy[0]["t"] == 30
 
 
-def test_a_cold_start_is_split_into_queue_process_load_and_ready() -> None:
-    replica = SimpleNamespace(launched_at=100.0, load=(100.2, 100.5), ready_at=100.6, id="r-1",
-                              revision=SimpleNamespace(number=3))
-    split = cold_start_of(replica, 900.0, now=100.8).to_dict()  # type: ignore[arg-type]
+def test_a_cold_start_is_split_by_the_replicas_own_phases_and_completed_by_its_server() -> None:
+    replica = SimpleNamespace(launched_at=100.0, times=StartupTimes(100.1, 100.2, 100.5), ready_at=100.6,
+                              serving_at=0.0, id="r-1", revision=SimpleNamespace(number=3))
+    record = cold_start_of(replica, 900.0, now=100.8)  # type: ignore[arg-type]
+    split = record.to_dict()
     assert split["revision"] == 3 and split["replica"] == "r-1" and split["totalMs"] == 900.0
-    assert (split["processMs"], split["loadMs"], split["readyMs"]) == (200.0, 300.0, 100.0)
-    assert split["queueMs"] == 300.0  # 100 ms before the launch, 200 ms after the answer
+    assert (split["forkMs"], split["importsMs"], split["loadMs"], split["readyMs"]) == (100.0, 100.0, 300.0, 100.0)
+    assert split["queueMs"] == 300.0 and split["serverMs"] is None  # 100 ms before the launch, 200 ms after ready
+    record.served(100.85)  # its server accepted 50 ms after the request was handed over
+    assert record.to_dict()["serverMs"] == 50.0 and record.to_dict()["totalMs"] == 950.0
     late = cold_start_of(replica, 400.0, now=100.8).to_dict()  # type: ignore[arg-type]  # came at 100.4, mid-load
-    assert (late["processMs"], late["loadMs"], late["readyMs"], late["queueMs"]) == (0.0, 100.0, 100.0, 200.0)
-    unknown = cold_start_of(SimpleNamespace(launched_at=1.0, load=None, ready_at=2.0, id="r-2",  # type: ignore[arg-type]
-                                            revision=SimpleNamespace(number=1)), 50.0, now=3.0).to_dict()
-    assert unknown["totalMs"] == 50.0 and unknown["loadMs"] is None and unknown["queueMs"] is None
+    assert (late["forkMs"], late["importsMs"], late["loadMs"], late["readyMs"], late["queueMs"]) == (
+        0.0, 0.0, 100.0, 100.0, 200.0)
+    unknown = cold_start_of(SimpleNamespace(launched_at=1.0, times=None, ready_at=2.0, serving_at=2.5,  # type: ignore[arg-type]
+                                            id="r-2", revision=SimpleNamespace(number=1)), 50.0, now=3.0).to_dict()
+    assert unknown["waitedMs"] == 50.0 and unknown["loadMs"] is None and unknown["queueMs"] is None
 
 
 # -- /api/me and quotas ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ NAME = "storyteller"
 def app_for(model: FunctionModel) -> FastAPI:
     app = FastAPI(default_response_class=ORJSONResponse)  # as KServe's
     app.state.model = model
-    errors.install(app, model.name)
+    errors.install(app, model)
     openai_routes.install(app, model)
     generate_routes.install(app, model)
     return app

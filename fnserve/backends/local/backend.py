@@ -40,7 +40,14 @@ from fnserve.backends.local import replica_logs
 from fnserve.backends.local.activator import QueueFull
 from fnserve.backends.local.autoscaler import decide
 from fnserve.backends.local.gpus import GpuInventory
-from fnserve.backends.local.processes import ForkServerClient, ProcessHandle, forking_supported, spawn
+from fnserve.backends.local.processes import (
+    ForkServerClient,
+    ForkServerUnavailable,
+    Handed,
+    ProcessHandle,
+    forking_supported,
+    spawn,
+)
 from fnserve.backends.local.replica import Launch, Replica, ReplicaFailed
 from fnserve.backends.local.tracks import Function, Track, cold_start_of
 from fnserve.records import Revision, Rollout
@@ -81,8 +88,8 @@ class LocalBackend:
 
     def _launcher(self, runtime: str) -> Launch:
         """Fork from the runtime's fork server; a plain spawn where forking is off or fails."""
-        async def plain(args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> ProcessHandle:
-            return await spawn([self.settings.python, "-m", MODULE, *args], env, cwd, log_path)
+        async def plain(args: list[str], env: dict[str, str], cwd: Path, log_path: Path, fds: Handed) -> ProcessHandle:
+            return await spawn([self.settings.python, "-m", MODULE, *args], env, cwd, log_path, fds)
 
         if not self._fork:
             return plain
@@ -92,14 +99,14 @@ class LocalBackend:
             server = self._forkservers[runtime] = ForkServerClient(
                 runtime, root / "run" / f"forkserver-{runtime}-{os.getpid()}.sock",  # one per router sharing a state dir
                 root / "logs" / f"forkserver-{runtime}.log",
-                self.settings.python)
+                self.settings.python, self.settings.fork_spare_after if self.settings.fork_spare_after >= 0 else None)
 
-        async def fork(args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> ProcessHandle:
+        async def fork(args: list[str], env: dict[str, str], cwd: Path, log_path: Path, fds: Handed) -> ProcessHandle:
             try:
-                return await server.fork(args, env, cwd, log_path)
-            except OSError as exc:
-                log.warning("fork server for %s failed (%s); spawning this replica instead", runtime, exc)
-                return await plain(args, env, cwd, log_path)
+                return await server.fork(args, env, cwd, log_path, fds)
+            except ForkServerUnavailable as exc:  # nothing handed over: another way is safe
+                log.warning("%s; spawning this replica instead", exc)
+                return await plain(args, env, cwd, log_path, fds)
 
         return fork
 
@@ -246,7 +253,7 @@ class LocalBackend:
         started = time.monotonic()
         try:
             await replica.start(self.settings, self._launcher(revision.function.spec.runtime))
-            await replica.wait_ready(self.session, self.settings.replica_ready_timeout)
+            await replica.wait_ready(self.settings.replica_ready_timeout)
         except (ReplicaFailed, OSError) as exc:
             await replica.stop(self.settings.replica_stop_timeout)
             self._forget(track, replica)
@@ -261,6 +268,7 @@ class LocalBackend:
         track.failures, track.message = 0, ""
         track.start_times_ms.append((time.monotonic() - started) * 1000)
         self._tasks.spawn(self._watch(track, replica))
+        self._tasks.spawn(replica.watch_serving())
         track.activator.dispatch()
         return replica
 
@@ -409,7 +417,8 @@ class LocalBackend:
             raise
         if cold_ms is not None and not replica.cold_start_told:
             replica.cold_start_told = True
-            fn.cold_starts.appendleft(cold_start_of(replica, cold_ms))
+            replica.cold_start = cold_start_of(replica, cold_ms)
+            fn.cold_starts.appendleft(replica.cold_start)
             return Endpoint(name, replica.id, replica.url, cold_ms, first_cold=True)
         return Endpoint(name, replica.id, replica.url, cold_ms)
 

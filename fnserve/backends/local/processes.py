@@ -11,8 +11,8 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
-import time
 from pathlib import Path
 from typing import Protocol
 
@@ -49,7 +49,11 @@ class ForkedProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._exited = asyncio.get_running_loop().create_future()
-        self._fd = os.pidfd_open(pid)
+        try:
+            self._fd = os.pidfd_open(pid)
+        except ProcessLookupError:  # it exited (and was reaped) before we looked: its log says why
+            self._exited.set_result(-1)
+            return
         asyncio.get_running_loop().add_reader(self._fd, self._on_exit)
 
     def _on_exit(self) -> None:
@@ -67,58 +71,96 @@ class ForkedProcess:
         return await asyncio.shield(self._exited)
 
 
-async def spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> ProcessHandle:
+class ForkServerUnavailable(OSError):
+    """The fork server could not be reached: nothing was handed over, so starting the replica another
+    way is safe. Any other failure of a fork request came after the request was delivered, when a
+    replica may exist already: starting a second one on the same socket would leave one untracked."""
+
+
+Handed = dict[str, int]
+"""Descriptors a new process is handed, by the environment variable that tells it their number."""
+
+
+async def spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, fds: Handed) -> ProcessHandle:
     """A new interpreter: ~1 s of imports before the model even starts to load."""
     with log_path.open("ab") as log_file:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **env, **parent_env()}, start_new_session=True, cwd=str(cwd))
+            env={**os.environ, **env, **parent_env(), **{name: str(fd) for name, fd in fds.items()}},
+            start_new_session=True, cwd=str(cwd), pass_fds=tuple(fds.values()))
     return SpawnedProcess(process)
 
 
 class ForkServerClient:
-    """Starts and talks to one fork server (a process that pre-imported a runtime) over a Unix socket."""
+    """Starts and talks to one fork server (a process that pre-imported a runtime) over a Unix socket.
 
-    def __init__(self, runtime: str, socket_path: Path, log_path: Path, python: str) -> None:
+    The socket is bound here and handed to the fork server when it starts (socket activation): the first
+    replica's request is sent at once and waits in the accept queue while the fork server imports, and a
+    fork server that dies resets it (its socket goes with it), so nothing here waits for a file to appear.
+    """
+
+    def __init__(self, runtime: str, socket_path: Path, log_path: Path, python: str,
+                 spare_after: float | None = None) -> None:
         self.runtime = runtime
+        self.spare_after = spare_after
         self.socket_path = socket_path
         self.log_path = log_path
         self.python = python
         self._process: asyncio.subprocess.Process | None = None
         self._starting = asyncio.Lock()
 
-    async def _ensure_started(self, timeout: float = 30.0) -> None:
+    async def _ensure_started(self) -> None:
         async with self._starting:
             if self._process is not None and self._process.returncode is None:
                 return
             self.socket_path.parent.mkdir(parents=True, exist_ok=True)
             self.socket_path.unlink(missing_ok=True)
-            with self.log_path.open("ab") as log_file:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, self.log_path.open("ab") as log_file:
+                listener.bind(str(self.socket_path))
+                listener.listen(128)
+                spare = [] if self.spare_after is None else ["--spare-after", str(self.spare_after)]
                 self._process = await asyncio.create_subprocess_exec(
                     self.python, "-m", "fnserve.backends.local.forkserver", "--runtime", self.runtime,
-                    "--socket", str(self.socket_path), stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                    "--fd", str(listener.fileno()), *spare, pass_fds=(listener.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
                     env={**os.environ, **parent_env(), "OPENBLAS_NUM_THREADS": "1"})
-            deadline = time.monotonic() + timeout
-            while not self.socket_path.exists():
-                if self._process.returncode is not None or time.monotonic() > deadline:
-                    raise OSError(f"fork server for {self.runtime} did not start; see {self.log_path}")
-                await asyncio.sleep(0.02)
-            log.info("fork server for %s ready (pid %d)", self.runtime, self._process.pid)
+            log.info("fork server for %s started (pid %d)", self.runtime, self._process.pid)
 
-    async def fork(self, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> ProcessHandle:
+    @property
+    def pid(self) -> int | None:
+        """The fork server's process id, once started."""
+        return self._process.pid if self._process is not None else None
+
+    async def fork(self, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path,
+                   fds: Handed) -> ProcessHandle:
         await self._ensure_started()
-        reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        loop = asyncio.get_running_loop()
+        request = {"argv": argv, "env": env, "cwd": str(cwd), "log": str(log_path), "fds": list(fds)}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.setblocking(False)
+            try:
+                await loop.sock_connect(connection, str(self.socket_path))
+                # one small message on a fresh Unix socket: the kernel's buffer takes it whole, at once
+                socket.send_fds(connection, [json.dumps(request).encode() + b"\n"], list(fds.values()))
+            except OSError as exc:
+                raise ForkServerUnavailable(f"fork server for {self.runtime} unreachable ({exc}); "
+                                            f"see {self.log_path}") from None
+            try:
+                reply = await asyncio.wait_for(_read_line(loop, connection), FORK_SERVER_TIMEOUT)
+            except ConnectionResetError:  # it died with the request unread
+                reply = b""
+            except asyncio.TimeoutError:  # closing the connection tells the fork server not to fork it
+                raise OSError(f"fork server for {self.runtime} did not answer within {FORK_SERVER_TIMEOUT:.0f} s; "
+                              f"see {self.log_path}") from None
         try:
-            request = {"argv": argv, "env": env, "cwd": str(cwd), "log": str(log_path)}
-            writer.write(json.dumps(request).encode() + b"\n")
-            await writer.drain()
-            reply = json.loads(await asyncio.wait_for(reader.readline(), 10))
-        finally:
-            writer.close()
-        if "pid" not in reply:
-            raise OSError(f"fork server for {self.runtime}: {reply.get('error', reply)}")
-        return ForkedProcess(int(reply["pid"]))
+            answer = json.loads(reply)
+        except ValueError:
+            answer = {"error": "it closed the connection" if not reply else f"unreadable answer {reply[:200]!r}"}
+        if not reply:  # it died with the request unread, or before it could take it: nothing was forked
+            raise ForkServerUnavailable(f"fork server for {self.runtime}: {answer['error']}; see {self.log_path}")
+        if "pid" not in answer:
+            raise OSError(f"fork server for {self.runtime}: {answer.get('error', answer)}; see {self.log_path}")
+        return ForkedProcess(int(answer["pid"]))
 
     async def close(self) -> None:
         if self._process is not None and self._process.returncode is None:
@@ -128,6 +170,20 @@ class ForkServerClient:
             except asyncio.TimeoutError:
                 self._process.kill()
         self.socket_path.unlink(missing_ok=True)
+
+
+FORK_SERVER_TIMEOUT = 60.0
+"""How long a fork may take, a fork server's first start (its imports) included."""
+
+
+async def _read_line(loop: asyncio.AbstractEventLoop, connection: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        more = await loop.sock_recv(connection, 4096)
+        if not more:
+            break
+        data += more
+    return data
 
 
 def forking_supported() -> tuple[bool, str]:

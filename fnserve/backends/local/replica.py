@@ -9,6 +9,7 @@ so not even a SIGKILL of the router leaves orphans. How the process is started i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -20,13 +21,17 @@ from pathlib import Path
 
 import aiohttp
 
-from fnserve.backends.local.processes import ProcessHandle
+from fnserve.backends.base import ColdStart
+from fnserve.backends.local.processes import Handed, ProcessHandle
 from fnserve.records import Revision
-from fnserve.replica_contract import STARTUP_FILE_ENV, ReplicaArgs, read_startup
+from fnserve.replica_contract import LISTEN_FD_ENV, READY_FD_ENV, ReplicaArgs, StartupTimes, read_event
 from fnserve.settings import Settings
 
-# (server arguments, extra environment, working folder, log file) → a started process
-Launch = Callable[[list[str], dict[str, str], Path, Path], Awaitable[ProcessHandle]]
+# (server arguments, extra environment, working folder, log file, descriptors handed over) → a started process
+Launch = Callable[[list[str], dict[str, str], Path, Path, Handed], Awaitable[ProcessHandle]]
+
+ACCEPT_BACKLOG = 1024
+"""Connections a replica's socket holds before its server accepts them: a burst from zero all fits."""
 
 
 PROBE = {"User-Agent": "fnserve-probe/1"}
@@ -43,10 +48,16 @@ class ReplicaFailed(Exception):
     """The replica exited or never answered; the message carries the end of its log."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def listening_socket() -> socket.socket:
+    """A replica's socket, bound to a free loopback port and listening before the replica exists."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        sock.listen(ACCEPT_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def tail_lines(path: Path, count: int) -> list[str]:
@@ -62,8 +73,9 @@ class Replica:
     def __init__(self, revision: Revision, manifest_path: Path, log_dir: Path) -> None:
         self.revision = revision
         self.id = f"{revision.id}-{secrets.token_hex(2)}"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0
+        self.url = ""
+        """Known once start() has bound its socket."""
         self.manifest_path = manifest_path
         self.log_path = log_dir / f"{self.id}.log"
         self.state = "starting"
@@ -75,11 +87,16 @@ class Replica:
         self.probe_failures = 0
         self.probing = False
         self.gpus: list[str] = []
-        self.startup_path = log_dir / f"{self.id}.startup.json"
         self.launched_at = 0.0
         self.ready_at = 0.0
-        self.load: tuple[float, float] | None = None
-        """When the model began and finished loading (unix seconds), as the replica reported it."""
+        self.times: StartupTimes | None = None
+        """When its phases ended, as the replica reported them with ``ready``."""
+        self.serving_at = 0.0
+        """When its server began to accept, as it reported it (0 until then)."""
+        self._events: asyncio.StreamReader | None = None
+        self._pipe: asyncio.ReadTransport | None = None
+        self.cold_start: ColdStart | None = None
+        """The cold start recorded on this replica, completed when the replica says it serves."""
         self.cold_start_told = False
         """Whether a cold start on this replica has been recorded (once: the first request that waited)."""
 
@@ -93,33 +110,93 @@ class Replica:
                            "127.0.0.1", settings.replica_threads)
 
     async def start(self, settings: Settings, launch: Launch) -> None:
+        """Bind the replica's socket, launch it with the socket and a ready pipe's write end, and keep
+        the read end: wait_ready() reads it."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(self.gpus), **log_env(settings),
-               STARTUP_FILE_ENV: str(self.startup_path)}
-        self.launched_at = time.time()
-        self.process = await launch(self.server_args(settings).to_argv(), env, self.revision.source_dir, self.log_path)
+        env = {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ",".join(self.gpus), **log_env(settings)}
+        listener = listening_socket()
+        self.port = listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        read_end, write_end = os.pipe()
+        try:
+            self._events, self._pipe = await _pipe_reader(read_end)
+        except BaseException:
+            os.close(read_end)
+            os.close(write_end)
+            listener.close()
+            raise
+        try:
+            self.launched_at = time.time()
+            self.process = await launch(self.server_args(settings).to_argv(), env, self.revision.source_dir,
+                                        self.log_path, {LISTEN_FD_ENV: listener.fileno(), READY_FD_ENV: write_end})
+        finally:  # the replica holds them now: its socket and the pipe end with it, not with us
+            listener.close()
+            os.close(write_end)
+        if self.state == "stopped":  # stopped (a delete, a drain) while it was being launched
+            self._signal(signal.SIGKILL)
+            raise ReplicaFailed(f"replica {self.id} was stopped while it started")
 
-    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float) -> None:
-        """Poll the model's own readiness route until it answers 200, the process dies, or time runs out."""
-        assert self.process is not None
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait for the replica's ``ready`` line: its model is loaded, requests sent now are answered.
+        Its exit, or the end of the pipe, first means it died starting; its log says why. (The exit is
+        watched too: a process the function's code started may hold the pipe open after the replica died.)"""
         deadline = time.monotonic() + timeout
-        url = f"{self.url}/v1/models/{self.revision.name}"
-        delay = 0.02
-        while time.monotonic() < deadline:
-            if self.process.returncode is not None:
-                raise ReplicaFailed(self._failure(f"exited with code {self.process.returncode}"))
-            try:
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2), headers=PROBE) as response:
-                    if response.status == 200:
-                        self.state, self.ready_at = "ready", time.time()
-                        self.load = read_startup(self.startup_path)
-                        self.startup_path.unlink(missing_ok=True)
-                        return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
-        raise ReplicaFailed(self._failure(f"was not ready within {timeout:.0f} s"))
+        while True:
+            if self._events is None or self.process is None or self.state == "stopped":
+                raise ReplicaFailed(f"replica {self.id} was stopped while it started")
+            line = await self._next_line(deadline)
+            if line is None:
+                raise ReplicaFailed(self._failure(f"was not ready within {timeout:.0f} s"))
+            if not line:
+                self._close_pipe()
+                raise ReplicaFailed(self._failure(await self._ended()))
+            event = read_event(line)
+            if event is not None and event.get("event") == "ready":
+                break
+        self.state, self.ready_at = "ready", time.time()
+        self.times = StartupTimes.from_event(event)
+
+    async def _next_line(self, deadline: float) -> bytes | None:
+        """The pipe's next line; b"" at its end or when the process exits first; None at the deadline."""
+        assert self._events is not None and self.process is not None
+        reading = asyncio.ensure_future(self._events.readline())
+        exiting = asyncio.ensure_future(self.process.wait())
+        try:
+            done, _ = await asyncio.wait({reading, exiting}, timeout=max(0.0, deadline - time.monotonic()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exiting.cancel()
+            if not reading.done():
+                reading.cancel()
+        if reading in done:
+            return reading.result()
+        return b"" if exiting in done else None
+
+    async def watch_serving(self) -> None:
+        """The rest of the pipe: the ``serving`` line completes the cold start's record, then its end."""
+        try:
+            while self._events is not None and (line := await self._events.readline()):
+                event = read_event(line)
+                if event is not None and event.get("event") == "serving":
+                    with contextlib.suppress(KeyError, TypeError, ValueError):
+                        self.serving_at = float(event["at"])  # type: ignore[arg-type]
+                    if self.cold_start is not None:
+                        self.cold_start.served(self.serving_at)
+        finally:
+            self._close_pipe()
+
+    async def _ended(self) -> str:
+        """Why a replica that closed its pipe before ``ready`` is gone (a moment for its exit to be seen)."""
+        assert self.process is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.process.wait(), 1.0)
+        code = self.process.returncode
+        return "exited before its model was loaded" + ("" if code is None or code < 0 else f" (code {code})")
+
+    def _close_pipe(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe, self._events = None, None
 
     async def answers(self, session: aiohttp.ClientSession, timeout: float) -> bool:
         """One liveness probe: does the model's readiness route answer 200 within ``timeout``?"""
@@ -145,7 +222,7 @@ class Replica:
     async def stop(self, timeout: float) -> None:
         """SIGTERM the replica's process group, then SIGKILL what is left after ``timeout``."""
         self.state = "stopped"
-        self.startup_path.unlink(missing_ok=True)  # a replica that never answered leaves its timing behind
+        self._close_pipe()
         process = self.process
         if process is None or process.returncode is not None:
             return
@@ -172,3 +249,11 @@ class Replica:
         if self.outstanding <= 0:
             self.outstanding = 0
             self.idle.set()
+
+
+async def _pipe_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
+    """The read end of a pipe as a stream the event loop wakes on: a line arrives, nothing polls."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 16)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0))
+    return reader, transport

@@ -8,6 +8,7 @@ new ones.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -26,23 +27,22 @@ COLD_STARTS_KEPT = 20
 
 def cold_start_of(replica: Replica, waited_ms: float, now: float | None = None) -> ColdStart:
     """Split the first waiting request's ``waited_ms`` (it is dispatched ``now``) by the replica's start:
-    launch → model load → loaded → first ready answer, each phase as much of it as fell within the wait
-    (a request that came after the launch waited for part of it); the rest was queueing (before the
-    launch, after the answer)."""
+    launch → its code runs → model built → loaded → ready heard, each phase as much of it as fell within
+    the wait (a request that came after the launch waited for part of it); the rest was queueing (before
+    the launch, after the ready signal). The server's part comes when the replica says it serves."""
     now = time.time() if now is None else now
-    ready_ms = process_ms = load_ms = queue_ms = None
-    if replica.load is not None:
+    phases: list[float | None] = [None] * 4
+    queue_ms = None
+    times = replica.times
+    if times is not None:
         arrived = now - waited_ms / 1000
-
-        def within(start: float, end: float) -> float:
-            return max(0.0, min(end, now) - max(start, arrived)) * 1000
-
-        load_start, load_end = replica.load
-        process_ms = within(replica.launched_at, load_start)
-        load_ms = within(load_start, load_end)
-        ready_ms = within(load_end, replica.ready_at)
-        queue_ms = max(0.0, waited_ms - process_ms - load_ms - ready_ms)
-    return ColdStart(now, replica.revision.number, replica.id, waited_ms, queue_ms, process_ms, load_ms, ready_ms)
+        bounds = [replica.launched_at, times.started_at, times.built_at, times.loaded_at, replica.ready_at]
+        phases = [max(0.0, min(end, now) - max(start, arrived)) * 1000 for start, end in itertools.pairwise(bounds)]
+        queue_ms = max(0.0, waited_ms - sum(p for p in phases if p is not None))
+    record = ColdStart(now, replica.revision.number, replica.id, waited_ms, queue_ms, *phases)
+    if replica.serving_at:
+        record.served(replica.serving_at)
+    return record
 
 
 @dataclass

@@ -1,12 +1,13 @@
 // parts/stats.js — the function page's last hour: requests per 10 s and p50 / p95 latency as two line
-// charts, and the last cold starts as stacked bars (queue, process start, model load, ready).
+// charts, and the last cold starts as stacked bars (queue, fork, imports, model load, ready, server start).
 
 import { h } from "../dom.js";
 import { lineChart } from "../chart.js";
 import { iso, ms, num, relative } from "../format.js";
 
-const PHASES = [["queueMs", "queue", "seg-queue"], ["processMs", "process start", "seg-process"],
-  ["loadMs", "model load", "seg-load"], ["readyMs", "ready", "seg-ready"]];
+const PHASES = [["queueMs", "queue", "seg-queue"], ["forkMs", "fork", "seg-fork"],
+  ["importsMs", "imports", "seg-imports"], ["loadMs", "model load", "seg-load"], ["readyMs", "ready", "seg-ready"],
+  ["serverMs", "server start", "seg-server"]];
 
 /** The two charts for a /stats answer. */
 export function statsCharts(stats) {
