@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,8 @@ def load(call: Callable[[], tuple[int, object]], clients: int) -> Iterator[list[
             started = time.monotonic()
             try:
                 status, body = call()
-            except OSError as exc:  # the router itself is gone (a test that kills it)
+            except (OSError, HTTPException) as exc:  # the router itself is gone (a test that kills
+                # it): refused, reset, or cut off in the middle of an answer
                 status, body = 0, str(exc)
             outcomes.append(Outcome(started, time.monotonic(), status, body))
 
