@@ -41,10 +41,9 @@ REQUEST_LIMIT = 1 << 20
 
 def _detach(*inherited: socket.socket) -> None:
     """A new child's first steps, before it knows which replica it becomes: the fork server's sockets
-    closed, its own session, default signals, nothing read from the router's terminal, collection on."""
+    closed, its own session, default signals, nothing read from the router's terminal."""
     for sock in inherited:
         sock.close()
-    gc.enable()
     os.setsid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -184,7 +183,6 @@ def serve(runtime: str, listener: socket.socket, spare_after: float | None) -> N
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited replicas
     gc.collect()
     gc.freeze()  # all of the above stays where it is: children's collections leave these pages shared
-    gc.disable()  # this loop allocates little; a child turns collection back on
     print(f"fork server for {runtime} ready (pid {os.getpid()})", flush=True)
     spare: Spare | None = None
     while True:
