@@ -1,4 +1,9 @@
-"""One replica: a ``runtimes.server`` process on a free loopback port, and its lifecycle.
+"""One replica: a ``runtimes.server`` process on a loopback socket the router binds, and its lifecycle.
+
+The socket is bound here and handed over with the write end of a ready pipe (the replica contract's
+start-up hand-over): the replica's address exists before the replica does, requests sent before its
+server accepts wait in the kernel's accept queue, and the router learns that the model is loaded from
+the pipe, never by probing. A replica that dies starting ends the pipe, or is seen exiting, at once.
 
 Replicas run in their own process session, so a Ctrl-C in the terminal reaches only the router, which
 then stops them in order; each asks the kernel to SIGTERM it when its parent (the router, or the fork
