@@ -39,16 +39,27 @@ REQUEST_LIMIT = 1 << 20
 """A request is an argv and an environment: far less than this."""
 
 
-def _detach(*inherited: socket.socket) -> None:
-    """A new child's first steps, before it knows which replica it becomes: the fork server's sockets
-    closed, its own session, default signals, nothing read from the router's terminal."""
-    for sock in inherited:
-        sock.close()
-    os.setsid()
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+def _fork_child(*inherited: socket.socket) -> tuple[int, int]:
+    """Fork (a spare or a replica); (the child's pid, 0 in the child; this fork server's pid, taken before
+    the fork). The child's first steps, before it knows which replica it becomes: the fork server's
+    sockets closed, its own session, default signals, nothing read from the router's terminal; a child
+    that cannot take them ends there, never running the fork server's loop."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    server_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for sock in inherited:
+                sock.close()
+            os.setsid()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+        except BaseException:
+            os._exit(1)
+    return pid, server_pid
 
 
 def _become_replica(request: dict[str, Any], handed: dict[str, int], prepared: Any, server_pid: int) -> NoReturn:
@@ -114,19 +125,14 @@ class Spare:
 
     def __init__(self, listener: socket.socket, prepared: Any) -> None:
         ours, theirs = socket.socketpair()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        server_pid = os.getpid()
         try:
-            pid = os.fork()
+            pid, server_pid = _fork_child(listener, ours)
         except OSError:
             ours.close()
             theirs.close()
             raise
         if pid == 0:
-            ours.close()
             try:
-                _detach(listener)
                 request, handed = receive(theirs)  # end of file: the fork server has gone
                 theirs.close()
             except BaseException:
@@ -143,18 +149,11 @@ class Spare:
             self.control.close()
         return self.pid
 
-    def close(self) -> None:
-        self.control.close()
-
 
 def _fork(request: dict[str, Any], handed: dict[str, int], inherited: list[socket.socket], prepared: Any) -> int:
     """A replica forked now: what a request pays for when no spare is waiting."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    server_pid = os.getpid()
-    pid = os.fork()
+    pid, server_pid = _fork_child(*inherited)
     if pid == 0:
-        _detach(*inherited)
         _become_replica(request, handed, prepared, server_pid)
     return pid
 
