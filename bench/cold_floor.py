@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import importlib
 import json
 import os
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BODY
+from fnserve.replica_contract import set_parent_death_signal
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -48,7 +48,6 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CLIENT_TIMEOUT = 30.0
 PATH = "/v1/models/sentiment:predict"
-_PR_SET_PDEATHSIG = 1
 # uvicorn.Config as the child builds it: no websockets (nothing to import for them), no lifespan, no logs.
 UVICORN = {"log_level": "warning", "ws": "none", "lifespan": "off", "access_log": False}
 
@@ -178,8 +177,7 @@ def child(sock: socket.socket, marks_fd: int, unused_fd: int, model_dir: Path, f
         mark(marks_fd, "start")
         os.close(unused_fd)
         quiet()
-        if sys.platform.startswith("linux"):  # a parent killed mid-trial leaves no server behind
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        set_parent_death_signal(signal.SIGKILL)  # a parent killed mid-trial leaves no server behind
         predict = predictor(model_dir, function_dir)
         mark(marks_fd, "loaded")
         asyncio.run(serve(marked(predict, marks_fd), sock))

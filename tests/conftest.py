@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -43,6 +44,17 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) 
         if value:
             return value
         time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+async def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
+    """wait_for inside an event loop: the loop keeps running (a replica's pipe is read) between polls."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 

@@ -20,17 +20,10 @@ from fnserve.backends.local.replica import Replica, ReplicaFailed
 from fnserve.manifest import load_function
 from fnserve.records import Revision
 from fnserve.settings import Settings
-from tests.conftest import alive
+from tests.conftest import alive, wait_until
 from tests.services import descendants
 
 BODY = json.dumps({"instances": ["what a wonderful film"]})
-
-
-async def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def children(pid: int | None) -> set[int]:
@@ -83,7 +76,7 @@ def test_a_spare_forked_while_idle_becomes_the_next_replica(example_dir: Path, t
             await replicas[0].start(settings, server.fork)
             await replicas[0].wait_ready(60)
             # idle now: after spare_after it forks a spare, a child that is not the replica
-            await until(lambda: children(server.pid) - {replicas[0].pid}, 30, "a spare child")
+            await wait_until(lambda: children(server.pid) - {replicas[0].pid}, 30, "a spare child")
             (spare,) = children(server.pid) - {replicas[0].pid}
             await replicas[1].start(settings, server.fork)
             assert replicas[1].pid == spare  # the spare became the replica: no fork on this request's path
@@ -96,7 +89,7 @@ def test_a_spare_forked_while_idle_becomes_the_next_replica(example_dir: Path, t
                         assert answer.status == 200
                         assert (await answer.json())["predictions"][0]["label"] == "positive"
             assert "fork server for onnx ready" in (tmp_path / "fs.log").read_text()
-            await until(lambda: children(server.pid) - {r.pid for r in replicas}, 30, "the next spare")
+            await wait_until(lambda: children(server.pid) - {r.pid for r in replicas}, 30, "the next spare")
             (next_spare,) = children(server.pid) - {r.pid for r in replicas}
             for pid in (server.pid, next_spare):  # what they were handed went on to the replicas
                 assert pid is not None and not [f for f in open_files(pid) if f.startswith(("pipe:", "socket:"))
@@ -105,6 +98,6 @@ def test_a_spare_forked_while_idle_becomes_the_next_replica(example_dir: Path, t
             await asyncio.gather(*(replica.stop(5) for replica in replicas))
             await server.close()
         # a spare ends with its fork server: nothing is left behind
-        await until(lambda: not alive(next_spare), 10, "the spare to exit")
+        await wait_until(lambda: not alive(next_spare), 10, "the spare to exit")
 
     asyncio.run(scenario())

@@ -25,6 +25,7 @@ from fnserve.manifest import parse_function
 from fnserve.records import Revision
 from fnserve.replica_contract import LISTEN_FD_ENV, READY_FD_ENV, ReadyPipe
 from fnserve.settings import Settings
+from tests.conftest import wait_until
 from tests.unit.test_manifest import VALID
 
 # Waits for SIGUSR1 (or exits at once with EXIT set), then: counts the connections already queued on its
@@ -66,19 +67,12 @@ def new_replica(tmp_path: Path) -> Replica:
     return Replica(revision, tmp_path / "function.yaml", tmp_path / "logs")
 
 
-async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def test_the_router_waits_on_the_ready_pipe_and_a_request_can_be_sent_before_the_server_accepts(tmp_path: Path) -> None:
     async def scenario() -> None:
         replica = new_replica(tmp_path)
         await replica.start(Settings(state_dir=tmp_path), stand_in_launcher())
         assert replica.process is not None and replica.port > 0
-        await until(lambda: "waiting" in replica.log_path.read_text())
+        await wait_until(lambda: "waiting" in replica.log_path.read_text(), 10, "the stand-in to start")
         waiting = asyncio.ensure_future(replica.wait_ready(timeout=30))
         await asyncio.sleep(0)  # let it start waiting
         assert not waiting.done() and replica.state == "starting"
@@ -111,7 +105,7 @@ def test_no_connection_is_made_to_a_replica_before_it_says_ready(tmp_path: Path)
         replica = new_replica(tmp_path)
         await replica.start(Settings(state_dir=tmp_path), stand_in_launcher())
         assert replica.process is not None
-        await until(lambda: "waiting" in replica.log_path.read_text())
+        await wait_until(lambda: "waiting" in replica.log_path.read_text(), 10, "the stand-in to start")
         waiting = asyncio.ensure_future(replica.wait_ready(timeout=30))
         await asyncio.sleep(0.2)  # not a wait for anything: the window in which a polling router would knock
         os.kill(replica.process.pid, signal.SIGUSR1)
@@ -179,7 +173,7 @@ def test_the_router_keeps_no_copy_of_what_it_handed_over(tmp_path: Path) -> None
         replica = new_replica(tmp_path)
         await replica.start(Settings(state_dir=tmp_path), stand_in_launcher())
         assert replica.process is not None
-        await until(lambda: "waiting" in replica.log_path.read_text())
+        await wait_until(lambda: "waiting" in replica.log_path.read_text(), 10, "the stand-in to start")
         assert not _listens_on(replica.port)
         os.kill(replica.process.pid, signal.SIGKILL)
         with pytest.raises(ReplicaFailed):

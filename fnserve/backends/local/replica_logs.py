@@ -40,7 +40,11 @@ def newest(folder: Path, count: int = 3) -> list[Path]:
 
 def read_tails(folder: Path, tail: int) -> str:
     """The end of the newest replica logs, each under a ``==> replica <==`` head as tail(1) writes them."""
-    return "\n".join(f"==> {path.stem} <==\n" + "\n".join(tail_lines(path, tail)) for path in newest(folder))
+    return "\n".join(_section(path, tail_lines(path, tail)) for path in newest(folder))
+
+
+def _section(path: Path, lines: list[str]) -> str:
+    return f"==> {path.stem} <==\n" + "\n".join(lines)
 
 
 async def follow(folder: Path, tail: int, still_there: Callable[[], bool]) -> AsyncIterator[bytes]:
@@ -74,8 +78,7 @@ def _start_following(folder: Path, tail: int) -> tuple[str, dict[Path, int]]:
             continue
         end = data.rfind(b"\n") + 1
         offsets[path] = end
-        lines = data[:end].decode("utf-8", errors="replace").splitlines()[-tail:]
-        parts.append(f"==> {path.stem} <==\n" + "\n".join(lines))
+        parts.append(_section(path, data[:end].decode("utf-8", errors="replace").splitlines()[-tail:]))
     return "\n".join(parts), offsets
 
 
